@@ -1,0 +1,35 @@
+"""Server-Sent Events for WSGI, on gevent.
+
+::
+
+    from wsgi_eventsource import EventSource
+
+    def handler(conn, environ):
+        conn.push("hello")
+
+    app = EventSource(handler)
+"""
+
+from .app import EventSource
+from .connection import Connection
+from .encoding import Event, build_event, encode_comment, encode_event, encode_id, encode_retry
+from .errors import ConnectionClosed, EventSourceError, InvalidEvent
+from .stream import Stream
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Connection",
+    "ConnectionClosed",
+    "Event",
+    "EventSource",
+    "EventSourceError",
+    "InvalidEvent",
+    "Stream",
+    "__version__",
+    "build_event",
+    "encode_comment",
+    "encode_event",
+    "encode_id",
+    "encode_retry",
+]

@@ -1,0 +1,279 @@
+"""The :class:`EventSource` WSGI application."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Callable, Iterable, Mapping
+from types import FrameType
+from typing import TYPE_CHECKING
+from wsgiref.util import is_hop_by_hop
+
+import gevent
+from gevent import GreenletExit
+
+from .connection import Connection
+from .encoding import encode_comment, encode_retry
+from .errors import ConnectionClosed
+from .stream import Stream
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
+__all__ = ["EventSource", "HandlerCallback", "HeadersLike"]
+
+logger = logging.getLogger("wsgi_eventsource")
+
+#: ``handler_cb(conn, environ)``: called once per stream, in its own greenlet.
+HandlerCallback = Callable[[Connection, "WSGIEnvironment"], object]
+#: Response headers: a list of ``(name, value)`` pairs or a mapping.
+HeadersLike = Iterable[tuple[str, str]] | Mapping[str, str]
+
+DEFAULT_HEADERS: tuple[tuple[str, str], ...] = (
+    ("Content-Type", "text/event-stream; charset=utf-8"),
+    # no-transform: gzip and other transforming proxies must not buffer the stream.
+    ("Cache-Control", "no-cache, no-transform"),
+    # nginx: do not buffer this response (proxy_buffering for this location only).
+    ("X-Accel-Buffering", "no"),
+)
+
+_ALLOW = "GET, OPTIONS"
+
+
+def merge_headers(defaults: Iterable[tuple[str, str]], extra: HeadersLike | None) -> list[tuple[str, str]]:
+    """*defaults* with *extra* added; an extra header replaces a default one
+    of the same name (case-insensitive). Raises ``ValueError`` for a header no
+    WSGI server may send."""
+    pairs = list(extra.items()) if isinstance(extra, Mapping) else list(extra or ())
+    for pair in pairs:
+        if not (isinstance(pair, tuple) and len(pair) == 2):
+            raise ValueError(f"headers: each header must be a (name, value) tuple, not {pair!r}")
+        name, value = pair
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise ValueError(f"headers: name and value must be str: {pair!r}")
+        if not name or any(c in name for c in ":\r\n \t") or "\r" in value or "\n" in value:
+            raise ValueError(f"headers: invalid header {pair!r}")
+        if is_hop_by_hop(name):
+            # PEP 3333 forbids them, gunicorn drops them and HTTP/2 proxies
+            # reject the response.
+            raise ValueError(f"headers: {name!r} is a hop-by-hop header, which a WSGI app must not send")
+    replaced = {name.lower() for name, _ in pairs}
+    merged = [(n, v) for n, v in defaults if n.lower() not in replaced]
+    merged.extend(pairs)
+    values = {n.lower(): v for n, v in merged}
+    if (
+        values.get("access-control-allow-origin") == "*"
+        and values.get("access-control-allow-credentials", "").lower() == "true"
+    ):
+        raise ValueError(
+            "headers: Access-Control-Allow-Origin '*' cannot be combined with "
+            "Access-Control-Allow-Credentials 'true'; name the allowed origin"
+        )
+    return merged
+
+
+def plain_response(
+    start_response: StartResponse, status: str, text: str, headers: Iterable[tuple[str, str]] = ()
+) -> list[bytes]:
+    """Answer with a short ``text/plain`` body."""
+    body = text.encode("utf-8")
+    start_response(
+        status,
+        [
+            ("Content-Type", "text/plain; charset=utf-8"),
+            ("Content-Length", str(len(body))),
+            *headers,
+        ],
+    )
+    return [body]
+
+
+class EventSource:
+    """A WSGI application that serves one Server-Sent Events stream per request.
+
+    ::
+
+        def handler(conn, environ):
+            conn.push("hello")
+
+        app = EventSource(handler, headers={"Access-Control-Allow-Origin": "https://example.org"})
+
+    :param handler_cb: ``handler_cb(conn, environ)``, called once per stream in
+        its own greenlet with a :class:`Connection`. Returning does not end the
+        stream: keep ``conn`` and push to it later from any greenlet or thread.
+        The stream ends on ``conn.close()``, on client disconnect or at server
+        shutdown. If the handler raises, the traceback is logged on the
+        ``wsgi_eventsource`` logger and its stream is closed.
+    :param headers: extra response headers, a list of ``(name, value)`` pairs or
+        a dict; one of the same name (case-insensitive) replaces a default
+        header. Hop-by-hop headers are refused with ``ValueError``.
+    :param keepalive: seconds of idleness after which a comment line is sent;
+        ``None`` disables it. It is also what bounds disconnect detection: a
+        closed client is noticed at the second write after it went away.
+    :param retry: if set, the stream starts with ``retry: N`` (milliseconds),
+        the client's reconnection delay.
+    :param authorize: ``authorize(environ) -> bool``; ``False`` answers ``403``
+        and the handler is never called.
+    :param max_pending: bytes of unsent output a connection may hold before
+        its client is treated as not reading and disconnected. Events fanned
+        out to many connections are shared, not copied, so this bounds queue
+        length more than memory.
+    :param shutdown_retry: when the server shuts down (see :meth:`close_all`),
+        send ``retry: N`` before closing each stream, to spread reconnects.
+    :param shutdown_signals: signals on which open streams are closed before
+        the server's own handler runs (default ``SIGTERM``, which is how
+        gunicorn stops a worker). Installed on the first request, in the main
+        thread, and only where a Python handler is already set (so a process
+        that would simply die on the signal is not changed). Empty disables.
+
+    Requests other than ``GET`` answer ``405``; ``OPTIONS`` answers a CORS
+    preflight from the configured ``Access-Control-Allow-*`` headers.
+
+    .. versionadded:: 0.1
+    """
+
+    #: Data sent first on every stream, so headers reach the client at once
+    #: (``onopen`` fires) even before the first event.
+    preamble_comment = "ok"
+
+    def __init__(
+        self,
+        handler_cb: HandlerCallback,
+        headers: HeadersLike | None = None,
+        *,
+        keepalive: float | None = 15.0,
+        retry: int | None = None,
+        authorize: Callable[[WSGIEnvironment], bool] | None = None,
+        max_pending: int = 1024 * 1024,
+        shutdown_retry: int | None = None,
+        shutdown_signals: Iterable[int] = (signal.SIGTERM,),
+    ) -> None:
+        if not callable(handler_cb):
+            raise TypeError(f"handler_cb must be callable, not {type(handler_cb).__name__}")
+        if keepalive is not None and not (isinstance(keepalive, (int, float)) and keepalive > 0):
+            raise ValueError(f"keepalive must be a positive number of seconds or None, not {keepalive!r}")
+        if not isinstance(max_pending, int) or isinstance(max_pending, bool) or max_pending <= 0:
+            raise ValueError(f"max_pending must be a positive int (bytes), not {max_pending!r}")
+        if authorize is not None and not callable(authorize):
+            raise TypeError("authorize must be callable or None")
+        preamble = encode_comment(self.preamble_comment)
+        if retry is not None:
+            preamble = encode_retry(retry) + preamble
+        if shutdown_retry is not None:
+            encode_retry(shutdown_retry)  # validates
+        self.handler_cb = handler_cb
+        self.keepalive = keepalive
+        self.retry = retry
+        self.authorize = authorize
+        self.max_pending = max_pending
+        self.shutdown_retry = shutdown_retry
+        self.shutdown_signals = tuple(shutdown_signals)
+        self.headers = merge_headers(DEFAULT_HEADERS, headers)
+        self._preamble = preamble
+        self._connections: set[Connection] = set()
+        self._signals_installed = False
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        method = environ.get("REQUEST_METHOD", "GET")
+        if method != "GET":
+            if method == "OPTIONS":
+                return self._preflight(start_response)
+            return plain_response(
+                start_response, "405 Method Not Allowed", f"{method} is not allowed; use GET\n", [("Allow", _ALLOW)]
+            )
+        if self.authorize is not None and not self.authorize(environ):
+            return plain_response(start_response, "403 Forbidden", "Forbidden\n")
+        return self.open_stream(environ, start_response, self.handler_cb)
+
+    def open_stream(
+        self,
+        environ: WSGIEnvironment,
+        start_response: StartResponse,
+        handler_cb: HandlerCallback,
+        preamble: bytes = b"",
+    ) -> Stream:
+        """Start the response and run ``handler_cb`` on a new connection.
+
+        For apps built on this one (such as the channel subscriber app) that
+        check the request themselves. *preamble* is sent right after the
+        stream's own preamble.
+        """
+        if not self._signals_installed:
+            self._install_signal_handlers()
+        conn = Connection(
+            environ,
+            max_pending=self.max_pending,
+            preamble=self._preamble + preamble,
+            registry=self._connections,
+        )
+        start_response("200 OK", list(self.headers))
+        conn._handler = gevent.spawn(self._run_handler, handler_cb, conn, environ)
+        return Stream(conn, self.keepalive)
+
+    @property
+    def connections(self) -> frozenset[Connection]:
+        """The streams open right now."""
+        return frozenset(self._connections)
+
+    def close_all(self, retry: int | None = None) -> int:
+        """Close every open stream, after sending ``retry: N`` if given.
+
+        Call it before stopping a server that does not end its handlers by
+        itself. Safe from any greenlet or thread. Returns how many streams were
+        asked to close.
+        """
+        hint = None if retry is None else encode_retry(retry)
+        connections = list(self._connections)
+        for conn in connections:
+            if hint is not None:
+                conn._enqueue(hint)
+            conn.close()
+        return len(connections)
+
+    def _run_handler(self, handler_cb: HandlerCallback, conn: Connection, environ: WSGIEnvironment) -> None:
+        try:
+            handler_cb(conn, environ)
+        except GreenletExit:
+            raise
+        except ConnectionClosed:
+            logger.debug("%r: handler pushed after the stream ended", conn)
+        except Exception:
+            logger.exception("handler %r raised; closing %r", handler_cb, conn)
+            conn.close()
+        finally:
+            if conn._handler is gevent.getcurrent():
+                conn._handler = None
+
+    def _preflight(self, start_response: StartResponse) -> list[bytes]:
+        headers = [("Allow", _ALLOW)]
+        cors = [(n, v) for n, v in self.headers if n.lower().startswith("access-control-")]
+        if any(n.lower() == "access-control-allow-origin" for n, _ in cors):
+            headers += cors
+            headers += [
+                ("Access-Control-Allow-Methods", "GET"),
+                ("Access-Control-Allow-Headers", "Last-Event-ID, Cache-Control"),
+                ("Access-Control-Max-Age", "86400"),
+            ]
+        start_response("204 No Content", headers)
+        return []
+
+    def _install_signal_handlers(self) -> None:
+        self._signals_installed = True
+        for signum in self.shutdown_signals:
+            try:
+                previous = signal.getsignal(signum)
+                if not callable(previous):
+                    continue
+                signal.signal(signum, self._make_signal_handler(previous))
+            except ValueError:  # not the main thread
+                return
+
+    def _make_signal_handler(
+        self, previous: Callable[[int, FrameType | None], object]
+    ) -> Callable[[int, FrameType | None], None]:
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            # A signal handler may interrupt any code: only schedule the work.
+            gevent.get_hub().loop.run_callback_threadsafe(self.close_all, self.shutdown_retry)
+            previous(signum, frame)
+
+        return on_signal

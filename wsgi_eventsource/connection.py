@@ -1,0 +1,261 @@
+"""One client's event stream, as the application sees it.
+
+A :class:`Connection` is a small bounded queue of encoded bytes plus state.
+The WSGI server drains it through :class:`~wsgi_eventsource.stream.Stream`.
+
+Threads: all state belongs to the gevent hub of the thread that accepted the
+request (under gunicorn and ``gevent.pywsgi`` that is the only thread). A call
+from another OS thread is handed to that hub with
+``loop.run_callback_threadsafe``, so nothing here needs a lock and pushes from
+one thread keep their order.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
+
+import gevent
+from gevent.monkey import get_original
+
+from .encoding import Message, build_event, encode_comment, encode_data
+from .errors import ConnectionClosed
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIEnvironment
+    from gevent.hub import Hub, Waiter
+
+__all__ = ["Connection"]
+
+logger = logging.getLogger("wsgi_eventsource")
+
+# The real OS thread id even under monkey-patching, where threading.get_ident
+# returns a greenlet's id instead.
+_thread_ident: Callable[[], int] = get_original("_thread", "get_ident")
+
+
+def last_event_id(environ: WSGIEnvironment) -> str | None:
+    """The client's last event id: the ``Last-Event-ID`` header, or else the
+    ``lastEventId`` query parameter that EventSource polyfills send."""
+    value: str | None = environ.get("HTTP_LAST_EVENT_ID")
+    if value is not None:
+        # WSGI hands header values over as latin-1; browsers send UTF-8.
+        raw: bytes = value.encode("latin-1", "replace")
+        return raw.decode("utf-8", "replace")
+    query: str = environ.get("QUERY_STRING", "")
+    if "lastEventId" in query:
+        values = parse_qs(query, keep_blank_values=True).get("lastEventId")
+        if values:
+            return values[-1]
+    return None
+
+
+class Connection:
+    """One open event stream; passed to ``handler_cb(conn, environ)``.
+
+    Keep it and push to it later from any greenlet or thread. Every method is
+    cheap and none blocks: events are queued and written by the server's
+    greenlet.
+    """
+
+    __slots__ = (
+        "_callbacks",
+        "_chunks",
+        "_closed",
+        "_finished",
+        "_handler",
+        "_hub",
+        "_max_pending",
+        "_reader",
+        "_registry",
+        "_size",
+        "_thread",
+        "_waiter",
+        "_wake_scheduled",
+        "environ",
+        "last_event_id",
+    )
+
+    #: The WSGI environ of the request that opened this stream.
+    environ: WSGIEnvironment
+    #: The id the client last saw (``Last-Event-ID`` header or ``lastEventId``
+    #: query parameter), or ``None`` on a first connection.
+    last_event_id: str | None
+
+    def __init__(
+        self,
+        environ: WSGIEnvironment,
+        *,
+        max_pending: int,
+        preamble: bytes = b"",
+        registry: set[Connection] | None = None,
+    ) -> None:
+        self.environ = environ
+        self.last_event_id = last_event_id(environ)
+        self._chunks: list[bytes] = [preamble] if preamble else []
+        self._size = len(preamble)
+        self._max_pending = max_pending
+        self._closed = False
+        self._finished = False
+        self._waiter: Waiter | None = None
+        self._wake_scheduled = False
+        self._hub: Hub = gevent.get_hub()
+        self._thread = _thread_ident()
+        self._callbacks: list[Callable[[], object]] | None = None
+        self._handler: gevent.Greenlet[Any, Any] | None = None
+        self._reader: Any = None
+        self._registry = registry
+        if registry is not None:
+            registry.add(self)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<Connection {state} {self.environ.get('PATH_INFO', '')!r}>"
+
+    @property
+    def closed(self) -> bool:
+        """True once the stream has ended or is ending; :meth:`push` then raises."""
+        return self._closed
+
+    def push(self, *messages: Message) -> None:
+        """Send ONE event made of *messages*.
+
+        Each ``str`` or ``bytes`` adds data line(s) (``push("a", "b")`` sends an
+        event whose data is ``"a\\nb"``); a dict or an :class:`Event` may also
+        carry ``event``, ``id`` and ``retry``.
+
+        :raises InvalidEvent: (a ``ValueError``) a message cannot be sent as
+            given; nothing is queued.
+        :raises ConnectionClosed: the stream has already ended.
+
+        Never blocks. A client whose unsent output passes ``max_pending`` bytes
+        is disconnected (it will reconnect with its last event id).
+        """
+        if self._closed:
+            raise ConnectionClosed(f"{self!r} is closed")
+        if len(messages) == 1 and type(messages[0]) is str:
+            data = encode_data(messages[0])
+        else:
+            data = build_event(*messages).encoded
+        self._enqueue(data)
+
+    def comment(self, text: str = "") -> None:
+        """Send a comment line (``: text``), which clients ignore.
+
+        :raises ConnectionClosed: the stream has already ended.
+        """
+        if self._closed:
+            raise ConnectionClosed(f"{self!r} is closed")
+        self._enqueue(encode_comment(text))
+
+    def close(self) -> None:
+        """End the stream once what is already queued has been written.
+
+        Idempotent, and safe from any greenlet or thread.
+        """
+        if _thread_ident() != self._thread:
+            self._hub.loop.run_callback_threadsafe(self.close)
+            return
+        if not self._closed:
+            self._closed = True
+            self._wake()
+
+    def on_close(self, callback: Callable[[], object]) -> None:
+        """Call ``callback()`` once when the stream has ended, however it ended.
+
+        A callback added after the end is called at once. Exceptions are
+        logged on the ``wsgi_eventsource`` logger.
+        """
+        if self._finished:
+            _run_callback(callback)
+        elif self._callbacks is None:
+            self._callbacks = [callback]
+        else:
+            self._callbacks.append(callback)
+
+    # -- internal: used by Stream, EventSource and the brokers ---------------
+
+    def _enqueue(self, data: bytes) -> bool:
+        """Queue encoded bytes; False if the connection is (now) closed."""
+        if _thread_ident() != self._thread:
+            self._hub.loop.run_callback_threadsafe(self._enqueue, data)
+            return True
+        if self._closed:
+            return False
+        self._chunks.append(data)
+        self._size += len(data)
+        if self._size > self._max_pending:
+            self._overflow()
+            return False
+        if self._waiter is not None and not self._wake_scheduled:
+            # Wake the reader from the hub, once per batch: pushes made before
+            # it runs are written together (coalesced into one write).
+            self._wake_scheduled = True
+            self._hub.loop.run_callback(self._wake_now)
+        return True
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._wake_scheduled:
+            self._wake_scheduled = True
+            self._hub.loop.run_callback(self._wake_now)
+
+    def _wake_now(self) -> None:
+        self._wake_scheduled = False
+        waiter = self._waiter
+        if waiter is not None:
+            waiter.switch(None)
+
+    def _overflow(self) -> None:
+        logger.warning(
+            "%r: client is not reading (%d bytes pending > max_pending %d); disconnecting",
+            self,
+            self._size,
+            self._max_pending,
+        )
+        self._closed = True
+        self._chunks = []
+        self._size = 0
+        reader = self._reader
+        if self._waiter is not None or reader is None:
+            self._wake()
+        elif isinstance(reader, gevent.Greenlet):
+            # The reader is blocked inside the server's socket write and will
+            # not come back while the client does not read. Killing it makes the
+            # server close the socket and call Stream.close() (gunicorn and
+            # pywsgi both close the result in a finally).
+            reader.kill(block=False)
+
+    def _take(self) -> bytes:
+        chunks = self._chunks
+        self._chunks = []
+        self._size = 0
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def _finish(self) -> None:
+        """The server is done with the stream: release everything, run callbacks."""
+        if self._finished:
+            return
+        self._closed = True
+        self._finished = True
+        self._chunks = []
+        self._size = 0
+        self._reader = None
+        if self._registry is not None:
+            self._registry.discard(self)
+            self._registry = None
+        handler = self._handler
+        if handler is not None and handler is not gevent.getcurrent():
+            self._handler = None
+            handler.kill(block=False)
+        callbacks, self._callbacks = self._callbacks, None
+        for callback in callbacks or ():
+            _run_callback(callback)
+
+
+def _run_callback(callback: Callable[[], object]) -> None:
+    try:
+        callback()
+    except Exception:
+        logger.exception("on_close callback %r raised", callback)

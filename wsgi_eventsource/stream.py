@@ -1,0 +1,71 @@
+"""The WSGI response iterator that drains a :class:`Connection`.
+
+Neither gunicorn nor ``gevent.pywsgi`` reads the socket while a response is
+being written, so a client that goes away shows up only as an ``OSError`` from
+a later write, inside the server. The server then calls :meth:`Stream.close`
+in a ``finally``. That is why the keepalive wait lives here, in
+``__next__``: an idle stream writes a comment every ``keepalive`` seconds, and
+the second write after a clean client close fails (the first still succeeds).
+
+The iterator has no ``__len__``: ``gevent.pywsgi`` would otherwise try to
+compute a ``Content-Length`` from it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from gevent import getcurrent
+from gevent.hub import Waiter
+
+if TYPE_CHECKING:
+    from .connection import Connection
+
+__all__ = ["KEEPALIVE", "Stream"]
+
+#: What an idle stream writes every ``keepalive`` seconds: an empty comment.
+KEEPALIVE = b":\n\n"
+
+_TIMED_OUT = object()
+
+
+class Stream:
+    """Iterates over a connection's encoded output until it is closed."""
+
+    __slots__ = ("_conn", "_keepalive")
+
+    def __init__(self, connection: Connection, keepalive: float | None) -> None:
+        self._conn = connection
+        self._keepalive = keepalive
+
+    def __iter__(self) -> Stream:
+        return self
+
+    def __next__(self) -> bytes:
+        conn = self._conn
+        while True:
+            if conn._chunks:
+                return conn._take()
+            if conn._closed:
+                raise StopIteration
+            if conn._reader is None:
+                conn._reader = getcurrent()
+            hub = conn._hub
+            waiter = Waiter(hub)
+            conn._waiter = waiter
+            timer = None
+            if self._keepalive is not None:
+                timer = hub.loop.timer(self._keepalive)
+                timer.start(waiter.switch, _TIMED_OUT)
+            try:
+                woke_by = waiter.get()
+            finally:
+                conn._waiter = None
+                if timer is not None:
+                    timer.close()
+            if woke_by is _TIMED_OUT and not conn._chunks and not conn._closed:
+                return KEEPALIVE
+
+    def close(self) -> None:
+        """Called by the server when the response is over, however it ended."""
+        self._conn._finish()
