@@ -14,6 +14,8 @@ from gevent.pool import Pool
 from gevent.pywsgi import WSGIServer
 from werkzeug.test import EnvironBuilder
 
+from tests.helpers import StreamClient
+
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
 
@@ -65,6 +67,14 @@ def live_greenlets() -> int:
 
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.fixture(autouse=True)
+def close_clients() -> Iterator[None]:
+    """Close the test clients a test left open (they are not the test's point)."""
+    yield
+    for client in list(StreamClient.unclosed):
+        client.close()
 
 
 @pytest.fixture

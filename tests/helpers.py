@@ -9,13 +9,17 @@ what a browser does rather than against our own reading of the format.
 from __future__ import annotations
 
 import codecs
+import re
 import socket
 import struct
 import time
+import typing
 from dataclasses import dataclass, field
 
 import gevent
 import gevent.socket
+
+_LINE_END = re.compile(r"\r\n|\r|\n")
 
 
 @dataclass(frozen=True)
@@ -64,29 +68,18 @@ class EventStreamParser:
     def _lines(self) -> None:
         # Lines end in CRLF, a lone LF or a lone CR. A CR at the very end of
         # what we have may be the first half of a CRLF: treat it as a line end
-        # now and skip an LF that comes next.
+        # now, and skip an LF that comes first in the next piece.
         text = self._text
+        if self._skip_lf and text:
+            self._skip_lf = False
+            if text[0] == "\n":
+                text = text[1:]
         start = 0
-        i = 0
-        n = len(text)
-        while i < n:
-            ch = text[i]
-            if self._skip_lf:
-                self._skip_lf = False
-                if ch == "\n":
-                    start = i = i + 1
-                    continue
-            if ch in "\r\n":
-                self._process(text[start:i])
-                if ch == "\r":
-                    if i + 1 < n:
-                        if text[i + 1] == "\n":
-                            i += 1
-                    else:
-                        self._skip_lf = True
-                start = i = i + 1
-                continue
-            i += 1
+        for match in _LINE_END.finditer(text):
+            self._process(text[start : match.start()])
+            start = match.end()
+            if match.group() == "\r" and start == len(text):
+                self._skip_lf = True
         self._text = text[start:]
 
     def _process(self, line: str) -> None:
@@ -135,7 +128,11 @@ class StreamClient:
 
     Parses the status line and headers, then de-chunks the body and feeds it
     to an :class:`EventStreamParser`. Every read is bounded by *timeout*.
+    Clients still open at the end of a test are closed by a fixture.
     """
+
+    #: Every client not yet closed; see ``conftest.close_clients``.
+    unclosed: typing.ClassVar[set[StreamClient]] = set()
 
     def __init__(
         self,
@@ -150,6 +147,7 @@ class StreamClient:
     ) -> None:
         self.timeout = timeout
         self.sock = gevent.socket.create_connection((host, port), timeout=timeout)
+        StreamClient.unclosed.add(self)
         lines = [f"{method} {path} HTTP/1.1", f"Host: {host}:{port}"]
         for name, value in (headers or {}).items():
             lines.append(f"{name}: {value}")
@@ -247,10 +245,12 @@ class StreamClient:
 
     def close(self) -> None:
         """A clean close (FIN)."""
+        StreamClient.unclosed.discard(self)
         self.sock.close()
 
     def reset(self) -> None:
         """An abortive close: the kernel sends RST."""
+        StreamClient.unclosed.discard(self)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self.sock.close()
 
