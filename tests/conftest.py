@@ -2,12 +2,16 @@ from __future__ import annotations
 
 import gc
 import os
+import re
+import signal
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from wsgiref.validate import validator
 
 import gevent
+import gevent.event
 import greenlet
 import pytest
 from gevent.pool import Pool
@@ -96,3 +100,89 @@ def serve() -> Iterator[Callable[..., WSGIServer]]:
 def join_all(greenlets: Iterable[gevent.Greenlet[Any, Any]], timeout: float = 5) -> None:
     done = gevent.joinall(list(greenlets), timeout=timeout, raise_error=True)
     assert all(g.dead for g in done)
+
+
+class ServerProcess:
+    """A server started as a real subprocess; its log is kept for failures."""
+
+    def __init__(
+        self,
+        args: list[str],
+        env: dict[str, str] | None = None,
+        ready_pattern: str = "",
+        stop_signal: int = signal.SIGTERM,
+    ) -> None:
+        import gevent.subprocess
+
+        self.args = args
+        self.stop_signal = stop_signal
+        self.log: list[str] = []
+        self.proc = gevent.subprocess.Popen(
+            args,
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
+            stdout=gevent.subprocess.PIPE,
+            stderr=gevent.subprocess.STDOUT,
+            text=True,
+        )
+        self.port = 0
+        self._reader = gevent.spawn(self._read)
+        self._ready = gevent.event.Event()
+        self._pattern = re.compile(ready_pattern) if ready_pattern else None
+        if self._pattern is not None and not self._ready.wait(30):
+            self.stop()
+            raise AssertionError(f"{args[0]} did not start: {''.join(self.log)}")
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.log.append(line)
+            if self._pattern is not None and not self._ready.is_set():
+                match = self._pattern.search(line)
+                if match:
+                    if match.groups():
+                        self.port = int(match.group(1))
+                    self._ready.set()
+
+    def wait(self, timeout: float) -> int | None:
+        try:
+            return int(self.proc.wait(timeout=timeout))
+        except Exception:
+            return None
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(self.stop_signal)
+            if self.wait(10) is None:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._reader.join(5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VENV_BIN = os.path.dirname(sys.executable)
+
+
+@pytest.fixture
+def gunicorn() -> Iterator[Callable[..., ServerProcess]]:
+    """Start ``gunicorn -k gevent`` with one worker on a free port."""
+    started: list[ServerProcess] = []
+
+    def start(app: str, *extra: str, env: dict[str, str] | None = None) -> ServerProcess:
+        args = [
+            sys.executable, "-m", "gunicorn",
+            "--worker-class", "gevent", "--workers", "1",
+            "--bind", "127.0.0.1:0", "--log-level", "debug",
+            *extra, app,
+        ]  # fmt: skip
+        # SIGINT is gunicorn's quick shutdown: tests need not wait for a graceful one.
+        pattern = r"Listening at: http://127\.0\.0\.1:(\d+)"
+        server = ServerProcess(args, env=env, ready_pattern=pattern, stop_signal=signal.SIGINT)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 import gevent
+from gevent._hub_local import get_hub_if_exists
 from gevent.monkey import get_original
 
 from .encoding import Message, build_event, encode_comment, encode_data
@@ -34,6 +35,7 @@ logger = logging.getLogger("wsgi_eventsource")
 # The real OS thread id even under monkey-patching, where threading.get_ident
 # returns a greenlet's id instead.
 _thread_ident: Callable[[], int] = get_original("_thread", "get_ident")
+_main_thread_ident = _thread_ident()  # this module is imported in the main thread
 
 
 def last_event_id(environ: WSGIEnvironment) -> str | None:
@@ -68,6 +70,7 @@ class Connection:
         "_handler",
         "_hub",
         "_max_pending",
+        "_own_hub",
         "_reader",
         "_registry",
         "_size",
@@ -101,8 +104,13 @@ class Connection:
         self._finished = False
         self._waiter: Waiter | None = None
         self._wake_scheduled = False
-        self._hub: Hub = gevent.get_hub()
         self._thread = _thread_ident()
+        hub = get_hub_if_exists()
+        # A thread-per-request server (werkzeug's) gives each stream a thread
+        # with no hub; the hub created here must be destroyed with the stream,
+        # or its loop's file descriptors outlive the thread.
+        self._own_hub = hub is None and self._thread != _main_thread_ident
+        self._hub: Hub = hub if hub is not None else gevent.get_hub()
         self._callbacks: list[Callable[[], object]] | None = None
         self._handler: gevent.Greenlet[Any, Any] | None = None
         self._reader: Any = None
@@ -156,7 +164,7 @@ class Connection:
         Idempotent, and safe from any greenlet or thread.
         """
         if _thread_ident() != self._thread:
-            self._hub.loop.run_callback_threadsafe(self.close)
+            self._call_in_hub(self.close)
             return
         if not self._closed:
             self._closed = True
@@ -180,8 +188,7 @@ class Connection:
     def _enqueue(self, data: bytes) -> bool:
         """Queue encoded bytes; False if the connection is (now) closed."""
         if _thread_ident() != self._thread:
-            self._hub.loop.run_callback_threadsafe(self._enqueue, data)
-            return True
+            return self._call_in_hub(self._enqueue, data)
         if self._closed:
             return False
         self._chunks.append(data)
@@ -194,6 +201,15 @@ class Connection:
             # it runs are written together (coalesced into one write).
             self._wake_scheduled = True
             self._hub.loop.run_callback(self._wake_now)
+        return True
+
+    def _call_in_hub(self, function: Callable[..., object], *args: object) -> bool:
+        try:
+            self._hub.loop.run_callback_threadsafe(function, *args)
+        except Exception:  # the stream ended and its thread's hub is gone
+            if not self._closed:
+                raise
+            return False
         return True
 
     def _wake(self) -> None:
@@ -252,6 +268,11 @@ class Connection:
         callbacks, self._callbacks = self._callbacks, None
         for callback in callbacks or ():
             _run_callback(callback)
+        if self._own_hub:
+            self._own_hub = False
+            if handler is not None:
+                handler.join(timeout=1)
+            self._hub.destroy(destroy_loop=True)
 
 
 def _run_callback(callback: Callable[[], object]) -> None:

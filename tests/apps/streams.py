@@ -1,0 +1,95 @@
+"""The app the gunicorn tests run in a real ``gunicorn -k gevent`` worker.
+
+Streams by path, plus ``/stats``: a JSON side channel that tells the test what
+happened inside the worker (streams opened and closed, handlers still running).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+from typing import TYPE_CHECKING
+
+import gevent
+import greenlet
+from gevent.monkey import get_original
+
+from wsgi_eventsource import Connection, ConnectionClosed, Event, EventSource
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
+stats = {"opened": 0, "closed": 0, "handlers_running": 0, "handlers_ended": 0}
+BIG = Event("x" * 65536)
+
+
+def _closed() -> None:
+    stats["closed"] += 1
+
+
+def handler(conn: Connection, environ: WSGIEnvironment) -> None:
+    stats["opened"] += 1
+    conn.on_close(_closed)
+    path = environ["PATH_INFO"]
+    stats["handlers_running"] += 1
+    try:
+        if path == "/clock":
+            n = int(conn.last_event_id or 0)
+            while True:
+                n += 1
+                conn.push({"id": n, "event": "tick", "data": f"tick {n}"})
+                gevent.sleep(0.05)
+        elif path == "/big":
+            while True:  # far faster than a client that does not read
+                conn.push(BIG)
+                gevent.sleep(0.001)
+        elif path == "/thread":
+            # A real OS thread (not a monkey-patched greenlet) pushing.
+            start_new_thread = get_original("_thread", "start_new_thread")
+            start_new_thread(_push_from_thread, (conn,))
+        elif path == "/lines":
+            conn.push("first line", "second line")
+            conn.push({"event": "named", "data": "a\r\nb\rc"})
+        gevent.sleep(3600)  # still running when the stream ends
+    except ConnectionClosed:
+        pass
+    finally:
+        stats["handlers_running"] -= 1
+        stats["handlers_ended"] += 1
+
+
+def _push_from_thread(conn: Connection) -> None:
+    sleep = get_original("time", "sleep")
+    for i in range(100):
+        conn.push({"id": i, "data": f"from thread {i}"})
+        if i % 25 == 0:
+            sleep(0.005)
+    conn.close()
+
+
+events = EventSource(
+    handler,
+    keepalive=float(os.environ.get("TEST_KEEPALIVE", "0.2")),
+    max_pending=int(os.environ.get("TEST_MAX_PENDING", str(256 * 1024))),
+    shutdown_retry=1500,
+)
+
+
+def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+    """``/stats`` answers JSON; any other path is an event stream."""
+    if environ["PATH_INFO"] == "/stats":
+        gc.collect()
+        body = json.dumps(
+            {
+                **stats,
+                "open": len(events.connections),
+                "greenlets": sum(1 for o in gc.get_objects() if isinstance(o, greenlet.greenlet) and not o.dead),
+                "pid": os.getpid(),
+            }
+        ).encode()
+        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        return [body]
+    return events(environ, start_response)

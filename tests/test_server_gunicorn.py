@@ -1,0 +1,126 @@
+"""The target deployment: a real ``gunicorn -k gevent`` worker in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from tests.conftest import ServerProcess
+from tests.helpers import ParsedEvent, StreamClient, wait_until
+
+pytestmark = pytest.mark.server
+
+APP = "tests.apps.streams:app"
+Gunicorn = Callable[..., ServerProcess]
+
+
+def stats(server: ServerProcess) -> dict[str, Any]:
+    client = StreamClient(server.port, "/stats")
+    try:
+        result: dict[str, Any] = json.loads(client.read_body())
+        return result
+    finally:
+        client.close()
+
+
+def test_stream_opens_at_once_and_multiline_events_arrive(gunicorn: Gunicorn) -> None:
+    server = gunicorn(APP)
+    started = time.monotonic()
+    client = StreamClient(server.port, "/lines")
+    assert client.status == 200
+    assert time.monotonic() - started < 1.0
+    assert client.headers["content-type"] == "text/event-stream; charset=utf-8"
+    assert client.chunked
+    assert client.events(2, timeout=5) == [
+        ParsedEvent("message", "first line\nsecond line", ""),
+        ParsedEvent("named", "a\nb\nc", ""),
+    ]
+    client.wait_for(lambda c: "" in c.parser.comments, timeout=2)  # a keepalive while idle
+
+
+def test_disconnect_ends_the_handler_and_runs_on_close(gunicorn: Gunicorn) -> None:
+    server = gunicorn(APP, env={"TEST_KEEPALIVE": "0.2"})
+    clients = [StreamClient(server.port, "/clock") for _ in range(4)]
+    for c in clients:
+        c.events(2, timeout=5)
+    before = stats(server)
+    assert before["handlers_running"] == 4
+    clients[0].close()
+    clients[1].reset()
+    wait_until(lambda: stats(server)["closed"] == 2, 3, message="two streams closed")
+    after = stats(server)
+    assert after["handlers_running"] == 2
+    assert after["open"] == 2
+    for c in clients[2:]:
+        n = len(c.parser.events)
+        c.events(n + 2, timeout=5)  # the others keep receiving
+
+
+def test_many_cycles_return_to_baseline(gunicorn: Gunicorn) -> None:
+    server = gunicorn(APP, env={"TEST_KEEPALIVE": "0.05"})
+    warm = StreamClient(server.port, "/idle")
+    warm.wait_for(lambda c: b": ok" in c.raw)
+    warm.close()
+    wait_until(lambda: stats(server)["open"] == 0, 5)
+    baseline = stats(server)["greenlets"]
+    import gevent
+
+    def cycle(i: int) -> None:
+        c = StreamClient(server.port, "/idle")
+        c.wait_for(lambda c: b": ok" in c.raw)
+        c.reset() if i % 2 else c.close()
+
+    for _ in range(3):
+        gevent.joinall([gevent.spawn(cycle, i) for i in range(100)], timeout=30, raise_error=True)
+    wait_until(lambda: stats(server)["closed"] == 301, 10, message="every stream closed")
+    wait_until(lambda: stats(server)["greenlets"] <= baseline, 10, message="greenlets back to baseline")
+    assert stats(server)["handlers_running"] == 0
+
+
+def test_sigterm_ends_streams_promptly_with_a_retry_hint(gunicorn: Gunicorn) -> None:
+    server = gunicorn(APP, "--graceful-timeout", "20")
+    clients = [StreamClient(server.port, "/clock") for _ in range(3)]
+    for c in clients:
+        c.events(1, timeout=5)
+    started = time.monotonic()
+    os.kill(server.proc.pid, signal.SIGTERM)
+    for c in clients:
+        c.read_to_end(timeout=5)
+        assert c.parser.reconnection_time == 1500
+    ended = time.monotonic() - started
+    code = server.wait(10)
+    exited = time.monotonic() - started
+    assert code == 0, "".join(server.log)
+    assert ended < 3, f"streams took {ended:.1f}s to end"
+    assert exited < 6, f"gunicorn took {exited:.1f}s to exit (graceful timeout is 20s)"
+    assert "graceful timeout" not in "".join(server.log).lower()
+
+
+def test_a_client_that_does_not_read_is_disconnected(gunicorn: Gunicorn) -> None:
+    server = gunicorn(APP, env={"TEST_MAX_PENDING": str(512 * 1024), "TEST_KEEPALIVE": "5"})
+    slow = StreamClient(server.port, "/big")
+    slow.wait_for(lambda c: b": ok" in c.raw)
+    fast = StreamClient(server.port, "/clock")
+    fast.events(1)
+    # The slow client never reads again; the worker must cut it off.
+    wait_until(lambda: stats(server)["closed"] >= 1, 30, interval=0.2, message="slow client disconnected")
+    info = stats(server)
+    assert info["open"] == 1
+    assert "not reading" in "".join(server.log)
+    n = len(fast.parser.events)
+    fast.events(n + 3, timeout=5)  # unaffected
+    slow.close()
+
+
+def test_push_from_a_real_os_thread(gunicorn: Gunicorn) -> None:
+    server = gunicorn(APP)
+    client = StreamClient(server.port, "/thread")
+    client.read_to_end(timeout=10)
+    assert [e.data for e in client.parser.events] == [f"from thread {i}" for i in range(100)]
+    wait_until(lambda: stats(server)["handlers_running"] == 0, 5)
