@@ -12,6 +12,7 @@ from wsgiref.validate import validator
 
 import gevent
 import gevent.event
+import gevent.subprocess
 import greenlet
 import pytest
 from gevent.pool import Pool
@@ -112,8 +113,6 @@ class ServerProcess:
         ready_pattern: str = "",
         stop_signal: int = signal.SIGTERM,
     ) -> None:
-        import gevent.subprocess
-
         self.args = args
         self.stop_signal = stop_signal
         self.log: list[str] = []

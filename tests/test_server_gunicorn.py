@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import gevent
 import pytest
 
 from tests.conftest import ServerProcess
@@ -69,7 +70,6 @@ def test_many_cycles_return_to_baseline(gunicorn: Gunicorn) -> None:
     warm.close()
     wait_until(lambda: stats(server)["open"] == 0, 5)
     baseline = stats(server)["greenlets"]
-    import gevent
 
     def cycle(i: int) -> None:
         c = StreamClient(server.port, "/idle")

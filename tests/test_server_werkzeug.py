@@ -14,6 +14,7 @@ import gevent.event
 import pytest
 from werkzeug.serving import BaseWSGIServer, make_server
 
+from tests.conftest import open_fds
 from tests.helpers import ParsedEvent, StreamClient, wait_until
 from wsgi_eventsource import Connection, EventSource
 
@@ -49,7 +50,7 @@ def dev_server() -> Iterator[tuple[BaseWSGIServer, Handler, EventSource]]:
 
 
 def test_streams_and_pushes_from_other_threads(dev_server: tuple[BaseWSGIServer, Handler, EventSource]) -> None:
-    server, handler, app = dev_server
+    server, handler, _ = dev_server
     client = StreamClient(server.server_port, "/a")
     assert client.events(1) == [ParsedEvent("message", "hello", "")]
     wait_until(lambda: len(handler.connections) == 1, 5)
@@ -86,8 +87,6 @@ def test_disconnect_is_noticed(dev_server: tuple[BaseWSGIServer, Handler, EventS
 def test_streams_leave_no_hub_behind(dev_server: tuple[BaseWSGIServer, Handler, EventSource]) -> None:
     """Regression: each request thread's gevent hub (an epoll fd and an
     eventfd) outlived its stream, two fds leaked per request."""
-    from tests.conftest import open_fds
-
     server, handler, app = dev_server
 
     def one() -> None:
