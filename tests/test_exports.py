@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from importlib.metadata import version
 
 import wsgi_eventsource
 
@@ -12,7 +13,7 @@ def test_all_names_exist_and_are_documented() -> None:
         assert hasattr(wsgi_eventsource, name), name
         obj = getattr(wsgi_eventsource, name)
         if inspect.isclass(obj) or inspect.isfunction(obj):
-            assert obj.__doc__ and obj.__doc__.strip(), f"{name} has no docstring"
+            assert (obj.__doc__ or "").strip(), f"{name} has no docstring"
 
 
 def test_public_methods_are_documented() -> None:
@@ -20,7 +21,7 @@ def test_public_methods_are_documented() -> None:
         for name, member in vars(cls).items():
             if name.startswith("_") or not (inspect.isfunction(member) or isinstance(member, property)):
                 continue
-            assert member.__doc__ and member.__doc__.strip(), f"{cls.__name__}.{name} has no docstring"
+            assert (member.__doc__ or "").strip(), f"{cls.__name__}.{name} has no docstring"
 
 
 def test_nothing_public_is_missing_from_all() -> None:
@@ -29,6 +30,4 @@ def test_nothing_public_is_missing_from_all() -> None:
 
 
 def test_version_is_the_package_metadata_version() -> None:
-    from importlib.metadata import version
-
     assert version("wsgi-eventsource") == wsgi_eventsource.__version__
