@@ -11,21 +11,30 @@
 """
 
 from .app import EventSource
+from .brokers import Broker, MemoryBroker, PublisherApp, SubscriberApp
+from .brokers.redis import RedisBroker
 from .connection import Connection
 from .encoding import Event, build_event, encode_comment, encode_event, encode_id, encode_retry
-from .errors import ConnectionClosed, EventSourceError, InvalidEvent
+from .errors import BrokerUnavailable, ConnectionClosed, EventSourceError, InvalidChannel, InvalidEvent
 from .stream import Stream
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Broker",
+    "BrokerUnavailable",
     "Connection",
     "ConnectionClosed",
     "Event",
     "EventSource",
     "EventSourceError",
+    "InvalidChannel",
     "InvalidEvent",
+    "MemoryBroker",
+    "PublisherApp",
+    "RedisBroker",
     "Stream",
+    "SubscriberApp",
     "__version__",
     "build_event",
     "encode_comment",

@@ -189,14 +189,16 @@ class EventSource:
         self,
         environ: WSGIEnvironment,
         start_response: StartResponse,
-        handler_cb: HandlerCallback,
+        handler_cb: HandlerCallback | None,
         preamble: bytes = b"",
     ) -> Stream:
         """Start the response and run ``handler_cb`` on a new connection.
 
         For apps built on this one (such as the channel subscriber app) that
         check the request themselves. *preamble* is sent right after the
-        stream's own preamble.
+        stream's own preamble and does not count against ``max_pending``.
+        With ``handler_cb=None`` no greenlet is started; the caller uses
+        :attr:`Stream.connection`.
         """
         if not self._signals_installed:
             self._install_signal_handlers()
@@ -207,7 +209,8 @@ class EventSource:
             registry=self._connections,
         )
         start_response("200 OK", list(self.headers))
-        conn._handler = gevent.spawn(self._run_handler, handler_cb, conn, environ)
+        if handler_cb is not None:
+            conn._handler = gevent.spawn(self._run_handler, handler_cb, conn, environ)
         return Stream(conn, self.keepalive)
 
     @property

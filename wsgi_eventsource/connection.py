@@ -98,7 +98,7 @@ class Connection:
         self.environ = environ
         self.last_event_id = last_event_id(environ)
         self._chunks: list[bytes] = [preamble] if preamble else []
-        self._size = len(preamble)
+        self._size = 0  # the preamble (a replay, say) is not held against max_pending
         self._max_pending = max_pending
         self._closed = False
         self._finished = False

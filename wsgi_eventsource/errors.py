@@ -6,11 +6,13 @@ builtin it resembles, so callers may catch either::
     EventSourceError(Exception)
      +-- ConnectionClosed
      +-- InvalidEvent(ValueError)
+     +-- InvalidChannel(ValueError)
+     +-- BrokerUnavailable(ConnectionError)
 """
 
 from __future__ import annotations
 
-__all__ = ["ConnectionClosed", "EventSourceError", "InvalidEvent"]
+__all__ = ["BrokerUnavailable", "ConnectionClosed", "EventSourceError", "InvalidChannel", "InvalidEvent"]
 
 
 class EventSourceError(Exception):
@@ -31,4 +33,16 @@ class InvalidEvent(EventSourceError, ValueError):
 
     The message always names the offending field (``data``, ``event``, ``id``,
     ``retry`` or ``comment``). Nothing is sent when this is raised.
+    """
+
+
+class InvalidChannel(EventSourceError, ValueError):
+    """A channel name is empty, too long, or has a character or segment that
+    is not allowed; the message says which."""
+
+
+class BrokerUnavailable(EventSourceError, ConnectionError):
+    """The broker's backing store (Redis) cannot be reached right now.
+
+    Nothing was published. The publisher app answers ``503`` with it.
     """

@@ -38,6 +38,11 @@ class Stream:
         self._conn = connection
         self._keepalive = keepalive
 
+    @property
+    def connection(self) -> Connection:
+        """The connection this stream drains."""
+        return self._conn
+
     def __iter__(self) -> Stream:
         return self
 

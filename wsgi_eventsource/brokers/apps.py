@@ -1,0 +1,262 @@
+"""The channel WSGI apps: subscribe with ``GET /<channel>``, publish with
+``POST /<channel>``. The channel is ``PATH_INFO`` below the mount point, so
+
+::
+
+    DispatcherMiddleware(site, {
+        "/eventsource": broker.subscriber_app(),
+        "/publish": broker.publisher_app(authorize=is_admin),
+    })
+
+serves ``/eventsource/<channel>`` and ``/publish/<channel>``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from functools import partial
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
+
+from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.wrappers import Request
+
+from ..app import EventSource, HeadersLike, plain_response
+from ..connection import Connection, last_event_id
+from ..encoding import Data
+from ..errors import BrokerUnavailable, InvalidChannel, InvalidEvent
+from .base import Broker, validate_channel
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
+__all__ = ["PublisherApp", "SubscriberApp"]
+
+logger = logging.getLogger("wsgi_eventsource")
+
+Authorize = Callable[["WSGIEnvironment", str], bool]
+
+#: Seconds a client is told to wait (``Retry-After``) when the broker is down.
+RETRY_AFTER = "2"
+
+
+def _channel_or_error(environ: WSGIEnvironment, start_response: StartResponse) -> str | list[bytes]:
+    """The channel named by ``PATH_INFO``, or the error response to return."""
+    path: str = environ.get("PATH_INFO", "")
+    name = path[1:] if path.startswith("/") else path
+    try:
+        return validate_channel(name)
+    except InvalidChannel as exc:
+        if not name:
+            return plain_response(start_response, "404 Not Found", "No channel: use /<channel>\n")
+        return plain_response(start_response, "400 Bad Request", f"{exc}\n")
+
+
+class SubscriberApp:
+    """``GET /<channel>``: the channel's events as an event stream.
+
+    A client that sends ``Last-Event-ID`` (or ``?lastEventId=``) first gets what
+    it missed, then live events; see :mod:`wsgi_eventsource.brokers.base`.
+
+    :param broker: the broker to subscribe to.
+    :param authorize: ``authorize(environ, channel) -> bool``; ``False``
+        answers ``403``. Without it every channel is open to everyone.
+    :param headers: extra response headers, as for :class:`EventSource`.
+    :param options: other :class:`EventSource` options (``keepalive``,
+        ``retry``, ``max_pending``, ``shutdown_retry``, ...).
+    """
+
+    def __init__(
+        self,
+        broker: Broker,
+        *,
+        authorize: Authorize | None = None,
+        headers: HeadersLike | None = None,
+        **options: Any,
+    ) -> None:
+        if "authorize" in options:
+            raise TypeError("pass authorize(environ, channel) as subscriber_app(authorize=...)")
+        if authorize is not None and not callable(authorize):
+            raise TypeError("authorize must be callable or None")
+        self.broker = broker
+        self.authorize = authorize
+        self.source = EventSource(_no_handler, headers=headers, **options)
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        if environ.get("REQUEST_METHOD") != "GET":
+            return self.source(environ, start_response)  # 405, or a CORS preflight
+        channel = _channel_or_error(environ, start_response)
+        if not isinstance(channel, str):
+            return channel
+        if self.authorize is not None and not self.authorize(environ, channel):
+            return plain_response(start_response, "403 Forbidden", "Forbidden\n")
+        if environ.get("wsgi.multiprocess"):
+            warn = getattr(self.broker, "warn_multiprocess", None)
+            if warn is not None:
+                warn()
+        try:
+            subscription, preamble = self.broker.subscribe(channel, last_event_id(environ))
+        except BrokerUnavailable as exc:
+            return plain_response(start_response, "503 Service Unavailable", f"{exc}\n", [("Retry-After", RETRY_AFTER)])
+        stream = self.source.open_stream(environ, start_response, None, preamble=preamble)
+        conn = stream.connection
+        subscription.attach(conn)
+        conn.on_close(partial(self.broker.unsubscribe, subscription))
+        return stream
+
+    def close_all(self, retry: int | None = None) -> int:
+        """Close every stream this app serves (see :meth:`EventSource.close_all`)."""
+        return self.source.close_all(retry)
+
+    @property
+    def connections(self) -> frozenset[Connection]:
+        """The streams open right now."""
+        return self.source.connections
+
+
+def _no_handler(conn: Connection, environ: WSGIEnvironment) -> None:
+    """Subscriber streams are fed by the broker; there is nothing to run."""
+
+
+class PublisherApp:
+    """``POST /<channel>``: publish one event; answers ``201`` with JSON
+    ``{"id": ..., "channel": ...}``.
+
+    The body is read by its ``Content-Type``:
+
+    ``text/plain`` (or none)
+        The body is the data (UTF-8). ``?event=`` and ``?retry=`` in the query
+        string set those fields.
+    ``application/x-www-form-urlencoded``
+        Fields ``data`` (repeat it for several lines), ``event``, ``retry``.
+    ``application/json``
+        ``{"data": "..." or ["line", ...], "event": "...", "retry": 3000}``.
+
+    Answers ``400`` for bad UTF-8, JSON or fields (the message says which),
+    ``403`` when ``authorize`` refuses, ``404``/``400`` for a missing or bad
+    channel, ``405`` for a method other than ``POST``, ``413`` for a body over
+    *max_body* bytes, ``415`` for another content type, and ``503`` (with
+    ``Retry-After``) when the broker cannot be reached.
+
+    :param authorize: ``authorize(environ, channel) -> bool``. Without it,
+        anyone who can reach this app can publish to any channel.
+    :param max_body: the largest body accepted, in bytes.
+    """
+
+    def __init__(self, broker: Broker, *, authorize: Authorize | None = None, max_body: int = 1024 * 1024) -> None:
+        if authorize is not None and not callable(authorize):
+            raise TypeError("authorize must be callable or None")
+        if not isinstance(max_body, int) or max_body <= 0:
+            raise ValueError(f"max_body must be a positive int (bytes), not {max_body!r}")
+        self.broker = broker
+        self.authorize = authorize
+        self.max_body = max_body
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        if environ.get("REQUEST_METHOD") != "POST":
+            return plain_response(start_response, "405 Method Not Allowed", "Use POST\n", [("Allow", "POST")])
+        channel = _channel_or_error(environ, start_response)
+        if not isinstance(channel, str):
+            return channel
+        if self.authorize is not None and not self.authorize(environ, channel):
+            return plain_response(start_response, "403 Forbidden", "Forbidden\n")
+        request = Request(environ)
+        request.max_content_length = self.max_body
+        try:
+            body = request.get_data(cache=False)
+        except RequestEntityTooLarge:
+            return plain_response(
+                start_response, "413 Content Too Large", f"The body is larger than {self.max_body} bytes\n"
+            )
+        try:
+            data, event, retry = self._fields(request.mimetype, body, request.args.to_dict(flat=False))
+        except _Unsupported as exc:
+            return plain_response(start_response, "415 Unsupported Media Type", f"{exc}\n")
+        except (ValueError, UnicodeDecodeError) as exc:
+            return plain_response(start_response, "400 Bad Request", f"{exc}\n")
+        try:
+            event_id = self.broker.publish(channel, data, event=event, retry=retry)
+        except InvalidEvent as exc:
+            return plain_response(start_response, "400 Bad Request", f"{exc}\n")
+        except BrokerUnavailable as exc:
+            return plain_response(start_response, "503 Service Unavailable", f"{exc}\n", [("Retry-After", RETRY_AFTER)])
+        payload = json.dumps({"id": event_id, "channel": channel}).encode()
+        start_response("201 Created", [("Content-Type", "application/json"), ("Content-Length", str(len(payload)))])
+        return [payload]
+
+    def _fields(self, mimetype: str, body: bytes, query: dict[str, list[str]]) -> tuple[Data, str | None, int | None]:
+        if mimetype in ("", "text/plain"):
+            text = _utf8(body, "body")
+            return text, _single(query, "event"), _retry(_single(query, "retry"))
+        if mimetype == "application/x-www-form-urlencoded":
+            try:
+                pairs = parse_qsl(_utf8(body, "body"), keep_blank_values=True, errors="strict")
+            except UnicodeDecodeError:
+                raise ValueError("form fields are not valid UTF-8") from None
+            fields: dict[str, list[str]] = {}
+            for name, value in pairs:
+                fields.setdefault(name, []).append(value)
+            unknown = sorted(set(fields) - {"data", "event", "retry"})
+            if unknown:
+                raise ValueError(f"unknown form field(s): {', '.join(unknown)}; use data, event and retry")
+            if "data" not in fields:
+                raise ValueError("the form has no data field")
+            return fields["data"], _single(fields, "event"), _retry(_single(fields, "retry"))
+        if mimetype == "application/json":
+            try:
+                document = json.loads(_utf8(body, "body"))
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"the body is not valid JSON: {exc}") from None
+            if not isinstance(document, dict):
+                raise ValueError('the JSON body must be an object: {"data": ..., "event": ..., "retry": ...}')
+            unknown = sorted(set(document) - {"data", "event", "retry"})
+            if unknown:
+                raise ValueError(f"unknown JSON key(s): {', '.join(unknown)}; use data, event and retry")
+            if "data" not in document:
+                raise ValueError("the JSON body has no data")
+            data = document["data"]
+            if not (isinstance(data, str) or (isinstance(data, list) and all(isinstance(x, str) for x in data))):
+                raise ValueError("data must be a string or a list of strings")
+            event = document.get("event")
+            if event is not None and not isinstance(event, str):
+                raise ValueError("event must be a string")
+            retry = document.get("retry")
+            if retry is not None and (not isinstance(retry, int) or isinstance(retry, bool)):
+                raise ValueError("retry must be an integer (milliseconds)")
+            return data, event, retry
+        raise _Unsupported(
+            f"Content-Type {mimetype!r} is not supported: use text/plain, "
+            "application/x-www-form-urlencoded or application/json"
+        )
+
+
+class _Unsupported(Exception):
+    pass
+
+
+def _utf8(body: bytes, what: str) -> str:
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"the {what} is not valid UTF-8: {exc}") from None
+
+
+def _single(fields: dict[str, list[str]], name: str) -> str | None:
+    values = fields.get(name)
+    if not values:
+        return None
+    if len(values) > 1:
+        raise ValueError(f"{name} is given more than once")
+    return values[0]
+
+
+def _retry(value: str | None) -> int | None:
+    if value is None:
+        return None
+    if not value.isascii() or not value.isdigit():
+        raise ValueError(f"retry must be a non-negative integer (milliseconds), not {value!r}")
+    return int(value)

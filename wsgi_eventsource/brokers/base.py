@@ -1,0 +1,312 @@
+"""What every broker shares: channel names, event ids, replay planning and the
+hand-off from replay to live delivery.
+
+Event ids look like Redis stream ids, ``"<milliseconds>-<sequence>"``, for
+both brokers: they increase within a channel, and ids of different broker
+instances (a restarted process) do not collide, so a stale ``Last-Event-ID``
+is recognised instead of being mistaken for a recent one.
+
+Replay ("nothing lost, nothing twice"): every history entry remembers its
+predecessor's id. A client's ``Last-Event-ID`` is *in history* when it is the
+id of a retained entry, or the predecessor of the oldest retained entry (the
+client has seen everything before it). Then exactly the entries after it are
+replayed. Any other id (unknown, malformed, trimmed away, or from another
+broker instance) gets one ``stream-reset`` event first, then all of history.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..connection import _thread_ident
+from ..encoding import Data, Event, encode_id
+from ..errors import InvalidChannel, InvalidEvent
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIApplication, WSGIEnvironment
+    from gevent.hub import Hub
+
+    from ..app import HeadersLike
+    from ..connection import Connection
+
+__all__ = [
+    "CHANNEL_MAX_LENGTH",
+    "DEFAULT_HISTORY",
+    "STREAM_RESET",
+    "Broker",
+    "Entry",
+    "ReplayPlan",
+    "Subscription",
+    "parse_id",
+    "plan_replay",
+    "validate_channel",
+]
+
+#: Events kept per channel for replay, unless the broker is told otherwise.
+DEFAULT_HISTORY = 1000
+#: The longest channel name accepted, in characters.
+CHANNEL_MAX_LENGTH = 200
+#: The event type sent to a client whose ``Last-Event-ID`` is not in history.
+STREAM_RESET = "stream-reset"
+
+# Letters, digits and "-_.:@~+=,!" in segments separated by single "/": enough
+# for XMPP node names and room ids, nothing a path could be tricked with.
+_SEGMENT = re.compile(r"[A-Za-z0-9\-_.:@~+=,!]+")
+_ID = re.compile(r"(\d{1,20})-(\d{1,20})")
+
+
+def validate_channel(name: str) -> str:
+    """Return *name* if it is a valid channel name, else raise :class:`InvalidChannel`.
+
+    A name is 1 to :data:`CHANNEL_MAX_LENGTH` characters: segments of ASCII
+    letters, digits and ``- _ . : @ ~ + = , !`` separated by single ``/``. No
+    empty, ``.`` or ``..`` segment, no leading or trailing ``/``. So every
+    channel has exactly one spelling, and ``authorize`` sees what is served.
+    """
+    if not isinstance(name, str):
+        raise InvalidChannel(f"channel must be str, not {type(name).__name__}")
+    if not name:
+        raise InvalidChannel("channel name is empty")
+    if len(name) > CHANNEL_MAX_LENGTH:
+        raise InvalidChannel(f"channel name is longer than {CHANNEL_MAX_LENGTH} characters")
+    for segment in name.split("/"):
+        if not segment:
+            raise InvalidChannel(f"channel name {name!r} has an empty segment (leading, trailing or double '/')")
+        if segment in (".", ".."):
+            raise InvalidChannel(f"channel name {name!r} has a {segment!r} segment")
+        if not _SEGMENT.fullmatch(segment):
+            bad = next(c for c in segment if not _SEGMENT.fullmatch(c))
+            raise InvalidChannel(f"channel name {name!r} has a character that is not allowed: {bad!r}")
+    return name
+
+
+def parse_id(event_id: str | None) -> tuple[int, int] | None:
+    """``"<ms>-<seq>"`` as a comparable tuple, or ``None`` if it is not one."""
+    if event_id is None or len(event_id) > 41:
+        return None
+    match = _ID.fullmatch(event_id)
+    if match is None:
+        return None
+    return int(match.group(1)), int(match.group(2))
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One event in a channel's history."""
+
+    id: str
+    #: The id of the entry published just before this one in the channel.
+    prev: str
+    #: The encoded event without its ``id:`` line (see :func:`wire`).
+    body: bytes
+    #: When it was published, in milliseconds since the epoch.
+    created: int
+
+    @property
+    def wire(self) -> bytes:
+        """The event as it is sent: its ``id:`` line, then the body."""
+        return b"id: " + self.id.encode("ascii") + b"\n" + self.body
+
+
+def encode_body(data: Data, event: str | None, retry: int | None) -> bytes:
+    """Validate and encode a published event, without its id (not known yet)."""
+    if data is None:
+        raise InvalidEvent("data is required to publish (use '' for empty data)")
+    return Event(data, event=event, retry=retry).encoded
+
+
+@dataclass(frozen=True)
+class ReplayPlan:
+    """What a (re)connecting subscriber gets before live events."""
+
+    #: Send a ``stream-reset`` event first (the client missed events).
+    reset: bool
+    #: The entries to replay, oldest first.
+    entries: Sequence[Entry]
+    #: The id the client is at once the replay is sent (ignoring live events).
+    position: str
+    #: ``"unknown"`` or ``"expired"`` when ``reset`` is true.
+    reason: str = ""
+
+
+def plan_replay(last_event_id: str | None, current_id: str, history: Sequence[Entry]) -> ReplayPlan:
+    """Decide what a subscriber that last saw *last_event_id* is sent.
+
+    *history* is the channel's retained entries, oldest first; *current_id*
+    the id of the newest event (or the channel's start id when it has none).
+    """
+    if last_event_id is None or last_event_id == current_id:
+        return ReplayPlan(False, (), current_id)
+    for index, entry in enumerate(history):
+        if entry.id == last_event_id:
+            return ReplayPlan(False, history[index + 1 :], current_id)
+    if history and history[0].prev == last_event_id:
+        return ReplayPlan(False, history, current_id)
+    key = parse_id(last_event_id)
+    first = parse_id(history[0].id) if history else parse_id(current_id)
+    expired = key is not None and first is not None and key < first
+    return ReplayPlan(True, history, current_id, "expired" if expired else "unknown")
+
+
+def preamble(channel: str, last_event_id: str | None, plan: ReplayPlan) -> bytes:
+    """The bytes sent before live events: a bare ``id:`` line for a new
+    client, else an optional ``stream-reset`` event and the replayed events."""
+    if last_event_id is None:
+        # A bare id with no data: the client's lastEventId is set without an
+        # event, so a client that drops before the first event resumes here.
+        return encode_id(plan.position)
+    parts = []
+    if plan.reset:
+        base = plan.entries[0].prev if plan.entries else plan.position
+        data = json.dumps({"channel": channel, "lastEventId": last_event_id, "reason": plan.reason})
+        parts.append(Event(data, event=STREAM_RESET, id=base).encoded)
+    parts.extend(entry.wire for entry in plan.entries)
+    return b"".join(parts)
+
+
+class Subscription:
+    """One connection's subscription to one channel.
+
+    Live events that arrive before the connection is attached are buffered;
+    events at or before ``floor`` (the last replayed id) are dropped, so the
+    replay-to-live hand-off sends nothing twice.
+    """
+
+    __slots__ = ("buffer", "channel", "conn", "floor", "hub", "thread")
+
+    def __init__(self, channel: str, hub: Hub) -> None:
+        self.channel = channel
+        self.conn: Connection | None = None
+        self.buffer: list[tuple[tuple[int, int], bytes]] | None = []
+        self.floor: tuple[int, int] | None = None
+        self.hub = hub
+        self.thread = _thread_ident()
+
+    def deliver(self, key: tuple[int, int], wire: bytes) -> None:
+        """In the subscriber's hub: queue a live event (or buffer it)."""
+        floor = self.floor
+        if floor is not None:
+            if key <= floor:
+                return
+            self.floor = None  # events come in order: no comparisons from now on
+        if self.conn is not None:
+            self.conn._enqueue(wire)
+        elif self.buffer is not None:
+            self.buffer.append((key, wire))
+
+    def attach(self, conn: Connection) -> None:
+        """Go live on *conn*: flush what was buffered meanwhile."""
+        buffered, self.buffer = self.buffer, None
+        self.conn = conn
+        for key, wire in buffered or ():
+            if self.floor is None or key > self.floor:
+                self.floor = None
+                conn._enqueue(wire)
+
+
+def fan_out(subscriptions: Iterable[Subscription], key: tuple[int, int], wire: bytes) -> None:
+    """Deliver one encoded event to many subscriptions, in their own hubs."""
+    fan_out_batch([(subscriptions, key, wire)])
+
+
+def fan_out_batch(batch: Iterable[tuple[Iterable[Subscription], tuple[int, int], bytes]]) -> None:
+    """Deliver encoded events, in order, each to its subscriptions.
+
+    Subscriptions of the calling thread are served directly; each other
+    thread's hub gets ONE callback that serves the whole batch, in order.
+    """
+    me = _thread_ident()
+    elsewhere: dict[int, tuple[Hub, list[tuple[Subscription, tuple[int, int], bytes]]]] = {}
+    for subscriptions, key, wire in batch:
+        for sub in subscriptions:
+            if sub.thread == me:
+                sub.deliver(key, wire)
+            else:
+                elsewhere.setdefault(sub.thread, (sub.hub, []))[1].append((sub, key, wire))
+    for hub, items in elsewhere.values():
+        try:
+            hub.loop.run_callback_threadsafe(_deliver_all, items)
+        except Exception:  # that thread's hub is gone with its streams
+            continue
+
+
+def _deliver_all(items: list[tuple[Subscription, tuple[int, int], bytes]]) -> None:
+    for sub, key, wire in items:
+        sub.deliver(key, wire)
+
+
+class Broker(ABC):
+    """The channel API shared by :class:`MemoryBroker` and :class:`RedisBroker`."""
+
+    history: int
+    max_age: float | None
+
+    @abstractmethod
+    def publish(self, channel: str, data: Data, *, event: str | None = None, retry: int | None = None) -> str:
+        """Publish one event to *channel*; return its id.
+
+        *data* is as in :meth:`Connection.push`: ``str``, UTF-8 ``bytes`` or a
+        sequence of them (one data line each).
+
+        :raises InvalidChannel: the channel name is not valid.
+        :raises InvalidEvent: the event cannot be sent as given.
+        :raises BrokerUnavailable: the backing store cannot be reached.
+        """
+
+    @abstractmethod
+    def subscribe(self, channel: str, last_event_id: str | None) -> tuple[Subscription, bytes]:
+        """Register a subscription (buffering until attached) and return it
+        with the preamble to send first (a bare id, or reset and replay)."""
+
+    @abstractmethod
+    def unsubscribe(self, subscription: Subscription) -> None:
+        """Forget a subscription; called when its stream ends."""
+
+    def history_of(self, channel: str) -> list[Entry]:
+        """The channel's retained entries, oldest first (for inspection and tests)."""
+        raise NotImplementedError
+
+    def subscriber_app(
+        self,
+        authorize: Callable[[WSGIEnvironment, str], bool] | None = None,
+        headers: HeadersLike | None = None,
+        **options: Any,
+    ) -> WSGIApplication:
+        """A WSGI app: ``GET /<channel>`` streams the channel's events.
+
+        The channel is ``PATH_INFO`` below the mount point. ``authorize(environ,
+        channel) -> bool`` is asked first; without it, **every channel is open
+        to everyone**. Other keyword *options* go to :class:`EventSource`
+        (``keepalive``, ``retry``, ``max_pending``, ...).
+        """
+        from .apps import SubscriberApp
+
+        return SubscriberApp(self, authorize=authorize, headers=headers, **options)
+
+    def publisher_app(
+        self,
+        authorize: Callable[[WSGIEnvironment, str], bool] | None = None,
+        *,
+        max_body: int = 1024 * 1024,
+    ) -> WSGIApplication:
+        """A WSGI app: ``POST /<channel>`` publishes the request body.
+
+        See :class:`~wsgi_eventsource.brokers.apps.PublisherApp`. Without
+        ``authorize``, **anyone who can reach it can publish to any channel**.
+        """
+        from .apps import PublisherApp
+
+        return PublisherApp(self, authorize=authorize, max_body=max_body)
+
+    def close(self) -> None:  # noqa: B027  # a no-op for brokers that hold nothing
+        """Release what the broker holds (connections, reader threads)."""

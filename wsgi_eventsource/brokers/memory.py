@@ -1,0 +1,170 @@
+"""The in-process broker: channels, history and fan-out in one process."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import gevent
+from gevent.monkey import get_original
+
+from ..encoding import Data
+from .base import (
+    DEFAULT_HISTORY,
+    Broker,
+    Entry,
+    Subscription,
+    encode_body,
+    fan_out,
+    now_ms,
+    parse_id,
+    plan_replay,
+    preamble,
+)
+from .base import validate_channel as _validate_channel
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = ["MemoryBroker"]
+
+logger = logging.getLogger("wsgi_eventsource")
+
+# A real OS lock even under monkey-patching: it is only held for short,
+# non-blocking sections, and publishers may be real threads.
+_allocate_lock: Callable[[], object] = get_original("_thread", "allocate_lock")
+
+
+@dataclass
+class _Channel:
+    start_id: str
+    history: deque[Entry]
+    subscribers: set[Subscription] = field(default_factory=set)
+    last_key: tuple[int, int] = (0, 0)
+
+    @property
+    def current_id(self) -> str:
+        return self.history[-1].id if self.history else self.start_id
+
+
+class MemoryBroker(Broker):
+    """Channels in this process's memory: the embedded default, no server needed.
+
+    :param history: events kept per channel for ``Last-Event-ID`` replay.
+    :param max_age: if set, events older than this many seconds are not
+        replayed (and are dropped at the next publish).
+
+    Only subscribers in this same process receive events. Under several
+    gunicorn workers use :class:`RedisBroker`; a ``MemoryBroker`` used in a
+    process that was forked, or by a multi-process server, logs a warning.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(self, history: int = DEFAULT_HISTORY, *, max_age: float | None = None) -> None:
+        if not isinstance(history, int) or isinstance(history, bool) or history < 1:
+            raise ValueError(f"history must be a positive int, not {history!r}")
+        if max_age is not None and not (isinstance(max_age, (int, float)) and max_age > 0):
+            raise ValueError(f"max_age must be a positive number of seconds or None, not {max_age!r}")
+        self.history = history
+        self.max_age = max_age
+        self._channels: dict[str, _Channel] = {}
+        self._lock = _allocate_lock()
+        # Ids of this instance start after its creation time, so that an id
+        # handed out by another instance (a restarted process) is never in
+        # this one's history.
+        self._start_key = (now_ms(), 0)
+        self._start_id = f"{self._start_key[0]}-0"
+        self._pid = os.getpid()
+        self._warned = False
+
+    def __repr__(self) -> str:
+        return f"<MemoryBroker history={self.history} channels={len(self._channels)}>"
+
+    def _check_process(self) -> None:
+        if not self._warned and os.getpid() != self._pid:
+            self._warned = True
+            logger.warning(
+                "MemoryBroker was created in process %d and is used in forked process %d: each "
+                "worker has its own channels, so subscribers connected to another worker miss "
+                "events published here. Use RedisBroker with several workers.",
+                self._pid,
+                os.getpid(),
+            )
+
+    def warn_multiprocess(self) -> None:
+        """Log (once) that a multi-process server is using this broker."""
+        if not self._warned:
+            self._warned = True
+            logger.warning(
+                "MemoryBroker is used by a multi-process server (wsgi.multiprocess is true): "
+                "subscribers connected to other workers miss events published in this one. "
+                "Use RedisBroker with several workers."
+            )
+
+    def _channel(self, name: str) -> _Channel:
+        channel = self._channels.get(name)
+        if channel is None:
+            channel = _Channel(self._start_id, deque(maxlen=self.history), last_key=self._start_key)
+            self._channels[name] = channel
+        return channel
+
+    def _expire(self, channel: _Channel, now: int) -> None:
+        if self.max_age is not None:
+            cutoff = now - int(self.max_age * 1000)
+            history = channel.history
+            while history and history[0].created < cutoff:
+                history.popleft()
+
+    def publish(self, channel: str, data: Data, *, event: str | None = None, retry: int | None = None) -> str:
+        _validate_channel(channel)
+        body = encode_body(data, event, retry)
+        self._check_process()
+        with self._lock:  # type: ignore[attr-defined]
+            state = self._channel(channel)
+            now = now_ms()
+            ms, seq = state.last_key
+            key = (now, 0) if now > ms else (ms, seq + 1)
+            state.last_key = key
+            entry = Entry(f"{key[0]}-{key[1]}", state.current_id, body, now)
+            self._expire(state, now)
+            state.history.append(entry)
+            subscribers = list(state.subscribers)
+        fan_out(subscribers, key, entry.wire)
+        return entry.id
+
+    def subscribe(self, channel: str, last_event_id: str | None) -> tuple[Subscription, bytes]:
+        _validate_channel(channel)
+        self._check_process()
+        subscription = Subscription(channel, gevent.get_hub())
+        with self._lock:  # type: ignore[attr-defined]
+            state = self._channel(channel)
+            self._expire(state, now_ms())
+            plan = plan_replay(last_event_id, state.current_id, list(state.history))
+            subscription.floor = parse_id(plan.position)
+            state.subscribers.add(subscription)
+        return subscription, preamble(channel, last_event_id, plan)
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        with self._lock:  # type: ignore[attr-defined]
+            state = self._channels.get(subscription.channel)
+            if state is not None:
+                state.subscribers.discard(subscription)
+                if not state.subscribers and not state.history:
+                    del self._channels[subscription.channel]  # nothing left to keep
+
+    def history_of(self, channel: str) -> list[Entry]:
+        with self._lock:  # type: ignore[attr-defined]
+            state = self._channels.get(channel)
+            return list(state.history) if state is not None else []
+
+    def subscriber_count(self, channel: str | None = None) -> int:
+        """Subscriptions open in this process, to *channel* or to all channels."""
+        with self._lock:  # type: ignore[attr-defined]
+            if channel is not None:
+                state = self._channels.get(channel)
+                return len(state.subscribers) if state is not None else 0
+            return sum(len(s.subscribers) for s in self._channels.values())
