@@ -1,0 +1,153 @@
+"""RedisBroker against a real redis-server: many processes, one reader per
+process, and Redis going away and coming back."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+
+import gevent
+import pytest
+import redis
+from gevent.pywsgi import WSGIServer
+from werkzeug.middleware.dispatcher import DispatcherMiddleware
+
+from tests.conftest import ROOT, RedisServer, ServerProcess
+from tests.helpers import StreamClient, wait_until
+from wsgi_eventsource import BrokerUnavailable, RedisBroker
+
+pytestmark = pytest.mark.server
+
+
+def test_without_redis_installed_the_error_names_the_extra() -> None:
+    code = (
+        "import sys; sys.modules['redis'] = None\n"
+        "from wsgi_eventsource import RedisBroker, MemoryBroker\n"
+        "MemoryBroker().publish('a', 'works without redis')\n"
+        "RedisBroker('redis://localhost')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT, check=False
+    )
+    assert result.returncode == 1
+    assert "ImportError" in result.stderr
+    assert "pip install 'wsgi-eventsource[redis]'" in result.stderr
+
+
+def test_one_reader_connection_per_process_not_per_subscriber(serve: Callable[..., WSGIServer], redis_url: str) -> None:
+    broker = RedisBroker(redis_url)
+    port = serve(DispatcherMiddleware(lambda e, s: [], {"/events": broker.subscriber_app()})).server_port
+    admin = redis.Redis.from_url(redis_url)
+    before = len(admin.client_list())
+    clients = [StreamClient(port, f"/events/ch{i % 10}") for i in range(60)]
+    for c in clients:
+        c.wait_for(lambda c: b"id: " in c.raw)
+    for i in range(10):
+        broker.publish(f"ch{i}", "x")
+    for c in clients:
+        c.events(1)
+    connections = len(admin.client_list()) - before
+    assert connections <= 3, f"{connections} Redis connections for 60 subscribers"
+    admin.close()
+    broker.close()
+
+
+def test_redis_killed_and_restarted_mid_stream(serve: Callable[..., WSGIServer], redis_server: RedisServer) -> None:
+    broker = RedisBroker(redis_server.url, block=0.2)
+    app = DispatcherMiddleware(
+        lambda e, s: [], {"/events": broker.subscriber_app(keepalive=0.2), "/publish": broker.publisher_app()}
+    )
+    port = serve(app).server_port
+    client = StreamClient(port, "/events/live")
+    before = [broker.publish("live", f"before {i}") for i in range(3)]
+    assert [e.last_event_id for e in client.events(3)] == before
+
+    redis_server.kill()
+    with pytest.raises(BrokerUnavailable, match="cannot be reached"):
+        broker.publish("live", "lost")
+    answer = StreamClient(port, "/publish/live", method="POST", body=b"x")
+    assert answer.status == 503
+    assert "retry-after" in answer.headers
+    refused = StreamClient(port, "/events/other")  # a new subscription cannot replay: 503
+    assert refused.status == 503
+    # The open stream stays open: keepalives keep coming while Redis is down.
+    comments = len(client.parser.comments)
+    client.wait_for(lambda c: len(c.parser.comments) >= comments + 3, timeout=5)
+
+    redis_server.start()
+    after: list[str] = []
+
+    def publish_when_back() -> None:
+        while True:
+            try:
+                after.append(broker.publish("live", f"after {len(after)}"))
+            except BrokerUnavailable:
+                gevent.sleep(0.05)
+                continue
+            if len(after) == 3:
+                return
+            gevent.sleep(0.01)
+
+    gevent.spawn(publish_when_back).join(timeout=20)
+    assert len(after) == 3
+    events = client.events(6, timeout=20)
+    assert [e.last_event_id for e in events] == before + after  # nothing lost, nothing twice
+    assert not client.eof
+    broker.close()
+
+
+def test_two_processes_share_channels_and_replay_across_them(
+    gunicorn: Callable[..., ServerProcess], redis_url: str
+) -> None:
+    env = {"REDIS_URL": redis_url}
+    one = gunicorn("tests.apps.channels:app", env=env)
+    two = gunicorn("tests.apps.channels:app", env=env)
+    subscriber = StreamClient(two.port, "/events/room")
+    subscriber.wait_for(lambda c: b"id: " in c.raw)
+    ids = []
+    for i in range(3):
+        answer = StreamClient(one.port, "/publish/room", method="POST", body=f"m{i}".encode())
+        assert answer.status == 201
+        ids.append(json.loads(answer.read_body())["id"])
+    assert [e.data for e in subscriber.events(3)] == ["m0", "m1", "m2"]
+    assert [e.last_event_id for e in subscriber.parser.events] == ids
+
+    # A client of process 1 saw the first event, then reconnects to process 2.
+    watcher = StreamClient(one.port, "/events/room", headers={"Last-Event-ID": ids[0]})
+    assert [e.last_event_id for e in watcher.events(2)] == ids[1:]
+    watcher.close()
+    moved = StreamClient(two.port, "/events/room", headers={"Last-Event-ID": ids[0]})
+    assert [e.data for e in moved.events(2)] == ["m1", "m2"]
+    assert all(e.type == "message" for e in moved.parser.events)
+
+
+def test_a_gap_trimmed_by_maxlen_is_detected_across_processes(
+    gunicorn: Callable[..., ServerProcess], redis_url: str
+) -> None:
+    server = gunicorn("tests.apps.channels:app", env={"REDIS_URL": redis_url, "HISTORY": "5"})
+    broker = RedisBroker(redis_url, history=5)
+    first = broker.publish("trim", "first")
+    for i in range(500):
+        broker.publish("trim", f"m{i}")
+    client = StreamClient(server.port, "/events/trim", headers={"Last-Event-ID": first})
+    events = client.events(2)
+    assert events[0].type == "stream-reset"
+    assert json.loads(events[0].data)["reason"] == "expired"
+    broker.close()
+
+
+def test_the_reader_follows_a_newly_subscribed_channel_at_once(
+    serve: Callable[..., WSGIServer], redis_url: str
+) -> None:
+    broker = RedisBroker(redis_url, block=30)  # a long XREAD: only CLIENT UNBLOCK can cut it short
+    port = serve(DispatcherMiddleware(lambda e, s: [], {"/events": broker.subscriber_app()})).server_port
+    first = StreamClient(port, "/events/one")
+    first.wait_for(lambda c: b"id: " in c.raw)
+    wait_until(lambda: broker._reader_client_id is not None, 5)
+    second = StreamClient(port, "/events/two")
+    second.wait_for(lambda c: b"id: " in c.raw)
+    broker.publish("two", "hello")
+    assert second.events(1, timeout=3)[0].data == "hello"
+    broker.close()
