@@ -34,7 +34,8 @@ es.addEventListener("tick", (e) => {
 
 def tick(conn: Connection, environ: WSGIEnvironment) -> None:
     """Push the time every second until the client goes away."""
-    n = int(conn.last_event_id or 0)
+    last = conn.last_event_id
+    n = int(last) if last is not None and last.isdigit() else 0
     while not conn.closed:
         n += 1
         conn.push({"id": n, "event": "tick", "data": time.strftime("%H:%M:%S")})

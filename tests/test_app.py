@@ -495,3 +495,73 @@ def test_stream_type_and_repr() -> None:
     response.close()
     assert "closed" in repr(handler.conn)
     assert not hasattr(Stream, "__len__")
+
+
+def test_close_from_a_thread_takes_effect_at_once_there() -> None:
+    """Regression (review): close() from another thread returned with closed
+    still False, and a push right after it was silently dropped."""
+    handler = Recorder()
+    response = call(EventSource(handler))
+    next(response.body)
+    conn = handler.conn
+    outcome: list[object] = []
+
+    def in_thread() -> None:
+        conn.push("before")
+        conn.close()
+        outcome.append(conn.closed)
+        try:
+            conn.push("after")
+        except ConnectionClosed:
+            outcome.append("raised")
+
+    thread = threading.Thread(target=in_thread)
+    thread.start()
+    thread.join(5)
+    assert outcome == [True, "raised"]
+    with gevent.Timeout(5):
+        data = b"".join(response.body)
+    response.close()
+    assert [e.data for e in parse(data).events] == ["before"]
+
+
+def test_on_close_from_a_thread_runs_once() -> None:
+    handler = Recorder()
+    response = call(EventSource(handler))
+    next(response.body)
+    conn = handler.conn
+    calls: list[str] = []
+    thread = threading.Thread(target=conn.on_close, args=(lambda: calls.append("x"),))
+    thread.start()
+    thread.join(5)
+    gevent.sleep(0.01)  # let the hub take the hand-over (a loop callback)
+    response.close()
+    assert calls == ["x"]
+
+
+def test_a_failing_start_response_leaves_no_connection_behind() -> None:
+    app = EventSource(noop)
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: object = None) -> Any:
+        raise RuntimeError("the server refused the headers")
+
+    from werkzeug.test import EnvironBuilder
+
+    with pytest.raises(RuntimeError):
+        app(EnvironBuilder("/").get_environ(), start_response)
+    assert app.connections == frozenset()
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"X-A": "a\x00b"}, {"X-A": "bell\x07"}, {"X-A": "snow \u2603"}, {"X(A)": "v"}, {"": "v"}],
+)
+def test_header_values_no_server_could_send_are_refused(headers: dict[str, str]) -> None:
+    with pytest.raises(ValueError, match="headers"):
+        EventSource(noop, headers=headers)
+
+
+@pytest.mark.parametrize("value", [True, float("inf"), float("nan")])
+def test_odd_keepalive_values_are_refused(value: object) -> None:
+    with pytest.raises(ValueError, match="keepalive"):
+        EventSource(noop, keepalive=value)  # type: ignore[arg-type]

@@ -279,3 +279,23 @@ def test_no_field_injection(text: str, fields: dict[str, str]) -> None:
     parser = parse(event.encoded + b"retry: 1\n\n")
     assert parser.events == [ParsedEvent(fields.get("event") or "message", client_view(text), event_id)]
     assert parser.reconnection_time == 1
+
+
+def test_str_subclasses_are_checked_and_sent_as_their_characters() -> None:
+    """Regression (review): a str subclass whose __str__ returns other text
+    passed the CR/LF check and then injected its own fields."""
+    import enum
+
+    class Sneaky(str):
+        def __str__(self) -> str:
+            return "x\ndata: injected\n\nevent: evil"
+
+    assert Event("d", event=Sneaky("tick")).encoded == b"event: tick\ndata: d\n\n"
+    assert Event(Sneaky("d")).encoded == b"data: d\n\n"
+    assert build_event(Sneaky("a"), "b").encoded == b"data: a\ndata: b\n\n"
+
+    class Color(str, enum.Enum):
+        RED = "red"
+
+    assert build_event(Color.RED).encoded == build_event({"data": Color.RED}).encoded == b"data: red\n\n"
+    assert Event("x", event=Color.RED).encoded == b"event: red\ndata: x\n\n"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -124,3 +125,23 @@ def test_push_from_a_real_os_thread(gunicorn: Gunicorn) -> None:
     client.read_to_end(timeout=10)
     assert [e.data for e in client.parser.events] == [f"from thread {i}" for i in range(100)]
     wait_until(lambda: stats(server)["handlers_running"] == 0, 5)
+
+
+def test_sigterm_is_prompt_even_with_a_client_that_stopped_reading(gunicorn: Gunicorn) -> None:
+    """Regression (review): a stream whose write was blocked on a client that
+    stopped reading held the worker until gunicorn's graceful timeout."""
+    server = gunicorn(APP, "--graceful-timeout", "20", env={"TEST_MAX_PENDING": str(100 * 1024 * 1024)})
+    stalled = StreamClient(server.port, "/stall")
+    stalled.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.wait_for(lambda c: b": ok" in c.raw)
+    reading = StreamClient(server.port, "/clock")
+    reading.events(1)
+    wait_until(lambda: stats(server)["opened"] == 2, 5)
+    started = time.monotonic()
+    os.kill(server.proc.pid, signal.SIGTERM)
+    reading.read_to_end(timeout=5)
+    code = server.wait(15)
+    exited = time.monotonic() - started
+    assert code == 0, "".join(server.log)
+    assert exited < 8, f"gunicorn took {exited:.1f}s to exit (graceful timeout is 20s)"
+    assert "graceful timeout" not in "".join(server.log).lower()

@@ -246,3 +246,77 @@ def test_push_from_an_os_thread_over_a_real_socket(serve: Serve) -> None:
     client.read_to_end(timeout=10)
     thread.join(5)
     assert [e.data for e in client.parser.events] == [str(i) for i in range(200)]
+
+
+def _stall(client: StreamClient, conn: Connection, size: int = 16 * 1024 * 1024) -> None:
+    """Push more than the socket buffers hold to a client that does not read,
+    and wait until the server's write is blocked on it."""
+    client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    conn.push(Event("x" * size))
+    wait_until(lambda: conn._write_started > 0 and conn._waiter is None, 5, message="a write in progress")
+    gevent.sleep(0.2)
+    assert conn._write_started > 0, "the write finished: the client read it all"
+
+
+def test_close_ends_a_stream_whose_write_is_blocked(serve: Serve) -> None:
+    """Regression (review): close() only set a flag; a server greenlet stuck
+    in a write to a client that stopped reading never came back to see it."""
+    tracker = Tracker()
+    app = EventSource(tracker, max_pending=64 * 1024 * 1024, close_timeout=0.5, keepalive=30)
+    server = serve(app)
+    client = StreamClient(server.server_port)
+    client.wait_for(lambda c: b": ok" in c.raw)
+    (conn,) = tracker.wait_open()
+    _stall(client, conn)
+    closed_at = time.monotonic()
+    conn.close()
+    assert tracker.all_closed.wait(4), "the stalled stream was never ended"
+    assert time.monotonic() - closed_at < 0.5 + 2.5
+    assert not app.connections
+
+
+def test_a_client_that_stops_reading_with_nothing_more_pushed_is_cut_after_write_timeout(serve: Serve) -> None:
+    tracker = Tracker()
+    app = EventSource(tracker, max_pending=64 * 1024 * 1024, write_timeout=1.0, keepalive=30)
+    server = serve(app)
+    client = StreamClient(server.server_port)
+    client.wait_for(lambda c: b": ok" in c.raw)
+    (conn,) = tracker.wait_open()
+    _stall(client, conn)
+    assert tracker.all_closed.wait(4), "a zero-window client held its stream forever"
+    assert conn.closed
+
+
+def test_shutdown_ends_open_streams_and_turns_new_ones_away_with_a_retry_hint(serve: Serve) -> None:
+    tracker = Tracker()
+    app = EventSource(tracker, keepalive=30)
+    server = serve(app)
+    open_client = StreamClient(server.server_port)
+    tracker.wait_open()
+    assert app.shutdown(retry=700) == 1
+    open_client.read_to_end(timeout=3)
+    assert open_client.parser.reconnection_time == 700
+    late = StreamClient(server.server_port)  # the server still accepts for a moment
+    assert late.status == 200
+    late.read_to_end(timeout=3)
+    assert late.parser.reconnection_time == 700
+    assert len(tracker.connections) == 1  # the late stream never reached the handler
+    assert not app.connections
+
+
+def test_a_burst_larger_than_max_pending_reaches_a_reading_client(serve: Serve) -> None:
+    """Regression (review): pushing more than max_pending without yielding, or
+    one event larger than it, disconnected a client that reads fine."""
+
+    def burst(conn: Connection, environ: WSGIEnvironment) -> None:
+        for i in range(20):
+            conn.push(Event(str(i) * 60_000))
+        conn.push(Event("y" * 400_000))
+        conn.close()
+
+    tracker = Tracker(burst)
+    server = serve(EventSource(tracker, max_pending=256 * 1024))
+    client = StreamClient(server.server_port)
+    client.read_to_end(timeout=10)
+    assert len(client.parser.events) == 21
+    assert client.parser.events[-1].data == "y" * 400_000

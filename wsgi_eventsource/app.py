@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import math
+import re
 import signal
 from collections.abc import Callable, Iterable, Mapping
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from wsgiref.util import is_hop_by_hop
 
 import gevent
@@ -38,6 +40,8 @@ DEFAULT_HEADERS: tuple[tuple[str, str], ...] = (
 )
 
 _ALLOW = "GET, OPTIONS"
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 field-name
+_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # controls other than tab
 
 
 def merge_headers(defaults: Iterable[tuple[str, str]], extra: HeadersLike | None) -> list[tuple[str, str]]:
@@ -51,8 +55,12 @@ def merge_headers(defaults: Iterable[tuple[str, str]], extra: HeadersLike | None
         name, value = pair
         if not isinstance(name, str) or not isinstance(value, str):
             raise ValueError(f"headers: name and value must be str: {pair!r}")
-        if not name or any(c in name for c in ":\r\n \t") or "\r" in value or "\n" in value:
-            raise ValueError(f"headers: invalid header {pair!r}")
+        if not _TOKEN.fullmatch(name):
+            raise ValueError(f"headers: invalid header name {name!r}")
+        if _BAD_VALUE.search(value) or (not value.isascii() and not _latin1(value)):
+            raise ValueError(
+                f"headers: invalid header value for {name!r}: {value!r} (control or non-latin-1 character)"
+            )
         if is_hop_by_hop(name):
             # PEP 3333 forbids them, gunicorn drops them and HTTP/2 proxies
             # reject the response.
@@ -70,6 +78,14 @@ def merge_headers(defaults: Iterable[tuple[str, str]], extra: HeadersLike | None
             "Access-Control-Allow-Credentials 'true'; name the allowed origin"
         )
     return merged
+
+
+def _latin1(value: str) -> bool:
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def plain_response(
@@ -118,7 +134,12 @@ class EventSource:
         its client is treated as not reading and disconnected. Events fanned
         out to many connections are shared, not copied, so this bounds queue
         length more than memory.
-    :param shutdown_retry: when the server shuts down (see :meth:`close_all`),
+    :param write_timeout: seconds one write to the client may block before the
+        client is taken as gone and its connection is cut (a client that
+        stopped reading, even with nothing more pushed to it).
+    :param close_timeout: seconds a closed stream may take to write out what
+        was queued before its connection is cut.
+    :param shutdown_retry: when the server shuts down (see :meth:`shutdown`),
         send ``retry: N`` before closing each stream, to spread reconnects.
     :param shutdown_signals: signals on which open streams are closed before
         the server's own handler runs (default ``SIGTERM``, which is how
@@ -145,13 +166,18 @@ class EventSource:
         retry: int | None = None,
         authorize: Callable[[WSGIEnvironment], bool] | None = None,
         max_pending: int = 1024 * 1024,
+        write_timeout: float = 60.0,
+        close_timeout: float = 2.0,
         shutdown_retry: int | None = None,
         shutdown_signals: Iterable[int] = (signal.SIGTERM,),
     ) -> None:
         if not callable(handler_cb):
             raise TypeError(f"handler_cb must be callable, not {type(handler_cb).__name__}")
-        if keepalive is not None and not (isinstance(keepalive, (int, float)) and keepalive > 0):
+        if keepalive is not None and not _seconds(keepalive):
             raise ValueError(f"keepalive must be a positive number of seconds or None, not {keepalive!r}")
+        for name, value in (("write_timeout", write_timeout), ("close_timeout", close_timeout)):
+            if not _seconds(value):
+                raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
         if not isinstance(max_pending, int) or isinstance(max_pending, bool) or max_pending <= 0:
             raise ValueError(f"max_pending must be a positive int (bytes), not {max_pending!r}")
         if authorize is not None and not callable(authorize):
@@ -166,12 +192,16 @@ class EventSource:
         self.retry = retry
         self.authorize = authorize
         self.max_pending = max_pending
+        self.write_timeout = write_timeout
+        self.close_timeout = close_timeout
         self.shutdown_retry = shutdown_retry
         self.shutdown_signals = tuple(shutdown_signals)
         self.headers = merge_headers(DEFAULT_HEADERS, headers)
         self._preamble = preamble
         self._connections: set[Connection] = set()
         self._signals_installed = False
+        self._shutting_down = False
+        self._sweeper: Any = None
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")
@@ -202,13 +232,20 @@ class EventSource:
         """
         if not self._signals_installed:
             self._install_signal_handlers()
-        conn = Connection(
-            environ,
-            max_pending=self.max_pending,
-            preamble=self._preamble + preamble,
-            registry=self._connections,
-        )
+        if self._shutting_down:
+            # Opened after shutdown began (the server still accepts for a
+            # moment): send the client elsewhere at once.
+            hint = b"" if self.shutdown_retry is None else encode_retry(self.shutdown_retry)
+            conn = Connection(environ, max_pending=self.max_pending, preamble=self._preamble + hint)
+            start_response("200 OK", list(self.headers))
+            conn._closed = True
+            return Stream(conn, self.keepalive)
+        conn = Connection(environ, max_pending=self.max_pending, preamble=self._preamble + preamble)
         start_response("200 OK", list(self.headers))
+        conn._registry = self._connections  # only now: start_response may raise
+        self._connections.add(conn)
+        if self._sweeper is None and not conn._own_hub:
+            self._start_sweeper(conn._hub)
         if handler_cb is not None:
             conn._handler = gevent.spawn(self._run_handler, handler_cb, conn, environ)
         return Stream(conn, self.keepalive)
@@ -232,6 +269,35 @@ class EventSource:
                 conn._enqueue(hint)
             conn.close()
         return len(connections)
+
+    def shutdown(self, retry: int | None = None) -> int:
+        """Close every open stream (after ``retry: N`` if given) and end any
+        stream opened from now on at once, with the same hint.
+
+        What the ``SIGTERM`` handler does. Returns how many streams were open.
+        """
+        self._shutting_down = True
+        if retry is not None:
+            self.shutdown_retry = retry
+        return self.close_all(self.shutdown_retry)
+
+    def _start_sweeper(self, hub: Any) -> None:
+        # One periodic timer per app, not one per stream: it cuts connections
+        # whose last write has been blocked too long (the client stopped
+        # reading) so that close(), close_all() and shutdown always finish.
+        self._sweeper = hub.loop.timer(1.0, 1.0)
+        self._sweeper.start(self._sweep, hub.loop)
+        self._sweeper.ref = False  # never keeps the loop (or a test) alive by itself
+
+    def _sweep(self, loop: Any) -> None:
+        now = loop.now()
+        for conn in list(self._connections):
+            started = conn._write_started
+            if started and not conn._finished:
+                limit = self.close_timeout if conn._closed else self.write_timeout
+                if now - started > limit:
+                    logger.warning("%r: a write has been blocked for %.1fs; disconnecting", conn, now - started)
+                    conn._abort()
 
     def _run_handler(self, handler_cb: HandlerCallback, conn: Connection, environ: WSGIEnvironment) -> None:
         try:
@@ -276,7 +342,11 @@ class EventSource:
     ) -> Callable[[int, FrameType | None], None]:
         def on_signal(signum: int, frame: FrameType | None) -> None:
             # A signal handler may interrupt any code: only schedule the work.
-            gevent.get_hub().loop.run_callback_threadsafe(self.close_all, self.shutdown_retry)
+            gevent.get_hub().loop.run_callback_threadsafe(self.shutdown)
             previous(signum, frame)
 
         return on_signal
+
+
+def _seconds(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < math.inf

@@ -36,6 +36,8 @@ logger = logging.getLogger("wsgi_eventsource")
 # returns a greenlet's id instead.
 _thread_ident: Callable[[], int] = get_original("_thread", "get_ident")
 _main_thread_ident = _thread_ident()  # this module is imported in the main thread
+# Guards the hand-over list of pushes made from other OS threads (rare, short).
+_remote_lock = get_original("_thread", "allocate_lock")()
 
 
 def last_event_id(environ: WSGIEnvironment) -> str | None:
@@ -73,10 +75,13 @@ class Connection:
         "_own_hub",
         "_reader",
         "_registry",
+        "_remote",
+        "_remote_size",
         "_size",
         "_thread",
         "_waiter",
         "_wake_scheduled",
+        "_write_started",
         "environ",
         "last_event_id",
     )
@@ -93,7 +98,6 @@ class Connection:
         *,
         max_pending: int,
         preamble: bytes = b"",
-        registry: set[Connection] | None = None,
     ) -> None:
         self.environ = environ
         self.last_event_id = last_event_id(environ)
@@ -114,9 +118,10 @@ class Connection:
         self._callbacks: list[Callable[[], object]] | None = None
         self._handler: gevent.Greenlet[Any, Any] | None = None
         self._reader: Any = None
-        self._registry = registry
-        if registry is not None:
-            registry.add(self)
+        self._remote: list[bytes] | None = None  # pushed from other threads, not yet queued
+        self._remote_size = 0
+        self._write_started = 0.0  # loop time the server started writing our last chunk
+        self._registry: set[Connection] | None = None
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
@@ -163,11 +168,14 @@ class Connection:
 
         Idempotent, and safe from any greenlet or thread.
         """
-        if _thread_ident() != self._thread:
-            self._call_in_hub(self.close)
+        if self._closed:
             return
-        if not self._closed:
-            self._closed = True
+        # Set here, in the caller's thread, so that push() raises at once from
+        # every thread; what was pushed before is still written.
+        self._closed = True
+        if _thread_ident() != self._thread:
+            self._call_in_hub(self._wake)
+        else:
             self._wake()
 
     def on_close(self, callback: Callable[[], object]) -> None:
@@ -176,7 +184,12 @@ class Connection:
         A callback added after the end is called at once. Exceptions are
         logged on the ``wsgi_eventsource`` logger.
         """
-        if self._finished:
+        if _thread_ident() != self._thread:
+            # _finish runs in the hub's thread: add the callback there, so it
+            # is either run by _finish or run at once, never lost in between.
+            if not self._call_in_hub(self.on_close, callback):
+                _run_callback(callback)
+        elif self._finished:
             _run_callback(callback)
         elif self._callbacks is None:
             self._callbacks = [callback]
@@ -188,12 +201,18 @@ class Connection:
     def _enqueue(self, data: bytes) -> bool:
         """Queue encoded bytes; False if the connection is (now) closed."""
         if _thread_ident() != self._thread:
-            return self._call_in_hub(self._enqueue, data)
+            return self._enqueue_remote(data)
         if self._closed:
             return False
+        return self._append(data)
+
+    def _append(self, data: bytes) -> bool:
         self._chunks.append(data)
         self._size += len(data)
-        if self._size > self._max_pending:
+        if self._size > self._max_pending and self._waiter is None and self._reader is not None:
+            # Over the limit while the server is still busy writing what we
+            # gave it last: the client is not reading. (A burst pushed while
+            # the reader waits is not a slow client; it is written next.)
             self._overflow()
             return False
         if self._waiter is not None and not self._wake_scheduled:
@@ -202,6 +221,41 @@ class Connection:
             self._wake_scheduled = True
             self._hub.loop.run_callback(self._wake_now)
         return True
+
+    def _enqueue_remote(self, data: bytes) -> bool:
+        # From another OS thread: hand the bytes over in order through a list
+        # that the hub drains; one callback per batch.
+        with _remote_lock:
+            if self._finished:
+                return False
+            remote = self._remote
+            if remote is None:
+                remote = self._remote = []
+            remote.append(data)
+            self._remote_size += len(data)
+            overflow = self._remote_size > self._max_pending
+            if overflow:
+                # The hub is not draining (it is busy, or the server blocks in
+                # a write): bound the memory now, in this thread.
+                self._remote = None
+                self._remote_size = 0
+                self._closed = True
+        if overflow:
+            self._call_in_hub(self._overflow)
+            return False
+        if len(remote) == 1:
+            return self._call_in_hub(self._drain_remote)
+        return True
+
+    def _drain_remote(self) -> None:
+        with _remote_lock:
+            remote, self._remote = self._remote, None
+            self._remote_size = 0
+        if remote and not self._finished:
+            # Pushed before any close(): written even if closed since.
+            for data in remote:
+                if not self._append(data):
+                    break
 
     def _call_in_hub(self, function: Callable[..., object], *args: object) -> bool:
         try:
@@ -225,11 +279,14 @@ class Connection:
 
     def _overflow(self) -> None:
         logger.warning(
-            "%r: client is not reading (%d bytes pending > max_pending %d); disconnecting",
+            "%r: client is not reading (more than max_pending=%d bytes waiting); disconnecting",
             self,
-            self._size,
             self._max_pending,
         )
+        self._abort()
+
+    def _abort(self) -> None:
+        """Drop what is queued and cut the connection now."""
         self._closed = True
         self._chunks = []
         self._size = 0

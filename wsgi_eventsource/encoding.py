@@ -74,7 +74,8 @@ def normalize_data(data: object, field: str = "data") -> str | None:
     if data is None or type(data) is str:
         return data
     if isinstance(data, str):
-        return str(data)
+        # The characters themselves: a subclass's __str__ could return others.
+        return str.__str__(data)
     if isinstance(data, (bytes, bytearray, memoryview)):
         return _decode(bytes(data), field)
     if isinstance(data, Sequence):
@@ -85,7 +86,7 @@ def normalize_data(data: object, field: str = "data") -> str | None:
         lines = []
         for item in data:
             if isinstance(item, str):
-                lines.append(item)
+                lines.append(str.__str__(item))
             elif isinstance(item, (bytes, bytearray, memoryview)):
                 lines.append(_decode(bytes(item), field))
             else:
@@ -100,11 +101,14 @@ def _single_line(value: object, field: str) -> str:
     if not isinstance(value, str):
         allowed = "str or int" if field == "id" else "str"
         raise InvalidEvent(f"{field} must be {allowed}, not {type(value).__name__}")
+    # Check and send the characters themselves: a str subclass's __str__
+    # (an Enum's, say) could return something else than what was checked.
+    value = str.__str__(value)
     if "\n" in value or "\r" in value:
         raise InvalidEvent(f"{field} must not contain CR or LF: {value!r}")
     if field == "id" and "\0" in value:
         raise InvalidEvent(f"id must not contain NUL (browsers ignore such an id): {value!r}")
-    return str(value)
+    return value
 
 
 def _retry(value: object) -> int:
@@ -249,7 +253,7 @@ def build_event(*messages: Message) -> Event:
     fields: dict[str, object] = {}
     for message in messages:
         if isinstance(message, str):
-            lines.append(message)
+            lines.append(str.__str__(message))
         elif isinstance(message, (bytes, bytearray, memoryview)):
             lines.append(_decode(bytes(message), "data"))
         elif isinstance(message, (Event, Mapping)):

@@ -48,13 +48,15 @@ class Stream:
 
     def __next__(self) -> bytes:
         conn = self._conn
+        conn._write_started = 0.0  # the server finished writing what we gave it
+        if conn._reader is None:
+            conn._reader = getcurrent()
         while True:
             if conn._chunks:
+                conn._write_started = conn._hub.loop.now()
                 return conn._take()
-            if conn._closed:
+            if conn._closed and not conn._remote:
                 raise StopIteration
-            if conn._reader is None:
-                conn._reader = getcurrent()
             hub = conn._hub
             waiter = Waiter(hub)
             conn._waiter = waiter
@@ -69,6 +71,7 @@ class Stream:
                 if timer is not None:
                     timer.close()
             if woke_by is _TIMED_OUT and not conn._chunks and not conn._closed:
+                conn._write_started = hub.loop.now()
                 return KEEPALIVE
 
     def close(self) -> None:

@@ -46,6 +46,8 @@ def handler(conn: Connection, environ: WSGIEnvironment) -> None:
             while True:  # far faster than a client that does not read
                 conn.push(BIG)
                 gevent.sleep(0.001)
+        elif path == "/stall":  # more than socket buffers hold, then nothing
+            conn.push(Event("s" * (16 * 1024 * 1024)))
         elif path == "/thread":
             # A real OS thread (not a monkey-patched greenlet) pushing.
             start_new_thread = get_original("_thread", "start_new_thread")
