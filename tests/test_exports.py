@@ -31,3 +31,14 @@ def test_nothing_public_is_missing_from_all() -> None:
 
 def test_version_is_the_package_metadata_version() -> None:
     assert version("wsgi-eventsource") == wsgi_eventsource.__version__
+
+
+def test_readme_is_valid_restructuredtext() -> None:
+    import pathlib
+
+    import docutils.core
+    import docutils.utils
+
+    text = (pathlib.Path(__file__).parent.parent / "README.rst").read_text()
+    docutils.core.publish_doctree(text, settings_overrides={"report_level": 2, "halt_level": 2})
+    assert "bash .ci/test" in text.split("Quick start")[0]  # the two commands come first
