@@ -37,7 +37,6 @@ def test_readme_is_valid_restructuredtext() -> None:
     import pathlib
 
     import docutils.core
-    import docutils.utils
 
     text = (pathlib.Path(__file__).parent.parent / "README.rst").read_text()
     docutils.core.publish_doctree(text, settings_overrides={"report_level": 2, "halt_level": 2})
