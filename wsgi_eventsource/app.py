@@ -202,6 +202,9 @@ class EventSource:
         self._signals_installed = False
         self._shutting_down = False
         self._sweeper: Any = None
+        #: Streams cut because their client stopped reading (``max_pending``
+        #: passed, or a write blocked past ``write_timeout``/``close_timeout``).
+        self.dropped = 0
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")
@@ -242,7 +245,7 @@ class EventSource:
             return Stream(conn, self.keepalive)
         conn = Connection(environ, max_pending=self.max_pending, preamble=self._preamble + preamble)
         start_response("200 OK", list(self.headers))
-        conn._registry = self._connections  # only now: start_response may raise
+        conn._owner = self  # only now: start_response may raise
         self._connections.add(conn)
         if self._sweeper is None and not conn._own_hub:
             self._start_sweeper(conn._hub)

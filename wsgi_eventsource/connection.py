@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
     from gevent.hub import Hub, Waiter
 
+    from .app import EventSource
+
 __all__ = ["Connection"]
 
 logger = logging.getLogger("wsgi_eventsource")
@@ -73,8 +75,8 @@ class Connection:
         "_hub",
         "_max_pending",
         "_own_hub",
+        "_owner",
         "_reader",
-        "_registry",
         "_remote",
         "_remote_size",
         "_size",
@@ -121,7 +123,7 @@ class Connection:
         self._remote: list[bytes] | None = None  # pushed from other threads, not yet queued
         self._remote_size = 0
         self._write_started = 0.0  # loop time the server started writing our last chunk
-        self._registry: set[Connection] | None = None
+        self._owner: EventSource | None = None  # the app that counts this stream
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
@@ -287,6 +289,8 @@ class Connection:
 
     def _abort(self) -> None:
         """Drop what is queued and cut the connection now."""
+        if self._owner is not None and not self._finished:
+            self._owner.dropped += 1
         self._closed = True
         self._chunks = []
         self._size = 0
@@ -315,9 +319,9 @@ class Connection:
         self._chunks = []
         self._size = 0
         self._reader = None
-        if self._registry is not None:
-            self._registry.discard(self)
-            self._registry = None
+        if self._owner is not None:
+            self._owner._connections.discard(self)
+            self._owner = None
         handler = self._handler
         if handler is not None and handler is not gevent.getcurrent():
             self._handler = None

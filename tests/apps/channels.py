@@ -23,7 +23,7 @@ else:
 
 
 def info(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
-    body = json.dumps({"pid": os.getpid(), "subscribers": broker.subscriber_count()}).encode()  # type: ignore[attr-defined]
+    body = json.dumps({"pid": os.getpid(), "subscribers": broker.subscriber_count()}).encode()
     start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
     return [body]
 

@@ -40,6 +40,7 @@ __all__ = [
     "DEFAULT_HISTORY",
     "STREAM_RESET",
     "Broker",
+    "BrokerStats",
     "Entry",
     "ReplayPlan",
     "Subscription",
@@ -245,11 +246,32 @@ def _deliver_all(items: list[tuple[Subscription, tuple[int, int], bytes]]) -> No
         sub.deliver(key, wire)
 
 
+@dataclass
+class BrokerStats:
+    """What this process's broker has done, for ``/stats`` and ``/metrics``."""
+
+    #: Events published from this process.
+    published: int = 0
+    #: Events handed to local subscriptions (one per event per subscriber).
+    delivered: int = 0
+
+
 class Broker(ABC):
     """The channel API shared by :class:`MemoryBroker` and :class:`RedisBroker`."""
 
     history: int
     max_age: float | None
+    #: Counters for this process.
+    stats: BrokerStats
+
+    @abstractmethod
+    def channel_counts(self) -> dict[str, int]:
+        """Subscriptions open in this process, per channel."""
+
+    def subscriber_count(self, channel: str | None = None) -> int:
+        """Subscriptions open in this process, to *channel* or to all channels."""
+        counts = self.channel_counts()
+        return counts.get(channel, 0) if channel is not None else sum(counts.values())
 
     @abstractmethod
     def publish(self, channel: str, data: Data, *, event: str | None = None, retry: int | None = None) -> str:

@@ -15,6 +15,7 @@ from ..encoding import Data
 from .base import (
     DEFAULT_HISTORY,
     Broker,
+    BrokerStats,
     Entry,
     Subscription,
     encode_body,
@@ -80,6 +81,7 @@ class MemoryBroker(Broker):
         self._start_id = f"{self._start_key[0]}-0"
         self._pid = os.getpid()
         self._warned = False
+        self.stats = BrokerStats()
 
     def __repr__(self) -> str:
         return f"<MemoryBroker history={self.history} channels={len(self._channels)}>"
@@ -133,6 +135,8 @@ class MemoryBroker(Broker):
             self._expire(state, now)
             state.history.append(entry)
             subscribers = list(state.subscribers)
+            self.stats.published += 1
+            self.stats.delivered += len(subscribers)
         fan_out(subscribers, key, entry.wire)
         return entry.id
 
@@ -161,10 +165,6 @@ class MemoryBroker(Broker):
             state = self._channels.get(channel)
             return list(state.history) if state is not None else []
 
-    def subscriber_count(self, channel: str | None = None) -> int:
-        """Subscriptions open in this process, to *channel* or to all channels."""
+    def channel_counts(self) -> dict[str, int]:
         with self._lock:  # type: ignore[attr-defined]
-            if channel is not None:
-                state = self._channels.get(channel)
-                return len(state.subscribers) if state is not None else 0
-            return sum(len(s.subscribers) for s in self._channels.values())
+            return {name: len(state.subscribers) for name, state in self._channels.items() if state.subscribers}

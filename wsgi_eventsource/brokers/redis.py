@@ -36,6 +36,7 @@ from ..errors import BrokerUnavailable
 from .base import (
     DEFAULT_HISTORY,
     Broker,
+    BrokerStats,
     Entry,
     Subscription,
     encode_body,
@@ -144,6 +145,7 @@ class RedisBroker(Broker):
         self._reader_client_id: int | None = None
         self._closed = False
         self._pid = 0
+        self.stats = BrokerStats()
 
     def __repr__(self) -> str:
         return f"<RedisBroker {self.url!r} history={self.history}>"
@@ -187,6 +189,7 @@ class RedisBroker(Broker):
             event_id = self._publish_script(keys=[self._key(channel)], args=[self.history, body, min_id])
         except (self._redis.ConnectionError, self._redis.TimeoutError) as exc:
             raise self._unavailable(exc) from None
+        self.stats.published += 1
         return event_id.decode("ascii") if isinstance(event_id, bytes) else str(event_id)
 
     # -- subscribing -------------------------------------------------------------------
@@ -265,12 +268,16 @@ class RedisBroker(Broker):
         except (self._redis.ConnectionError, self._redis.TimeoutError) as exc:
             raise self._unavailable(exc) from None
 
-    def subscriber_count(self, channel: str | None = None) -> int:
-        """Subscriptions open in this process, to *channel* or to all channels."""
+    def channel_counts(self) -> dict[str, int]:
         with self._lock:
-            if channel is not None:
-                return len(self._subscriptions.get(channel, ()))
-            return sum(len(s) for s in self._subscriptions.values())
+            return {name: len(subs) for name, subs in self._subscriptions.items()}
+
+    def ping(self) -> bool:
+        """True if Redis answers right now."""
+        try:
+            return bool(self._ensure_client().ping())
+        except self._redis.RedisError:
+            return False
 
     # -- the reader ---------------------------------------------------------------------
 
@@ -346,6 +353,7 @@ class RedisBroker(Broker):
                 assert key is not None
                 wire = b"id: " + raw_id + b"\n" + fields[b"b"]
                 batch.append((subs, key, wire))
+            self.stats.delivered += len(subs) * len(raw_entries)
         fan_out_batch(batch)
 
     def close(self) -> None:
