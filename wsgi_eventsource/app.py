@@ -258,6 +258,11 @@ class EventSource:
         """The streams open right now."""
         return frozenset(self._connections)
 
+    @property
+    def connection_count(self) -> int:
+        """How many streams are open right now (cheaper than ``len(connections)``)."""
+        return len(self._connections)
+
     def close_all(self, retry: int | None = None) -> int:
         """Close every open stream, after sending ``retry: N`` if given.
 

@@ -202,7 +202,10 @@ class PublisherApp:
                 fields.setdefault(name, []).append(value)
             unknown = sorted(set(fields) - {"data", "event", "retry"})
             if unknown:
-                raise ValueError(f"unknown form field(s): {', '.join(unknown)}; use data, event and retry")
+                raise ValueError(
+                    f"unknown form field(s): {', '.join(unknown)}; use data, event and retry "
+                    "(to send the body as it is, use Content-Type: text/plain)"
+                )
             if "data" not in fields:
                 raise ValueError("the form has no data field")
             return fields["data"], _single(fields, "event"), _retry(_single(fields, "retry"))

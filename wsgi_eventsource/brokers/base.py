@@ -29,11 +29,12 @@ from ..encoding import Data, Event, encode_id
 from ..errors import InvalidChannel, InvalidEvent
 
 if TYPE_CHECKING:
-    from _typeshed.wsgi import WSGIApplication, WSGIEnvironment
+    from _typeshed.wsgi import WSGIEnvironment
     from gevent.hub import Hub
 
     from ..app import HeadersLike
     from ..connection import Connection
+    from .apps import PublisherApp, SubscriberApp
 
 __all__ = [
     "CHANNEL_MAX_LENGTH",
@@ -303,7 +304,7 @@ class Broker(ABC):
         authorize: Callable[[WSGIEnvironment, str], bool] | None = None,
         headers: HeadersLike | None = None,
         **options: Any,
-    ) -> WSGIApplication:
+    ) -> SubscriberApp:
         """A WSGI app: ``GET /<channel>`` streams the channel's events.
 
         The channel is ``PATH_INFO`` below the mount point. ``authorize(environ,
@@ -320,7 +321,7 @@ class Broker(ABC):
         authorize: Callable[[WSGIEnvironment, str], bool] | None = None,
         *,
         max_body: int = 1024 * 1024,
-    ) -> WSGIApplication:
+    ) -> PublisherApp:
         """A WSGI app: ``POST /<channel>`` publishes the request body.
 
         See :class:`~wsgi_eventsource.brokers.apps.PublisherApp`. Without
