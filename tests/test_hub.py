@@ -1,0 +1,251 @@
+"""The hub and its command line: ``wsgi-eventsource serve`` started for real."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from tests.conftest import ROOT, VENV_BIN, ServerProcess, call
+from tests.helpers import StreamClient, wait_until
+from wsgi_eventsource import MemoryBroker
+from wsgi_eventsource.hub import Hub
+
+pytestmark = pytest.mark.server
+
+Serve = Callable[..., ServerProcess]
+
+
+@pytest.fixture
+def hub_server() -> Iterator[Serve]:
+    """Start ``wsgi-eventsource serve`` (the console script) on a free port."""
+    started: list[ServerProcess] = []
+
+    def start(*args: str, env: dict[str, str] | None = None, module: bool = False) -> ServerProcess:
+        command = [sys.executable, "-m", "wsgi_eventsource"] if module else [os.path.join(VENV_BIN, "wsgi-eventsource")]
+        server = ServerProcess(
+            [*command, "serve", "--port", "0", *args],
+            env=env,
+            ready_pattern=r"Listening at: http://127\.0\.0\.1:(\d+)",
+            stop_signal=signal.SIGINT,
+        )
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def get(port: int, path: str, **kwargs: Any) -> tuple[int, dict[str, str], bytes]:
+    client = StreamClient(port, path, **kwargs)
+    try:
+        return client.status, client.headers, client.read_body()
+    finally:
+        client.close()
+
+
+def post(port: int, channel: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    client = StreamClient(
+        port, f"/publish/{channel}", method="POST", body=body, headers={"Content-Type": "text/plain", **(headers or {})}
+    )
+    try:
+        return client.status, client.read_body()
+    finally:
+        client.close()
+
+
+# -- the command line ---------------------------------------------------------------
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [os.path.join(VENV_BIN, "wsgi-eventsource"), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+
+
+def test_help_lists_every_option_and_the_environment_variables() -> None:
+    result = run_cli("serve", "--help")
+    assert result.returncode == 0
+    for option in [
+        "--host", "--port", "--workers", "--worker-connections", "--redis", "--history", "--keepalive",
+        "--publish-token", "--cors-origin", "--max-connections",
+    ]:  # fmt: skip
+        assert option in result.stdout
+    assert "WSGI_EVENTSOURCE_" in result.stdout
+    assert "10000" in result.stdout  # the hub's worker-connections default, not gunicorn's 1000
+
+
+def test_several_workers_without_redis_are_refused() -> None:
+    result = run_cli("serve", "--workers", "2")
+    assert result.returncode == 2
+    assert "--workers > 1 needs --redis" in result.stderr
+    from_env = run_cli("serve", env={"WSGI_EVENTSOURCE_WORKERS": "3"})
+    assert from_env.returncode == 2
+    assert "needs --redis" in from_env.stderr
+
+
+def test_bad_option_values_are_refused() -> None:
+    result = run_cli("serve", "--keepalive", "-1")
+    assert result.returncode == 2
+    assert "keepalive" in result.stderr
+
+
+def test_version() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "wsgi_eventsource", "--version"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0
+    assert result.stdout.strip().startswith("wsgi-eventsource 0.")
+
+
+# -- the running hub --------------------------------------------------------------------
+
+
+def test_the_embedded_hub_serves_page_health_streams_stats_and_metrics(hub_server: Serve) -> None:
+    server = hub_server("--keepalive", "0.5")
+    status, headers, page = get(server.port, "/")
+    assert status == 200
+    assert headers["content-type"].startswith("text/html")
+    assert b"new EventSource" in page
+    assert get(server.port, "/healthz")[0] == 200
+
+    subscriber = StreamClient(server.port, "/events/lobby")
+    subscriber.wait_for(lambda c: b"id: " in c.raw)
+    status, answer = post(server.port, "lobby", b"hello\nworld")  # from loopback: allowed without a token
+    assert status == 201
+    event = subscriber.events(1)[0]
+    assert (event.data, event.last_event_id) == ("hello\nworld", json.loads(answer)["id"])
+
+    stats = json.loads(get(server.port, "/stats")[2])
+    assert stats["connections"]["total"] == 1
+    assert stats["connections"]["per_channel"] == {"lobby": 1}
+    assert stats["events"] == {"published": 1, "delivered": 1}
+    assert stats["uptime_seconds"] > 0
+    metrics = get(server.port, "/metrics")[2].decode()
+    assert 'eventsource_connections{channel="lobby"} 1.0' in metrics
+    assert "eventsource_events_published_total 1.0" in metrics
+    assert get(server.port, "/nowhere")[0] == 404
+
+
+def test_python_m_and_environment_variables(hub_server: Serve) -> None:
+    server = hub_server(module=True, env={"WSGI_EVENTSOURCE_HISTORY": "2"})
+    for i in range(5):
+        assert post(server.port, "h", f"m{i}".encode())[0] == 201
+    client = StreamClient(server.port, "/events/h", headers={"Last-Event-ID": "0-0"})
+    events = client.events(3)
+    assert events[0].type == "stream-reset"
+    assert [e.data for e in events[1:]] == ["m3", "m4"]  # history 2, from the environment
+
+
+def test_publish_token_is_required_when_set(hub_server: Serve) -> None:
+    server = hub_server("--publish-token", "s3cret")
+    assert post(server.port, "t", b"x")[0] == 403
+    assert post(server.port, "t", b"x", {"Authorization": "Bearer wrong"})[0] == 403
+    assert post(server.port, "t", b"x", {"Authorization": "Bearer s3cret-and-more"})[0] == 403
+    assert post(server.port, "t", b"x", {"Authorization": "Basic s3cret"})[0] == 403
+    assert post(server.port, "t", b"x", {"Authorization": "Bearer s3cret"})[0] == 201
+
+
+def test_without_a_token_only_loopback_may_publish() -> None:
+    hub = Hub(MemoryBroker())
+
+    def from_address(address: str) -> str:
+        def app(environ: dict[str, Any], start_response: Any) -> Any:
+            environ["REMOTE_ADDR"] = address
+            return hub(environ, start_response)
+
+        response = call(app, "/publish/x", method="POST")
+        response.close()
+        return response.status
+
+    assert from_address("127.0.0.1").startswith("201")
+    assert from_address("::1").startswith("201")
+    assert from_address("10.1.2.3").startswith("403")
+    assert from_address("203.0.113.9").startswith("403")
+    assert from_address("not an address").startswith("403")
+
+
+def test_cors_origin_allows_a_named_origin_with_credentials(hub_server: Serve) -> None:
+    server = hub_server("--cors-origin", "https://app.example")
+    stream = StreamClient(server.port, "/events/c", headers={"Origin": "https://app.example"})
+    assert stream.headers["access-control-allow-origin"] == "https://app.example"
+    assert stream.headers["access-control-allow-credentials"] == "true"
+    stream.close()
+    status, headers, _ = get(
+        server.port,
+        "/publish/c",
+        method="OPTIONS",
+        headers={"Origin": "https://app.example", "Access-Control-Request-Method": "POST"},
+    )
+    assert status == 204
+    assert "POST" in headers["access-control-allow-methods"]
+    assert "Authorization" in headers["access-control-allow-headers"]
+    status, headers, _ = get(server.port, "/publish/c", method="POST", body=b"x")
+    assert status == 201
+    assert headers["access-control-allow-origin"] == "https://app.example"
+
+
+def test_cors_star_never_comes_with_credentials(hub_server: Serve) -> None:
+    server = hub_server("--cors-origin", "*")
+    stream = StreamClient(server.port, "/events/c")
+    assert stream.headers["access-control-allow-origin"] == "*"
+    assert "access-control-allow-credentials" not in stream.headers
+
+
+def test_max_connections_answers_503_with_retry_after(hub_server: Serve) -> None:
+    server = hub_server("--max-connections", "2", "--keepalive", "0.3")
+    first, second = StreamClient(server.port, "/events/m"), StreamClient(server.port, "/events/m")
+    for c in (first, second):
+        assert c.status == 200
+    status, headers, body = get(server.port, "/events/m")
+    assert status == 503
+    assert headers["retry-after"] == "5"
+    assert b"maximum" in body
+    assert json.loads(get(server.port, "/stats")[2])["refused_over_max_connections"] == 1
+    first.reset()  # noticed at the next keepalive; then there is room again
+
+    def room() -> bool:
+        client = StreamClient(server.port, "/events/m")
+        client.close()
+        return client.status == 200
+
+    wait_until(room, 10, interval=0.3)
+
+
+def test_sigterm_ends_streams_with_a_retry_hint_and_exits_promptly(hub_server: Serve) -> None:
+    server = hub_server("--graceful-timeout", "30", "--shutdown-retry", "1234")
+    clients = [StreamClient(server.port, f"/events/s{i}") for i in range(3)]
+    for c in clients:
+        c.wait_for(lambda c: b"id: " in c.raw)
+    started = time.monotonic()
+    server.proc.send_signal(signal.SIGTERM)
+    for c in clients:
+        c.read_to_end(timeout=5)
+        assert c.parser.reconnection_time == 1234
+    assert server.wait(15) == 0
+    assert time.monotonic() - started < 6  # well before the 30 s graceful timeout
+
+
+def test_several_workers_with_redis_deliver_to_subscribers_of_every_worker(hub_server: Serve, redis_url: str) -> None:
+    server = hub_server("--workers", "2", "--redis", redis_url)
+    wait_until(lambda: len({json.loads(get(server.port, "/stats")[2])["pid"] for _ in range(6)}) == 2, 20, 0.2)
+    clients = [StreamClient(server.port, "/events/multi") for _ in range(12)]
+    for c in clients:
+        c.wait_for(lambda c: b"id: " in c.raw)
+    sent = [json.loads(post(server.port, "multi", f"e{i}".encode())[1])["id"] for i in range(3)]
+    for c in clients:
+        assert [e.last_event_id for e in c.events(3)] == sent
