@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import gc
 import os
+import pathlib
 import re
 import shutil
 import signal
@@ -243,3 +244,72 @@ def redis_url(redis_server: RedisServer) -> str:
     client.flushall()
     client.close()
     return redis_server.url
+
+
+class Nginx:
+    """A real nginx (Debian's package) serving ``nginx/example-site.conf``,
+    pointed at *upstream_port*, with the snippet from ``nginx/`` (optionally
+    with other timeouts, to test them in seconds rather than minutes)."""
+
+    def __init__(self, tmp: str, upstream_port: int, read_timeout: str | None = None) -> None:
+        os.makedirs(tmp, exist_ok=True)
+        self.port = free_port()
+        snippet = pathlib.Path(ROOT, "nginx", "eventsource.conf").read_text()
+        if read_timeout is not None:
+            assert "proxy_read_timeout 1h;" in snippet
+            snippet = snippet.replace("proxy_read_timeout 1h;", f"proxy_read_timeout {read_timeout};")
+        snippet_path = os.path.join(tmp, "eventsource.conf")
+        with open(snippet_path, "w") as f:
+            f.write(snippet)
+        site = pathlib.Path(ROOT, "nginx", "example-site.conf").read_text()
+        for old, new in [
+            ("server 127.0.0.1:8000;", f"server 127.0.0.1:{upstream_port};"),
+            ("listen 80;", f"listen 127.0.0.1:{self.port};"),
+            ("include /etc/nginx/snippets/eventsource.conf;", f"include {snippet_path};"),
+        ]:
+            assert old in site, f"example-site.conf no longer has {old!r}"
+            site = site.replace(old, new)
+        site_path = os.path.join(tmp, "site.conf")
+        with open(site_path, "w") as f:
+            f.write(site)
+        user = "user root;" if os.getuid() == 0 else ""
+        temp = " ".join(
+            f"{kind}_temp_path {tmp}/{kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+        )
+        conf = f"""
+            {user}
+            worker_processes 1;
+            daemon off;
+            pid {tmp}/nginx.pid;
+            error_log stderr notice;
+            events {{ worker_connections 4096; }}
+            http {{
+                access_log off;
+                {temp}
+                include {site_path};
+            }}
+        """
+        conf_path = os.path.join(tmp, "nginx.conf")
+        with open(conf_path, "w") as f:
+            f.write(conf)
+        binary = shutil.which("nginx") or "/usr/sbin/nginx"
+        self.process = ServerProcess(
+            [binary, "-p", tmp, "-c", conf_path], ready_pattern=r"start worker process", stop_signal=signal.SIGQUIT
+        )
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
+@pytest.fixture
+def nginx(tmp_path: Any) -> Iterator[Callable[..., Nginx]]:
+    started: list[Nginx] = []
+
+    def start(upstream_port: int, read_timeout: str | None = None) -> Nginx:
+        server = Nginx(str(tmp_path / f"nginx{len(started)}"), upstream_port, read_timeout)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()

@@ -178,6 +178,15 @@ def test_without_a_token_only_loopback_may_publish() -> None:
     assert from_address("203.0.113.9").startswith("403")
     assert from_address("not an address").startswith("403")
 
+    def through_a_proxy(environ: dict[str, Any], start_response: Any) -> Any:
+        environ["REMOTE_ADDR"] = "127.0.0.1"
+        environ["HTTP_X_FORWARDED_FOR"] = "198.51.100.7"
+        return hub(environ, start_response)
+
+    response = call(through_a_proxy, "/publish/x", method="POST")
+    response.close()
+    assert response.status.startswith("403")
+
 
 def test_cors_origin_allows_a_named_origin_with_credentials(hub_server: Serve) -> None:
     server = hub_server("--cors-origin", "https://app.example")

@@ -49,7 +49,8 @@ class Hub:
     :param keepalive: seconds between keepalive comments on idle streams.
     :param publish_token: if set, publishing needs ``Authorization: Bearer
         <token>`` (compared in constant time). If not, publishing is allowed
-        from loopback addresses only.
+        from loopback addresses only, and never for a request that came
+        through a proxy (``X-Forwarded-For``, ``Forwarded``, ``X-Real-IP``).
     :param cors_origin: if set, the origin allowed to subscribe and publish
         from a browser on another site. A specific origin is also allowed to
         send credentials (``withCredentials``); ``*`` never is.
@@ -134,7 +135,10 @@ class Hub:
 
     def _may_publish(self, environ: WSGIEnvironment, channel: str) -> bool:
         if self.publish_token is None:
-            return _is_loopback(environ.get("REMOTE_ADDR"))
+            # Loopback only, and not through a proxy: behind nginx every
+            # request comes from loopback, but the client is elsewhere.
+            proxied = any(k in environ for k in ("HTTP_X_FORWARDED_FOR", "HTTP_FORWARDED", "HTTP_X_REAL_IP"))
+            return not proxied and _is_loopback(environ.get("REMOTE_ADDR"))
         given = environ.get("HTTP_AUTHORIZATION", "")
         scheme, _, token = given.partition(" ")
         # Constant time, so the token cannot be guessed byte by byte.
