@@ -1,12 +1,16 @@
-"""The README's example, run the way the README says: under gunicorn -k gevent."""
+"""The examples, run the way their docstrings say: under gunicorn -k gevent."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import sys
 from collections.abc import Callable
 
 import pytest
 
-from tests.conftest import ServerProcess
+from tests.conftest import ROOT, ServerProcess
 from tests.helpers import StreamClient
 
 pytestmark = pytest.mark.server
@@ -26,3 +30,38 @@ def test_hello_example_serves_a_page_and_a_resumable_clock(gunicorn: Callable[..
 
     resumed = StreamClient(server.port, "/events", headers={"Last-Event-ID": "41"})
     assert resumed.events(1, timeout=5)[0].last_event_id == "42"
+    odd = StreamClient(server.port, "/events?lastEventId=not-a-number")
+    assert odd.events(1, timeout=5)[0].last_event_id == "1"
+
+
+def test_dispatcher_example_with_the_recommended_gunicorn_config() -> None:
+    config = os.path.join(ROOT, "examples", "gunicorn.conf.py")
+    server = ServerProcess(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "--config",
+            config,
+            "--bind",
+            "127.0.0.1:0",
+            "examples.dispatcher:application",
+        ],
+        ready_pattern=r"Listening at: http://127\.0\.0\.1:(\d+)",
+        stop_signal=signal.SIGINT,
+    )
+    try:
+        assert any("Using worker: gevent" in line for line in server.log)
+        page = StreamClient(server.port, "/")
+        assert b"/eventsource/news" in page.read_body()
+        news = StreamClient(server.port, "/eventsource/news")
+        news.wait_for(lambda c: b"id: " in c.raw)
+        clock = StreamClient(server.port, "/events/clock")
+        assert clock.events(1, timeout=5)[0].type == "tick"
+        posted = StreamClient(server.port, "/news?event=update", method="POST", body=b"Flask says hi")
+        assert posted.status == 201
+        event_id = json.loads(posted.read_body())["id"]
+        event = news.events(1)[0]
+        assert (event.type, event.data, event.last_event_id) == ("update", "Flask says hi", event_id)
+    finally:
+        server.stop()

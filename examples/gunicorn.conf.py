@@ -1,0 +1,33 @@
+"""Recommended gunicorn settings for wsgi-eventsource apps.
+
+gunicorn --config examples/gunicorn.conf.py yourapp:application
+"""
+
+# gevent workers: each stream is a cheap greenlet, not a thread or a process.
+# (Needs `pip install 'gunicorn[gevent]'`.) Sync and gthread workers would tie
+# up a whole worker or thread per open stream.
+worker_class = "gevent"
+
+# Streams one worker holds at once. Every open stream keeps its slot for its
+# whole life, so gunicorn's default of 1000 is a hard cap on subscribers per
+# worker. Raise the open-files limit (ulimit -n) to match.
+worker_connections = 10_000
+
+# With a MemoryBroker keep ONE worker: channels live in the worker's memory.
+# With RedisBroker, run about one worker per core.
+workers = 1
+
+# The worker heartbeat: gevent workers keep notifying the master while streams
+# are open, so long streams do not trip it. It only catches a stuck worker.
+timeout = 30
+
+# How long a stopping worker may take. wsgi-eventsource ends its streams at
+# SIGTERM at once (with a retry hint if configured), so workers stop within
+# a few seconds and this is only a ceiling.
+graceful_timeout = 30
+
+# Seconds to wait for the next request on a kept-alive connection (not for
+# streams, which are one long response).
+keepalive = 5
+
+bind = "127.0.0.1:8000"
