@@ -155,7 +155,7 @@ class StreamClient:
             lines.append(f"Content-Length: {len(body)}")
         self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
         self.parser = EventStreamParser()
-        self.raw = b""  # the de-chunked body received so far
+        self.raw = bytearray()  # the de-chunked body received so far (appends are O(1))
         self.eof = False
         self._buf = b""
         head = self._read_until(b"\r\n\r\n")
@@ -194,6 +194,10 @@ class StreamClient:
         out, self._buf = self._buf[:n], self._buf[n:]
         return out
 
+    def tail(self, n: int = 400) -> bytes:
+        """The last *n* bytes received, for error messages."""
+        return bytes(self.raw[-n:])
+
     def read_some(self) -> bytes:
         """Read the next piece of the body (b"" at its end)."""
         if self.chunked:
@@ -222,15 +226,15 @@ class StreamClient:
         with gevent.Timeout(self.timeout):
             while self.read_some():
                 pass
-        return self.raw
+        return bytes(self.raw)
 
     def wait_for(self, predicate: object, timeout: float | None = None) -> None:
         """Read until ``predicate(self)`` is true; fail after *timeout* seconds."""
         assert callable(predicate)
-        with gevent.Timeout(timeout or self.timeout, AssertionError(f"timed out; got {self.raw!r}")):
+        with gevent.Timeout(timeout or self.timeout, AssertionError(f"timed out; got ...{self.tail()!r}")):
             while not predicate(self):
                 if not self.read_some():
-                    raise AssertionError(f"stream ended early; got {self.raw!r}")
+                    raise AssertionError(f"stream ended early; got ...{self.tail()!r}")
 
     def events(self, n: int, timeout: float | None = None) -> list[ParsedEvent]:
         """Wait until *n* events in all have arrived; return them all."""
@@ -239,7 +243,7 @@ class StreamClient:
 
     def read_to_end(self, timeout: float | None = None) -> None:
         """Read until the server ends the response."""
-        with gevent.Timeout(timeout or self.timeout, AssertionError(f"stream did not end; got {self.raw!r}")):
+        with gevent.Timeout(timeout or self.timeout, AssertionError(f"stream did not end; got ...{self.tail()!r}")):
             while self.read_some():
                 pass
 

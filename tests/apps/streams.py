@@ -52,6 +52,11 @@ def handler(conn: Connection, environ: WSGIEnvironment) -> None:
             # A real OS thread (not a monkey-patched greenlet) pushing.
             start_new_thread = get_original("_thread", "start_new_thread")
             start_new_thread(_push_from_thread, (conn,))
+        elif path == "/raise":
+            conn.push("about to fail")
+            raise RuntimeError("handler failure on purpose")
+        elif path == "/invalid":
+            conn.push({"event": "bad\nname", "data": "x"})
         elif path == "/lines":
             conn.push("first line", "second line")
             conn.push({"event": "named", "data": "a\r\nb\rc"})
@@ -61,6 +66,14 @@ def handler(conn: Connection, environ: WSGIEnvironment) -> None:
     finally:
         stats["handlers_running"] -= 1
         stats["handlers_ended"] += 1
+
+
+def _rss_kib() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
 
 
 def _push_from_thread(conn: Connection) -> None:
@@ -90,6 +103,9 @@ def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[byt
                 "open": len(events.connections),
                 "greenlets": sum(1 for o in gc.get_objects() if isinstance(o, greenlet.greenlet) and not o.dead),
                 "pid": os.getpid(),
+                "rss_kib": _rss_kib(),
+                "fds": len(os.listdir("/proc/self/fd")),
+                "dropped": events.dropped,
             }
         ).encode()
         start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
