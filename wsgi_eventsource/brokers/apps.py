@@ -99,7 +99,8 @@ class SubscriberApp:
             if warn is not None:
                 warn()
         try:
-            subscription, preamble = self.broker.subscribe(channel, last_event_id(environ))
+            # An empty id (a polyfill's "?lastEventId=") means "none yet".
+            subscription, preamble = self.broker.subscribe(channel, last_event_id(environ) or None)
         except BrokerUnavailable as exc:
             return plain_response(start_response, "503 Service Unavailable", f"{exc}\n", [("Retry-After", RETRY_AFTER)])
         stream = self.source.open_stream(environ, start_response, None, preamble=preamble)
