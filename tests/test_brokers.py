@@ -234,6 +234,16 @@ def test_unknown_id_gets_one_stream_reset_then_history_then_live(
     assert sum(e.type == "stream-reset" for e in client.parser.events) == 1
 
 
+def test_an_empty_last_event_id_is_a_new_client(hub: Hub) -> None:
+    """Polyfills may send ``?lastEventId=`` before they have seen an id."""
+    sent = hub.broker.publish("empty", "old")
+    client = StreamClient(hub.port, "/events/empty?lastEventId=")
+    client.wait_for(lambda c: c.parser.last_event_id == sent)
+    assert client.parser.events == []  # no reset, no replay: the bare current id
+    live = hub.broker.publish("empty", "new")
+    assert client.events(1)[0].last_event_id == live
+
+
 def test_id_older_than_history_gets_a_reset_then_what_is_left(
     serve: Callable[..., WSGIServer], make_broker: MakeBroker
 ) -> None:
