@@ -1,0 +1,277 @@
+/*
+ * The benchmark's load client: many SSE subscribers (or one publisher) on one
+ * core, written in C with epoll so that it is never the bottleneck.
+ *
+ *   loadclient sub HOST PORT PATH CONNECTIONS EXPECTED TIMEOUT_S
+ *       Opens CONNECTIONS streams (HTTP/1.0, so every server sends the body
+ *       unframed), prints "READY <n>" once every stream has its response
+ *       headers, then reads until each stream has EXPECTED events or TIMEOUT_S
+ *       passed since READY without progress. Every "data: <ns> ..." line is an
+ *       event published at <ns> (CLOCK_REALTIME): its latency is now - <ns>.
+ *       Prints one JSON line: counts and the latency distribution.
+ *
+ *   loadclient pub HOST PORT PATH COUNT RATE SIZE
+ *       POSTs COUNT events (body "<ns> <i> <padding to SIZE>") over one
+ *       keep-alive connection, RATE per second (0: as fast as the server
+ *       answers, 32 requests in flight). Prints one JSON line.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#define HIST_US 10            /* histogram resolution: 10 microseconds */
+#define HIST_BUCKETS 2000000  /* up to 20 seconds */
+
+static uint64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static double mono(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static int connect_to(const char *host, int port) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0) { perror("socket"); exit(2); }
+    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons(port)};
+    inet_pton(AF_INET, host, &addr.sin_addr);
+    if (connect(fd, (struct sockaddr *)&addr, sizeof addr) < 0) { perror("connect"); exit(2); }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    return fd;
+}
+
+static void send_all(int fd, const char *buf, size_t len) {
+    while (len) {
+        ssize_t n = write(fd, buf, len);
+        if (n < 0) { if (errno == EINTR || errno == EAGAIN) continue; perror("write"); exit(2); }
+        buf += n; len -= (size_t)n;
+    }
+}
+
+/* Per-stream parser state: we only look for lines that start "data: <digits>". */
+struct conn {
+    int fd;
+    int headers_done;   /* seen \r\n\r\n */
+    int hdr_match;      /* how much of \r\n\r\n matched */
+    int line_pos;       /* position in the current line (capped) */
+    int prefix;         /* chars of "data: " matched at line start */
+    int in_number;
+    int digits;
+    uint64_t number;
+    long events;
+    int closed;
+};
+
+static const char DATA[] = "data: ";
+
+static uint32_t *hist;
+static long total_events, hist_overflow;
+static uint64_t first_event_ns, last_event_ns;
+
+static void record(uint64_t published, uint64_t at) {
+    uint64_t lat = at > published ? at - published : 0;
+    uint64_t bucket = lat / (HIST_US * 1000ull);
+    if (bucket >= HIST_BUCKETS) { hist_overflow++; bucket = HIST_BUCKETS - 1; }
+    hist[bucket]++;
+    total_events++;
+    if (!first_event_ns) first_event_ns = at;
+    last_event_ns = at;
+}
+
+static void feed(struct conn *c, const char *buf, ssize_t n, uint64_t at) {
+    for (ssize_t i = 0; i < n; i++) {
+        char ch = buf[i];
+        if (!c->headers_done) {
+            static const char END[] = "\r\n\r\n";
+            c->hdr_match = (ch == END[c->hdr_match]) ? c->hdr_match + 1 : (ch == '\r' ? 1 : 0);
+            if (c->hdr_match == 4) { c->headers_done = 1; c->line_pos = 0; c->prefix = 0; }
+            continue;
+        }
+        if (ch == '\n' || ch == '\r') {
+            if (c->in_number && c->digits) { record(c->number, at); c->events++; }
+            c->in_number = 0; c->line_pos = 0; c->prefix = 0;
+            continue;
+        }
+        if (c->in_number) {
+            if (ch >= '0' && ch <= '9') {
+                c->number = c->number * 10 + (uint64_t)(ch - '0');
+                c->digits++;
+                continue;
+            }
+            if (c->digits) { record(c->number, at); c->events++; }  /* other data lines are not ours */
+            c->in_number = 0; c->line_pos = 7; /* skip the rest of the line */
+            continue;
+        }
+        if (c->line_pos == c->prefix && c->prefix < 6) {
+            if (ch == DATA[c->prefix]) {
+                c->prefix++; c->line_pos++;
+                if (c->prefix == 6) { c->in_number = 1; c->number = 0; c->digits = 0; }
+                continue;
+            }
+        }
+        c->line_pos = 7;
+    }
+}
+
+static double percentile(double p) {
+    long want = (long)(p * total_events);
+    long seen = 0;
+    for (long b = 0; b < HIST_BUCKETS; b++) {
+        seen += hist[b];
+        if (seen > want) return (b + 0.5) * HIST_US / 1000.0;
+    }
+    return (double)HIST_BUCKETS * HIST_US / 1000.0;
+}
+
+static int run_sub(const char *host, int port, const char *path, int nconn, long expected, double timeout) {
+    hist = calloc(HIST_BUCKETS, sizeof *hist);
+    struct conn *conns = calloc((size_t)nconn, sizeof *conns);
+    int ep = epoll_create1(0);
+    char request[1024];
+    int rlen = snprintf(request, sizeof request,
+                        "GET %s HTTP/1.0\r\nHost: %s:%d\r\nAccept: text/event-stream\r\n\r\n", path, host, port);
+    for (int i = 0; i < nconn; i++) {
+        conns[i].fd = connect_to(host, port);
+        send_all(conns[i].fd, request, (size_t)rlen);
+        fcntl(conns[i].fd, F_SETFL, O_NONBLOCK);
+        struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &conns[i]};
+        epoll_ctl(ep, EPOLL_CTL_ADD, conns[i].fd, &ev);
+    }
+    static char buf[1 << 16];
+    struct epoll_event events[512];
+    int ready = 0, announced = 0, open = nconn;
+    long complete = 0;
+    double start = mono(), progress = start;
+    while (open > 0) {
+        int n = epoll_wait(ep, events, 512, 100);
+        uint64_t at = now_ns();
+        for (int e = 0; e < n; e++) {
+            struct conn *c = events[e].data.ptr;
+            for (;;) {
+                ssize_t got = read(c->fd, buf, sizeof buf);
+                if (got > 0) {
+                    int had_headers = c->headers_done;
+                    long before = c->events;
+                    feed(c, buf, got, at);
+                    if (!had_headers && c->headers_done) ready++;
+                    if (c->events > before) {
+                        progress = mono();
+                        if (before < expected && c->events >= expected) complete++;
+                    }
+                    continue;
+                }
+                if (got == 0 || (errno != EAGAIN && errno != EINTR)) {
+                    c->closed = 1; open--;
+                    epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL);
+                    close(c->fd);
+                }
+                break;
+            }
+        }
+        if (!announced && ready == nconn) {
+            announced = 1;
+            printf("READY %d\n", ready);
+            fflush(stdout);
+            progress = mono();
+        }
+        if (expected > 0 && complete == nconn) break;
+        double t = mono();
+        if (announced && t - progress > timeout) break;
+        if (!announced && t - start > timeout + 60) break;
+    }
+    long min = -1, max = 0, early = 0;
+    for (int i = 0; i < nconn; i++) {
+        if (min < 0 || conns[i].events < min) min = conns[i].events;
+        if (conns[i].events > max) max = conns[i].events;
+        if (conns[i].closed) early++;
+    }
+    double span = last_event_ns > first_event_ns ? (last_event_ns - first_event_ns) / 1e9 : 0;
+    printf("{\"connections\": %d, \"ready\": %d, \"closed_early\": %ld, \"events\": %ld, \"expected\": %ld,"
+           " \"min_per_connection\": %ld, \"max_per_connection\": %ld, \"span_s\": %.6f,"
+           " \"p50_ms\": %.3f, \"p90_ms\": %.3f, \"p99_ms\": %.3f, \"p999_ms\": %.3f, \"max_ms\": %.3f,"
+           " \"over_20s\": %ld, \"histogram\": [",
+           nconn, ready, early, total_events, expected * nconn, min < 0 ? 0 : min, max, span,
+           percentile(0.5), percentile(0.9), percentile(0.99), percentile(0.999), percentile(0.999999),
+           hist_overflow);
+    /* A compact histogram for plots: log-spaced bins in milliseconds. */
+    int firstbin = 1;
+    double lo = 0.01;
+    while (lo < 20000) {
+        double hi = lo * 1.25;
+        long from = (long)(lo * 1000 / HIST_US), to = (long)(hi * 1000 / HIST_US);
+        if (to > HIST_BUCKETS) to = HIST_BUCKETS;
+        long count = 0;
+        for (long b = from; b < to; b++) count += hist[b];
+        if (count) { printf("%s[%.4f, %ld]", firstbin ? "" : ", ", lo, count); firstbin = 0; }
+        lo = hi;
+    }
+    printf("]}\n");
+    return 0;
+}
+
+static int run_pub(const char *host, int port, const char *path, long count, double rate, int size) {
+    int fd = connect_to(host, port);
+    char *body = malloc((size_t)size + 64), *req = malloc((size_t)size + 1024);
+    static char buf[1 << 16];
+    long sent = 0, answered = 0, ok = 0;
+    double start = mono();
+    int window = rate > 0 ? 1 : 32;
+    size_t match = 0;
+    static const char OKLINE[] = "HTTP/1.1 2";
+    while (answered < count) {
+        while (sent < count && sent - answered < window) {
+            if (rate > 0) {
+                double due = start + sent / rate, t = mono();
+                if (t < due) { struct timespec d = {0, (long)((due - t) * 1e9)}; nanosleep(&d, NULL); }
+            }
+            int blen = snprintf(body, (size_t)size + 64, "%llu %ld ", (unsigned long long)now_ns(), sent);
+            while (blen < size) body[blen++] = 'x';
+            int len = snprintf(req, (size_t)size + 1024,
+                               "POST %s HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n",
+                               path, host, port, blen);
+            memcpy(req + len, body, (size_t)blen);
+            send_all(fd, req, (size_t)(len + blen));
+            sent++;
+        }
+        ssize_t got = read(fd, buf, sizeof buf);
+        if (got <= 0) { fprintf(stderr, "publisher connection closed after %ld answers\n", answered); break; }
+        /* Count status lines: every response starts with "HTTP/1.1 " (a body may
+           end without a newline, so the next one need not start a line). */
+        for (ssize_t i = 0; i < got; i++) {
+            if (match == 9) { answered++; if (buf[i] == '2') ok++; match = 0; }
+            else if (buf[i] == OKLINE[match]) match++;
+            else match = buf[i] == OKLINE[0] ? 1 : 0;
+        }
+    }
+    double took = mono() - start;
+    printf("{\"sent\": %ld, \"answered\": %ld, \"ok\": %ld, \"seconds\": %.6f, \"per_second\": %.1f}\n",
+           sent, answered, ok, took, answered / (took > 0 ? took : 1));
+    return ok == count ? 0 : 1;
+}
+
+int main(int argc, char **argv) {
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    if (argc == 8 && strcmp(argv[1], "sub") == 0)
+        return run_sub(argv[2], atoi(argv[3]), argv[4], atoi(argv[5]), atol(argv[6]), atof(argv[7]));
+    if (argc == 8 && strcmp(argv[1], "pub") == 0)
+        return run_pub(argv[2], atoi(argv[3]), argv[4], atol(argv[5]), atof(argv[6]), atoi(argv[7]));
+    fprintf(stderr, "usage: loadclient sub HOST PORT PATH CONNECTIONS EXPECTED TIMEOUT_S\n"
+                    "       loadclient pub HOST PORT PATH COUNT RATE SIZE\n");
+    return 2;
+}

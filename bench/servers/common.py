@@ -1,0 +1,18 @@
+"""What every Python server under test shares: the publish trigger's query."""
+
+from __future__ import annotations
+
+import time
+from urllib.parse import parse_qs
+
+
+def publish_params(query: str) -> tuple[int, float, int]:
+    """``count``, ``rate`` (events/s, 0 = flat out) and ``size`` (bytes of data)."""
+    values = parse_qs(query)
+    return int(values["count"][0]), float(values.get("rate", ["0"])[0]), int(values.get("size", ["64"])[0])
+
+
+def payload(i: int, size: int) -> str:
+    """Event data: the publish time in ns first (the load client reads it), then padding."""
+    head = f"{time.time_ns()} {i} "
+    return head + "x" * max(0, size - len(head))
