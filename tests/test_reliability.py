@@ -76,7 +76,7 @@ def test_disconnect_storms_leave_nothing_behind_and_others_keep_receiving(gunico
     baseline = stats(server.port)
     rss_growth = []
 
-    for storm, how in enumerate(["close", "half-reset"]):
+    for storm, how in enumerate(["close", "half-reset", "close"]):
         before = stats(server.port)
         clients = open_many(server.port, "/idle", 2000)
         assert stats(server.port)["open"] == 2003
@@ -94,8 +94,10 @@ def test_disconnect_storms_leave_nothing_behind_and_others_keep_receiving(gunico
             n = len(o.parser.events)
             o.events(n + 2, timeout=5)
         print(f"storm {storm + 1} ({how}): RSS +{rss_growth[-1]} KiB over baseline", file=sys.stderr)
-    # Memory comes back: a second storm does not leave more behind than the first.
-    assert rss_growth[1] <= max(rss_growth[0], 0) + 2048, rss_growth
+    # No leak: later storms leave no more behind than the first (the allocator
+    # keeps what the first one freed, and varies by a few MiB from run to run).
+    # Leaks of objects are checked exactly in test_server_pywsgi (refcounts).
+    assert max(rss_growth[1:]) <= max(rss_growth[0], 0) * 1.15 + 1024, rss_growth
 
 
 def test_slow_consumers_are_cut_at_the_limit_and_fast_ones_keep_their_latency(gunicorn: Gunicorn) -> None:

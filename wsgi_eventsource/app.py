@@ -202,6 +202,9 @@ class EventSource:
         self._signals_installed = False
         self._shutting_down = False
         self._sweeper: Any = None
+        self._sweep_hub: Any = None
+        self._to_wake: list[Connection] = []
+        self._wake_scheduled = False
         #: Streams cut because their client stopped reading (``max_pending``
         #: passed, or a write blocked past ``write_timeout``/``close_timeout``).
         self.dropped = 0
@@ -249,6 +252,11 @@ class EventSource:
         self._connections.add(conn)
         if self._sweeper is None and not conn._own_hub:
             self._start_sweeper(conn._hub)
+        # Streams in the sweeper's hub get their keepalives from it, and it
+        # keeps that loop alive while any stream is open.
+        conn._swept = conn._hub is self._sweep_hub
+        if conn._swept and not self._sweeper.ref:
+            self._sweeper.ref = True
         if handler_cb is not None:
             conn._handler = gevent.spawn(self._run_handler, handler_cb, conn, environ)
         return Stream(conn, self.keepalive)
@@ -290,22 +298,50 @@ class EventSource:
         return self.close_all(self.shutdown_retry)
 
     def _start_sweeper(self, hub: Any) -> None:
-        # One periodic timer per app, not one per stream: it cuts connections
-        # whose last write has been blocked too long (the client stopped
-        # reading) so that close(), close_all() and shutdown always finish.
-        self._sweeper = hub.loop.timer(1.0, 1.0)
-        self._sweeper.start(self._sweep, hub.loop)
-        self._sweeper.ref = False  # never keeps the loop (or a test) alive by itself
+        # One periodic timer per app, not one per stream or per wait. It sends
+        # keepalives to idle streams, and cuts connections whose last write
+        # has been blocked too long (the client stopped reading) so that
+        # close(), close_all() and shutdown always finish.
+        interval = 1.0 if self.keepalive is None else min(1.0, self.keepalive / 2)
+        self._sweep_hub = hub
+        self._sweeper = hub.loop.timer(interval, interval)
+        self._sweeper.start(self._sweep, hub.loop, interval)
+        self._sweeper.ref = False  # only while streams are open: see open_stream and _forget
 
-    def _sweep(self, loop: Any) -> None:
+    def _sweep(self, loop: Any, interval: float) -> None:
         now = loop.now()
+        # Idle at least this long at a sweep: due now, or before the next sweep.
+        due = None if self.keepalive is None else self.keepalive - interval
         for conn in list(self._connections):
+            if conn._waiting:
+                if due is not None and conn._swept and now - conn._idle_since >= due:
+                    conn._keepalive_now()
+                continue
             started = conn._write_started
             if started and not conn._finished:
                 limit = self.close_timeout if conn._closed else self.write_timeout
                 if now - started > limit:
                     logger.warning("%r: a write has been blocked for %.1fs; disconnecting", conn, now - started)
                     conn._abort()
+
+    def _forget(self, conn: Connection) -> None:
+        self._connections.discard(conn)
+        if not self._connections and self._sweeper is not None:
+            self._sweeper.ref = False
+
+    def _wake_later(self, conn: Connection) -> None:
+        self._to_wake.append(conn)
+        if not self._wake_scheduled:
+            self._wake_scheduled = True
+            self._sweep_hub.loop.run_callback(self._wake_all)
+
+    def _wake_all(self) -> None:
+        # In the hub: resume every reader that has something to write. Each
+        # runs until its write is done (or would block) and comes back here.
+        self._wake_scheduled = False
+        batch, self._to_wake = self._to_wake, []
+        for conn in batch:
+            conn._wake_now()
 
     def _run_handler(self, handler_cb: HandlerCallback, conn: Connection, environ: WSGIEnvironment) -> None:
         try:

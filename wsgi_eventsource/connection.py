@@ -26,7 +26,7 @@ from .errors import ConnectionClosed
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
-    from gevent.hub import Hub, Waiter
+    from gevent.hub import Hub
 
     from .app import EventSource
 
@@ -38,6 +38,8 @@ logger = logging.getLogger("wsgi_eventsource")
 # returns a greenlet's id instead.
 _thread_ident: Callable[[], int] = get_original("_thread", "get_ident")
 _main_thread_ident = _thread_ident()  # this module is imported in the main thread
+#: What a waiting reader is switched back with when a keepalive is due.
+_KEEPALIVE_DUE = object()
 # Guards the hand-over list of pushes made from other OS threads (rare, short).
 _remote_lock = get_original("_thread", "allocate_lock")()
 
@@ -73,6 +75,7 @@ class Connection:
         "_finished",
         "_handler",
         "_hub",
+        "_idle_since",
         "_max_pending",
         "_own_hub",
         "_owner",
@@ -80,8 +83,9 @@ class Connection:
         "_remote",
         "_remote_size",
         "_size",
+        "_swept",
         "_thread",
-        "_waiter",
+        "_waiting",
         "_wake_scheduled",
         "_write_started",
         "environ",
@@ -108,7 +112,11 @@ class Connection:
         self._max_pending = max_pending
         self._closed = False
         self._finished = False
-        self._waiter: Waiter | None = None
+        # The reader (the server's greenlet) is parked in Stream.__next__,
+        # switched out to the hub; _wake_now switches back into it.
+        self._waiting = False
+        self._idle_since = 0.0  # loop time the reader started waiting
+        self._swept = False  # keepalives come from the owner's sweeper, not a timer per wait
         self._wake_scheduled = False
         self._thread = _thread_ident()
         hub = get_hub_if_exists()
@@ -211,18 +219,27 @@ class Connection:
     def _append(self, data: bytes) -> bool:
         self._chunks.append(data)
         self._size += len(data)
-        if self._size > self._max_pending and self._waiter is None and self._reader is not None:
+        if self._size > self._max_pending and not self._waiting and self._reader is not None:
             # Over the limit while the server is still busy writing what we
             # gave it last: the client is not reading. (A burst pushed while
             # the reader waits is not a slow client; it is written next.)
             self._overflow()
             return False
-        if self._waiter is not None and not self._wake_scheduled:
-            # Wake the reader from the hub, once per batch: pushes made before
-            # it runs are written together (coalesced into one write).
-            self._wake_scheduled = True
-            self._hub.loop.run_callback(self._wake_now)
+        if self._waiting and not self._wake_scheduled:
+            self._schedule_wake()
         return True
+
+    def _schedule_wake(self) -> None:
+        # Wake the reader from the hub, once per batch: pushes made before it
+        # runs are written together (coalesced into one write). Streams of
+        # one app share ONE loop callback per batch (a fan-out to thousands
+        # of streams schedules one callback, not thousands).
+        self._wake_scheduled = True
+        owner = self._owner
+        if owner is not None and self._swept:
+            owner._wake_later(self)
+        else:
+            self._hub.loop.run_callback(self._wake_now)
 
     def _enqueue_remote(self, data: bytes) -> bool:
         # From another OS thread: hand the bytes over in order through a list
@@ -269,15 +286,19 @@ class Connection:
         return True
 
     def _wake(self) -> None:
-        if self._waiter is not None and not self._wake_scheduled:
-            self._wake_scheduled = True
-            self._hub.loop.run_callback(self._wake_now)
+        if self._waiting and not self._wake_scheduled:
+            self._schedule_wake()
 
     def _wake_now(self) -> None:
+        """In the hub: resume a waiting reader (it finds what was queued)."""
         self._wake_scheduled = False
-        waiter = self._waiter
-        if waiter is not None:
-            waiter.switch(None)
+        if self._waiting:
+            self._reader.switch(None)
+
+    def _keepalive_now(self) -> None:
+        """In the hub: resume a waiting reader to send a keepalive."""
+        if self._waiting:
+            self._reader.switch(_KEEPALIVE_DUE)
 
     def _overflow(self) -> None:
         logger.warning(
@@ -295,7 +316,7 @@ class Connection:
         self._chunks = []
         self._size = 0
         reader = self._reader
-        if self._waiter is not None or reader is None:
+        if self._waiting or reader is None:
             self._wake()
         elif isinstance(reader, gevent.Greenlet):
             # The reader is blocked inside the server's socket write and will
@@ -320,7 +341,7 @@ class Connection:
         self._size = 0
         self._reader = None
         if self._owner is not None:
-            self._owner._connections.discard(self)
+            self._owner._forget(self)
             self._owner = None
         handler = self._handler
         if handler is not None and handler is not gevent.getcurrent():

@@ -16,7 +16,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from gevent import getcurrent
-from gevent.hub import Waiter
+
+from .connection import _KEEPALIVE_DUE
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -25,8 +26,6 @@ __all__ = ["KEEPALIVE", "Stream"]
 
 #: What an idle stream writes every ``keepalive`` seconds: an empty comment.
 KEEPALIVE = b":\n\n"
-
-_TIMED_OUT = object()
 
 
 class Stream:
@@ -51,26 +50,29 @@ class Stream:
         conn._write_started = 0.0  # the server finished writing what we gave it
         if conn._reader is None:
             conn._reader = getcurrent()
+        hub = conn._hub
         while True:
             if conn._chunks:
-                conn._write_started = conn._hub.loop.now()
+                conn._write_started = hub.loop.now()
                 return conn._take()
             if conn._closed and not conn._remote:
                 raise StopIteration
-            hub = conn._hub
-            waiter = Waiter(hub)
-            conn._waiter = waiter
+            # Park this greenlet in the hub until a push (Connection._wake_now)
+            # or a keepalive (the app's sweeper, or a timer) switches back. No
+            # object is allocated per wait when the app's sweeper keeps time.
             timer = None
-            if self._keepalive is not None:
+            if self._keepalive is not None and not conn._swept:
                 timer = hub.loop.timer(self._keepalive)
-                timer.start(waiter.switch, _TIMED_OUT)
+                timer.start(conn._keepalive_now)
+            conn._idle_since = hub.loop.now()
+            conn._waiting = True
             try:
-                woke_by = waiter.get()
+                woke_by = hub.switch()
             finally:
-                conn._waiter = None
+                conn._waiting = False
                 if timer is not None:
                     timer.close()
-            if woke_by is _TIMED_OUT and not conn._chunks and not conn._closed:
+            if woke_by is _KEEPALIVE_DUE and not conn._chunks and not conn._closed:
                 conn._write_started = hub.loop.now()
                 return KEEPALIVE
 

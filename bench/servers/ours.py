@@ -9,7 +9,6 @@ Both start publishing on ``POST /bench/publish?count=N&rate=R&size=S``.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -47,8 +46,11 @@ def push_to_all(size: int) -> Callable[[int], None]:
     def send(i: int) -> None:
         event = Event(payload(i, size))  # encoded once, the same bytes for everyone
         for conn in list(connections):
-            with contextlib.suppress(ConnectionClosed):  # it went away meanwhile
+            # Not contextlib.suppress: a context manager per push cost ~12% here.
+            try:  # noqa: SIM105
                 conn.push(event)
+            except ConnectionClosed:  # it went away meanwhile
+                pass
 
     return send
 
