@@ -578,3 +578,21 @@ def test_subscription_hand_off_unit() -> None:
     late.deliver((20, 1), b"next")
     late.deliver((20, 0), b"never: out of order")  # after the floor is passed, order is trusted
     assert conn2.sent == [b"next", b"never: out of order"]
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"history": 0}, "history"),
+        ({"history": True}, "history"),
+        ({"history": 2.5}, "history"),
+        ({"max_age": 0}, "max_age"),
+        ({"max_age": float("inf")}, "max_age"),
+        ({"max_age": "60"}, "max_age"),
+    ],
+)
+def test_both_brokers_validate_their_history_options(options: dict[str, Any], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        MemoryBroker(**options)
+    with pytest.raises(ValueError, match=match):
+        RedisBroker("redis://127.0.0.1:1/0", **options)  # validated before any connection

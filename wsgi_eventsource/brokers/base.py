@@ -98,6 +98,16 @@ def parse_id(event_id: str | None) -> tuple[int, int] | None:
     return int(match.group(1)), int(match.group(2))
 
 
+def check_history(history: object, max_age: object) -> None:
+    """Validate the history options every broker takes; ``ValueError`` names the bad one."""
+    if not isinstance(history, int) or isinstance(history, bool) or history < 1:
+        raise ValueError(f"history must be a positive int, not {history!r}")
+    if max_age is not None and (
+        not isinstance(max_age, (int, float)) or isinstance(max_age, bool) or not 0 < max_age < float("inf")
+    ):
+        raise ValueError(f"max_age must be a positive number of seconds or None, not {max_age!r}")
+
+
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
 

@@ -18,6 +18,7 @@ from .base import (
     BrokerStats,
     Entry,
     Subscription,
+    check_history,
     encode_body,
     fan_out,
     now_ms,
@@ -66,10 +67,7 @@ class MemoryBroker(Broker):
     """
 
     def __init__(self, history: int = DEFAULT_HISTORY, *, max_age: float | None = None) -> None:
-        if not isinstance(history, int) or isinstance(history, bool) or history < 1:
-            raise ValueError(f"history must be a positive int, not {history!r}")
-        if max_age is not None and not (isinstance(max_age, (int, float)) and max_age > 0):
-            raise ValueError(f"max_age must be a positive number of seconds or None, not {max_age!r}")
+        check_history(history, max_age)
         self.history = history
         self.max_age = max_age
         self._channels: dict[str, _Channel] = {}

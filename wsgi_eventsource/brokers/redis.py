@@ -39,6 +39,7 @@ from .base import (
     BrokerStats,
     Entry,
     Subscription,
+    check_history,
     encode_body,
     fan_out_batch,
     now_ms,
@@ -122,10 +123,7 @@ class RedisBroker(Broker):
         block: float = 1.0,
     ) -> None:
         self._redis = _import_redis()
-        if not isinstance(history, int) or isinstance(history, bool) or history < 1:
-            raise ValueError(f"history must be a positive int, not {history!r}")
-        if max_age is not None and not (isinstance(max_age, (int, float)) and max_age > 0):
-            raise ValueError(f"max_age must be a positive number of seconds or None, not {max_age!r}")
+        check_history(history, max_age)
         if not (isinstance(block, (int, float)) and block > 0):
             raise ValueError(f"block must be a positive number of seconds, not {block!r}")
         self.url = url
