@@ -557,7 +557,7 @@ def test_subscription_hand_off_unit() -> None:
         def __init__(self) -> None:
             self.sent: list[bytes] = []
 
-        def _enqueue(self, data: bytes) -> bool:
+        def _enqueue_here(self, data: bytes) -> bool:
             self.sent.append(data)
             return True
 

@@ -259,9 +259,11 @@ def _stall(client: StreamClient, conn: Connection, size: int = 16 * 1024 * 1024)
     and wait until the server's write is blocked on it."""
     client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     conn.push(Event("x" * size))
-    wait_until(lambda: conn._write_started > 0 and not conn._waiting, 5, message="a write in progress")
+    wait_until(lambda: conn._since > 0 and not conn._waiting, 5, message="a write in progress")
     gevent.sleep(0.2)
-    assert conn._write_started > 0, "the write finished: the client read it all"
+    # Still inside that write (not back waiting in Stream.__next__).
+    assert not conn._waiting, "the write finished: the client read it all"
+    assert conn._since > 0
 
 
 def test_close_ends_a_stream_whose_write_is_blocked(serve: Serve) -> None:

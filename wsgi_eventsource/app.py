@@ -240,14 +240,13 @@ class EventSource:
             self._install_signal_handlers()
         if self._shutting_down:
             # Opened after shutdown began (the server still accepts for a
-            # moment): send the client elsewhere at once.
-            hint = b"" if self.shutdown_retry is None else encode_retry(self.shutdown_retry)
-            conn = Connection(environ, max_pending=self.max_pending, preamble=self._preamble + hint)
-            start_response("200 OK", list(self.headers))
-            conn._closed = True
-            return Stream(conn, self.keepalive)
+            # moment): only the retry hint, then the end; no handler.
+            preamble = b"" if self.shutdown_retry is None else encode_retry(self.shutdown_retry)
         conn = Connection(environ, max_pending=self.max_pending, preamble=self._preamble + preamble)
         start_response("200 OK", list(self.headers))
+        if self._shutting_down:
+            conn._closed = True
+            return Stream(conn, self.keepalive)
         conn._owner = self  # only now: start_response may raise
         self._connections.add(conn)
         if self._sweeper is None and not conn._own_hub:
@@ -314,10 +313,10 @@ class EventSource:
         due = None if self.keepalive is None else self.keepalive - interval
         for conn in list(self._connections):
             if conn._waiting:
-                if due is not None and conn._swept and now - conn._idle_since >= due:
+                if due is not None and conn._swept and now - conn._since >= due:
                     conn._keepalive_now()
                 continue
-            started = conn._write_started
+            started = conn._since
             if started and not conn._finished:
                 limit = self.close_timeout if conn._closed else self.write_timeout
                 if now - started > limit:

@@ -25,6 +25,8 @@ from .encoding import Message, build_event, encode_comment, encode_data
 from .errors import ConnectionClosed
 
 if TYPE_CHECKING:
+    from _thread import LockType as Lock
+
     from _typeshed.wsgi import WSGIEnvironment
     from gevent.hub import Hub
 
@@ -40,8 +42,18 @@ _thread_ident: Callable[[], int] = get_original("_thread", "get_ident")
 _main_thread_ident = _thread_ident()  # this module is imported in the main thread
 #: What a waiting reader is switched back with when a keepalive is due.
 _KEEPALIVE_DUE = object()
+_allocate_lock: Callable[[], Lock] = get_original("_thread", "allocate_lock")
+
+
+def os_lock() -> Lock:
+    """A real OS lock, even under monkey-patching (where ``threading.Lock`` is
+    a gevent lock that a plain OS thread cannot share). Only for short
+    sections that never block or switch greenlets."""
+    return _allocate_lock()
+
+
 # Guards the hand-over list of pushes made from other OS threads (rare, short).
-_remote_lock = get_original("_thread", "allocate_lock")()
+_remote_lock = os_lock()
 
 
 def last_event_id(environ: WSGIEnvironment) -> str | None:
@@ -75,19 +87,18 @@ class Connection:
         "_finished",
         "_handler",
         "_hub",
-        "_idle_since",
         "_max_pending",
         "_own_hub",
         "_owner",
         "_reader",
         "_remote",
         "_remote_size",
+        "_since",
         "_size",
         "_swept",
         "_thread",
         "_waiting",
         "_wake_scheduled",
-        "_write_started",
         "environ",
         "last_event_id",
     )
@@ -115,7 +126,6 @@ class Connection:
         # The reader (the server's greenlet) is parked in Stream.__next__,
         # switched out to the hub; _wake_now switches back into it.
         self._waiting = False
-        self._idle_since = 0.0  # loop time the reader started waiting
         self._swept = False  # keepalives come from the owner's sweeper, not a timer per wait
         self._wake_scheduled = False
         self._thread = _thread_ident()
@@ -130,7 +140,9 @@ class Connection:
         self._reader: Any = None
         self._remote: list[bytes] | None = None  # pushed from other threads, not yet queued
         self._remote_size = 0
-        self._write_started = 0.0  # loop time the server started writing our last chunk
+        # Loop time the reader started waiting (if _waiting), or the server
+        # started writing our last chunk (if not); 0 between the two.
+        self._since = 0.0
         self._owner: EventSource | None = None  # the app that counts this stream
 
     def __repr__(self) -> str:
@@ -212,6 +224,11 @@ class Connection:
         """Queue encoded bytes; False if the connection is (now) closed."""
         if _thread_ident() != self._thread:
             return self._enqueue_remote(data)
+        return self._enqueue_here(data)
+
+    def _enqueue_here(self, data: bytes) -> bool:
+        """:meth:`_enqueue` for callers already in this connection's thread
+        (the brokers' fan-out), without asking again which thread it is."""
         if self._closed:
             return False
         return self._append(data)

@@ -47,13 +47,13 @@ class Stream:
 
     def __next__(self) -> bytes:
         conn = self._conn
-        conn._write_started = 0.0  # the server finished writing what we gave it
+        conn._since = 0.0  # the server finished writing what we gave it
         if conn._reader is None:
             conn._reader = getcurrent()
         hub = conn._hub
         while True:
             if conn._chunks:
-                conn._write_started = hub.loop.now()
+                conn._since = hub.loop.now()  # a write starts
                 return conn._take()
             if conn._closed and not conn._remote:
                 raise StopIteration
@@ -64,7 +64,7 @@ class Stream:
             if self._keepalive is not None and not conn._swept:
                 timer = hub.loop.timer(self._keepalive)
                 timer.start(conn._keepalive_now)
-            conn._idle_since = hub.loop.now()
+            conn._since = hub.loop.now()  # idle from now
             conn._waiting = True
             try:
                 woke_by = hub.switch()
@@ -73,7 +73,7 @@ class Stream:
                 if timer is not None:
                     timer.close()
             if woke_by is _KEEPALIVE_DUE and not conn._chunks and not conn._closed:
-                conn._write_started = hub.loop.now()
+                conn._since = hub.loop.now()  # a write starts
                 return KEEPALIVE
 
     def close(self) -> None:

@@ -212,7 +212,7 @@ class Subscription:
                 return
             self.floor = None  # events come in order: no comparisons from now on
         if self.conn is not None:
-            self.conn._enqueue(wire)
+            self.conn._enqueue_here(wire)  # fan_out_batch runs this in the connection's thread
         elif self.buffer is not None:
             self.buffer.append((key, wire))
 
@@ -223,7 +223,7 @@ class Subscription:
         for key, wire in buffered or ():
             if self.floor is None or key > self.floor:
                 self.floor = None
-                conn._enqueue(wire)
+                conn._enqueue_here(wire)
 
 
 def fan_out(subscriptions: Iterable[Subscription], key: tuple[int, int], wire: bytes) -> None:
@@ -300,6 +300,16 @@ class Broker(ABC):
     def subscribe(self, channel: str, last_event_id: str | None) -> tuple[Subscription, bytes]:
         """Register a subscription (buffering until attached) and return it
         with the preamble to send first (a bare id, or reset and replay)."""
+
+    @staticmethod
+    def _planned(
+        subscription: Subscription, last_event_id: str | None, current_id: str, history: Sequence[Entry]
+    ) -> tuple[Subscription, bytes]:
+        """The end of :meth:`subscribe` for every broker: plan the replay, set
+        the hand-off floor, and return the subscription with its preamble."""
+        plan = plan_replay(last_event_id, current_id, history)
+        subscription.floor = parse_id(plan.position)
+        return subscription, preamble(subscription.channel, last_event_id, plan)
 
     @abstractmethod
     def unsubscribe(self, subscription: Subscription) -> None:

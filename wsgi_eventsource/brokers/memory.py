@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import gevent
-from gevent.monkey import get_original
 
+from ..connection import os_lock
 from ..encoding import Data
 from .base import (
     DEFAULT_HISTORY,
@@ -22,22 +22,15 @@ from .base import (
     encode_body,
     fan_out,
     now_ms,
-    parse_id,
-    plan_replay,
-    preamble,
 )
 from .base import validate_channel as _validate_channel
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    pass
 
 __all__ = ["MemoryBroker"]
 
 logger = logging.getLogger("wsgi_eventsource")
-
-# A real OS lock even under monkey-patching: it is only held for short,
-# non-blocking sections, and publishers may be real threads.
-_allocate_lock: Callable[[], object] = get_original("_thread", "allocate_lock")
 
 
 @dataclass
@@ -71,7 +64,8 @@ class MemoryBroker(Broker):
         self.history = history
         self.max_age = max_age
         self._channels: dict[str, _Channel] = {}
-        self._lock = _allocate_lock()
+        # Publishers may be real OS threads; the lock is held only briefly.
+        self._lock = os_lock()
         # Ids of this instance start after its creation time, so that an id
         # handed out by another instance (a restarted process) is never in
         # this one's history.
@@ -123,7 +117,7 @@ class MemoryBroker(Broker):
         _validate_channel(channel)
         body = encode_body(data, event, retry)
         self._check_process()
-        with self._lock:  # type: ignore[attr-defined]
+        with self._lock:
             state = self._channel(channel)
             now = now_ms()
             ms, seq = state.last_key
@@ -142,16 +136,14 @@ class MemoryBroker(Broker):
         _validate_channel(channel)
         self._check_process()
         subscription = Subscription(channel, gevent.get_hub())
-        with self._lock:  # type: ignore[attr-defined]
+        with self._lock:
             state = self._channel(channel)
             self._expire(state, now_ms())
-            plan = plan_replay(last_event_id, state.current_id, list(state.history))
-            subscription.floor = parse_id(plan.position)
             state.subscribers.add(subscription)
-        return subscription, preamble(channel, last_event_id, plan)
+            return self._planned(subscription, last_event_id, state.current_id, list(state.history))
 
     def unsubscribe(self, subscription: Subscription) -> None:
-        with self._lock:  # type: ignore[attr-defined]
+        with self._lock:
             state = self._channels.get(subscription.channel)
             if state is not None:
                 state.subscribers.discard(subscription)
@@ -159,10 +151,10 @@ class MemoryBroker(Broker):
                     del self._channels[subscription.channel]  # nothing left to keep
 
     def history_of(self, channel: str) -> list[Entry]:
-        with self._lock:  # type: ignore[attr-defined]
+        with self._lock:
             state = self._channels.get(channel)
             return list(state.history) if state is not None else []
 
     def channel_counts(self) -> dict[str, int]:
-        with self._lock:  # type: ignore[attr-defined]
+        with self._lock:
             return {name: len(state.subscribers) for name, state in self._channels.items() if state.subscribers}

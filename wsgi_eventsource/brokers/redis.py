@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import gevent
 from gevent.monkey import get_original
 
+from ..connection import os_lock
 from ..encoding import Data
 from ..errors import BrokerUnavailable
 from .base import (
@@ -44,8 +45,6 @@ from .base import (
     fan_out_batch,
     now_ms,
     parse_id,
-    plan_replay,
-    preamble,
     validate_channel,
 )
 
@@ -56,7 +55,6 @@ __all__ = ["RedisBroker"]
 
 logger = logging.getLogger("wsgi_eventsource")
 
-_allocate_lock: Callable[[], Any] = get_original("_thread", "allocate_lock")
 _start_new_thread: Callable[..., int] = get_original("_thread", "start_new_thread")
 _sleep: Callable[[float], None] = get_original("time", "sleep")
 
@@ -85,6 +83,11 @@ for i = 1, #info, 2 do
 end
 return '0-0'
 """
+
+
+def _text(value: bytes | str) -> str:
+    """A stream id as Redis answered it (bytes, or str with decode_responses)."""
+    return value.decode("ascii") if isinstance(value, bytes) else str(value)
 
 
 def _import_redis() -> Any:
@@ -134,7 +137,7 @@ class RedisBroker(Broker):
         self._client: Any = None
         self._publish_script: Any = None
         self._current_script: Any = None
-        self._lock = _allocate_lock()
+        self._lock = os_lock()
         # channel -> subscriptions in this process; channel -> the last id the
         # reader has seen (its XREAD position). Both guarded by _lock.
         self._subscriptions: dict[str, set[Subscription]] = {}
@@ -188,7 +191,7 @@ class RedisBroker(Broker):
         except (self._redis.ConnectionError, self._redis.TimeoutError) as exc:
             raise self._unavailable(exc) from None
         self.stats.published += 1
-        return event_id.decode("ascii") if isinstance(event_id, bytes) else str(event_id)
+        return _text(event_id)
 
     # -- subscribing -------------------------------------------------------------------
 
@@ -207,7 +210,7 @@ class RedisBroker(Broker):
         """Entries to plan a replay from, and the channel's current id."""
         if last_event_id is None:
             current = self._current_script(keys=[key])
-            return [], current.decode("ascii") if isinstance(current, bytes) else str(current)
+            return [], _text(current)
         if parse_id(last_event_id) is not None:
             # Usually the client's id is still there: read from it onwards.
             entries = self._entries(client.xrange(key, min=last_event_id, max="+"))
@@ -217,7 +220,7 @@ class RedisBroker(Broker):
         if entries:
             return entries, entries[-1].id
         current = self._current_script(keys=[key])
-        return [], current.decode("ascii") if isinstance(current, bytes) else str(current)
+        return [], _text(current)
 
     def subscribe(self, channel: str, last_event_id: str | None) -> tuple[Subscription, bytes]:
         validate_channel(channel)
@@ -234,7 +237,7 @@ class RedisBroker(Broker):
                 new_channel = channel not in self._positions
             if new_channel:
                 start = self._current_script(keys=[key])
-                start = start.decode("ascii") if isinstance(start, bytes) else str(start)
+                start = _text(start)
                 with self._lock:
                     self._positions.setdefault(channel, start)
                 self._start_reader()
@@ -246,9 +249,7 @@ class RedisBroker(Broker):
         except BaseException:
             self.unsubscribe(subscription)
             raise
-        plan = plan_replay(last_event_id, current, history)
-        subscription.floor = parse_id(plan.position)
-        return subscription, preamble(channel, last_event_id, plan)
+        return self._planned(subscription, last_event_id, current, history)
 
     def unsubscribe(self, subscription: Subscription) -> None:
         with self._lock:
