@@ -13,7 +13,7 @@ import gevent.event
 import pytest
 
 from tests.conftest import Response, call
-from tests.helpers import ParsedEvent, parse
+from tests.helpers import ParsedEvent, parse, wait_until
 from wsgi_eventsource import Connection, ConnectionClosed, Event, EventSource, InvalidEvent, Stream
 
 if TYPE_CHECKING:
@@ -534,7 +534,7 @@ def test_on_close_from_a_thread_runs_once() -> None:
     thread = threading.Thread(target=conn.on_close, args=(lambda: calls.append("x"),))
     thread.start()
     thread.join(5)
-    gevent.sleep(0.01)  # let the hub take the hand-over (a loop callback)
+    wait_until(lambda: conn._callbacks is not None, 5, message="the hub took the hand-over")
     response.close()
     assert calls == ["x"]
 

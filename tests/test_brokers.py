@@ -329,7 +329,7 @@ def test_reconnecting_clients_see_every_event_exactly_once_while_publishing_race
         return seen, resets, connections
 
     clients = [gevent.spawn(reconnecting_client, n) for n in range(4)]
-    gevent.sleep(0.05)
+    wait_until(lambda: hub.broker.subscriber_count("race") >= 4, 10, message="the clients subscribed")
     producer = gevent.spawn(publisher)
     gevent.joinall([producer, *clients], timeout=90, raise_error=True)
     assert len(published) == total

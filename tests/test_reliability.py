@@ -222,7 +222,7 @@ def test_a_worker_killed_under_load_loses_nothing_still_in_history(redis_url: st
             return seen, connections
 
         clients = [gevent.spawn(client) for _ in range(5)]
-        gevent.sleep(0.3)
+        wait_until(lambda: stats(server.port)["connections"]["total"] >= 5, 10, 0.05, "the clients subscribed")
         producer = gevent.spawn(publisher)
         gevent.joinall([producer, *clients], timeout=90, raise_error=True)
         assert killed
