@@ -64,7 +64,11 @@ def test_events_pass_through_nginx_unbuffered(nginx: Callable[..., Nginx], hub_p
         publish(proxy.port, "fast", f"small event {i}")  # through nginx too
         client.events(i + 1, timeout=2)
         delays.append(time.monotonic() - sent_at)
-    assert max(delays) < 0.2, f"events were held back by the proxy: {delays}"
+    # A buffering proxy holds small events until its buffer fills: they would
+    # not arrive within the 2 s above at all. The median is the sharp check;
+    # the max only allows for one scheduling hiccup on a busy machine.
+    assert statistics.median(delays) < 0.1, f"events were held back by the proxy: {delays}"
+    assert max(delays) < 1.0, f"events were held back by the proxy: {delays}"
     print(f"publish-to-receive through nginx: median {statistics.median(delays) * 1000:.1f} ms", file=sys.stderr)
 
 

@@ -74,12 +74,15 @@ def test_disconnect_storms_leave_nothing_behind_and_others_keep_receiving(gunico
         c.close()
     wait_until(lambda: stats(server.port)["open"] == 3, 10)
     baseline = stats(server.port)
-    rss_growth = []
+    rss_growth: list[int] = []
+    footprints: list[int] = []  # RSS that 2,000 open streams add, per storm
 
-    for storm, how in enumerate(["close", "half-reset", "close"]):
+    for storm, how in enumerate(["close", "half-reset", "close", "half-reset"]):
         before = stats(server.port)
         clients = open_many(server.port, "/idle", 2000)
-        assert stats(server.port)["open"] == 2003
+        while_open = stats(server.port)
+        assert while_open["open"] == 2003
+        footprints.append(while_open["rss_kib"] - before["rss_kib"])
         for i, client in enumerate(clients):  # all at once
             client.reset() if how == "half-reset" and i % 2 else client.close()
         expected_closed = before["closed"] + 2000
@@ -94,10 +97,17 @@ def test_disconnect_storms_leave_nothing_behind_and_others_keep_receiving(gunico
             n = len(o.parser.events)
             o.events(n + 2, timeout=5)
         print(f"storm {storm + 1} ({how}): RSS +{rss_growth[-1]} KiB over baseline", file=sys.stderr)
-    # No leak: later storms leave no more behind than the first (the allocator
-    # keeps what the first one freed, and varies by a few MiB from run to run).
-    # Leaks of objects are checked exactly in test_server_pywsgi (refcounts).
-    assert max(rss_growth[1:]) <= max(rss_growth[0], 0) * 1.15 + 1024, rss_growth
+    # No leak: the allocator keeps much of what the first storm freed (RSS stays
+    # ~25-30 MiB up, varying by several MiB from run to run), so the first storm
+    # is the warm-up and the later ones are compared with what a leak would
+    # cost: leaking every stream would add a whole storm's footprint per storm,
+    # two footprints from storm 2 to storm 4. The observed drift is a small
+    # fraction of one. Object leaks are checked exactly, by refcount, in
+    # test_server_pywsgi.
+    footprint = min(footprints)
+    print(f"2,000 open streams add {footprints} KiB of RSS", file=sys.stderr)
+    assert footprint > 0, footprints
+    assert rss_growth[-1] - rss_growth[1] <= footprint / 2, (rss_growth, footprints)
 
 
 def test_slow_consumers_are_cut_at_the_limit_and_fast_ones_keep_their_latency(gunicorn: Gunicorn) -> None:
