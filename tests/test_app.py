@@ -374,6 +374,38 @@ def test_a_running_handler_is_ended_when_the_stream_ends() -> None:
     assert app.connections == frozenset()
 
 
+def test_a_stream_that_ends_before_its_handler_ran_still_runs_it_once_and_ends_it() -> None:
+    # A client that hangs up at once: the server closes the response before the
+    # handler greenlet has had its first turn. The handler still runs once (so
+    # what it sets up, it also tears down) and is ended at its first wait.
+    events: list[str] = []
+
+    def handler(conn: Connection, environ: WSGIEnvironment) -> None:
+        events.append(f"ran, closed={conn.closed}")
+        conn.on_close(lambda: events.append("on_close"))
+        try:
+            conn.push("too late")
+        except ConnectionClosed:
+            events.append("push raised")
+        try:
+            gevent.sleep(60)
+        finally:
+            events.append("ended")
+
+    app = EventSource(handler)
+    response = call(app)
+    next(response.body)
+    conn = next(iter(app.connections))
+    handler_greenlet = conn._handler
+    assert handler_greenlet is not None
+    response.close()  # no switch to the hub since the stream opened
+    assert events == []
+    handler_greenlet.join(timeout=5)
+    assert handler_greenlet.dead
+    assert events == ["ran, closed=True", "on_close", "push raised", "ended"]
+    assert app.connections == frozenset()
+
+
 def test_a_handler_that_raises_is_logged_and_only_its_stream_ends(caplog: pytest.LogCaptureFixture) -> None:
     def handler(conn: Connection, environ: WSGIEnvironment) -> None:
         if environ["PATH_INFO"] == "/bad":

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import pytest
 
 from tests.conftest import ROOT, ServerProcess
-from tests.helpers import StreamClient
+from tests.helpers import StreamClient, wait_until
 
 pytestmark = pytest.mark.server
 
@@ -51,7 +51,8 @@ def test_dispatcher_example_with_the_recommended_gunicorn_config() -> None:
         stop_signal=signal.SIGINT,
     )
     try:
-        assert any("Using worker: gevent" in line for line in server.log)
+        # gunicorn logs the worker class just after "Listening at", so wait for it.
+        wait_until(lambda: any("Using worker: gevent" in line for line in server.log), 5, message="a gevent worker")
         page = StreamClient(server.port, "/")
         assert b"/eventsource/news" in page.read_body()
         news = StreamClient(server.port, "/eventsource/news")

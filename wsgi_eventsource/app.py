@@ -119,7 +119,10 @@ class EventSource:
         stream: keep ``conn`` and push to it later from any greenlet or thread.
         The stream ends on ``conn.close()``, on client disconnect or at server
         shutdown. If the handler raises, the traceback is logged on the
-        ``wsgi_eventsource`` logger and its stream is closed.
+        ``wsgi_eventsource`` logger and its stream is closed. If the client
+        hangs up before the handler's first turn, it still runs, on a closed
+        connection (``on_close`` callbacks run at once), and is ended at its
+        first wait.
     :param headers: extra response headers, a list of ``(name, value)`` pairs or
         a dict; one of the same name (case-insensitive) replaces a default
         header. Hop-by-hop headers are refused with ``ValueError``.
@@ -343,6 +346,11 @@ class EventSource:
             conn._wake_now()
 
     def _run_handler(self, handler_cb: HandlerCallback, conn: Connection, environ: WSGIEnvironment) -> None:
+        if conn._finished:
+            # The stream ended before this greenlet first ran. The handler
+            # still runs once, on a closed connection (push raises, on_close
+            # callbacks run at once), and is ended at its first wait.
+            gevent.getcurrent().kill(block=False)
         try:
             handler_cb(conn, environ)
         except GreenletExit:

@@ -363,7 +363,12 @@ class Connection:
         handler = self._handler
         if handler is not None and handler is not gevent.getcurrent():
             self._handler = None
-            handler.kill(block=False)
+            # A handler that has not run yet (the client hung up at once) is
+            # not cancelled: it runs once, as for every stream, and ends at
+            # its first wait (see EventSource._run_handler). Killing it here
+            # would skip it, and with it the on_close it would register.
+            if handler.gr_frame is not None:  # started, and waiting somewhere
+                handler.kill(block=False)
         callbacks, self._callbacks = self._callbacks, None
         for callback in callbacks or ():
             _run_callback(callback)
