@@ -3,6 +3,10 @@
 gunicorn --config examples/gunicorn.conf.py yourapp:application
 """
 
+# Ends a worker's streams when gunicorn retires it (see max_requests below).
+# If you have your own post_worker_init, call this one from it.
+from wsgi_eventsource.gunicorn_hooks import post_worker_init  # noqa: F401
+
 # gevent workers: each stream is a cheap greenlet, not a thread or a process.
 # (Needs `pip install 'gunicorn[gevent]'`.) Sync and gthread workers would tie
 # up a whole worker or thread per open stream.
@@ -25,6 +29,12 @@ timeout = 30
 # SIGTERM at once (with a retry hint if configured), so workers stop within
 # a few seconds and this is only a ceiling.
 graceful_timeout = 30
+
+# gunicorn retires a worker after max_requests requests (0, the default: never)
+# without sending it a signal, so nothing would end its streams until
+# graceful_timeout. The post_worker_init hook imported above ends them at once,
+# as SIGTERM does.
+max_requests = 0
 
 # Seconds to wait for the next request on a kept-alive connection (not for
 # streams, which are one long response).

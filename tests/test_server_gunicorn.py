@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -103,6 +104,45 @@ def test_sigterm_ends_streams_promptly_with_a_retry_hint(gunicorn: Gunicorn) -> 
     assert "graceful timeout" not in "".join(server.log).lower()
 
 
+@pytest.mark.parametrize("hooked", [True, False], ids=["with-hook", "control-without-hook"])
+def test_a_worker_retired_by_max_requests_ends_its_streams_promptly(gunicorn: Gunicorn, hooked: bool) -> None:
+    # gunicorn retires a worker after max_requests without sending it a signal.
+    hook = ["--config", "python:wsgi_eventsource.gunicorn_hooks"] if hooked else []
+    server = gunicorn(APP, *hook, "--max-requests", "3", "--graceful-timeout", "6")
+    first_pid = stats(server)["pid"]  # request 1
+    clients = [StreamClient(server.port, "/clock") for _ in range(2)]  # requests 2 and 3: retired now
+    for c in clients:
+        c.events(1, timeout=5)
+    started = time.monotonic()
+    if not hooked:
+        # The control: without the hook, streams are held until gunicorn's
+        # graceful timeout cuts them off mid-response, so the test is not vacuous.
+        for c in clients:
+            with pytest.raises(ConnectionError):
+                c.read_to_end(timeout=10)
+        ended = time.monotonic() - started
+        assert ended > 4, f"streams ended after {ended:.1f}s without the hook"
+        return
+    for c in clients:
+        c.read_to_end(timeout=10)
+    ended = time.monotonic() - started
+    assert all(c.parser.reconnection_time == 1500 for c in clients), "no shutdown retry hint"
+    assert ended < 3, f"streams took {ended:.1f}s to end"
+    # A fresh worker serves new streams; the retired one exited without timing out.
+    wait_until(lambda: _pid_or_none(server) not in (None, first_pid), 10, 0.2, "a new worker")
+    fresh = StreamClient(server.port, "/clock")
+    assert fresh.events(1, timeout=5)[0].type == "tick"
+    assert "graceful timeout" not in "".join(server.log).lower()
+
+
+def _pid_or_none(server: ServerProcess) -> int | None:
+    try:
+        pid: int = stats(server)["pid"]
+        return pid
+    except OSError:
+        return None
+
+
 def test_a_client_that_does_not_read_is_disconnected(gunicorn: Gunicorn) -> None:
     server = gunicorn(APP, env={"TEST_MAX_PENDING": str(512 * 1024), "TEST_KEEPALIVE": "5"})
     slow = StreamClient(server.port, "/big")
@@ -145,3 +185,19 @@ def test_sigterm_is_prompt_even_with_a_client_that_stopped_reading(gunicorn: Gun
     assert code == 0, "".join(server.log)
     assert exited < 8, f"gunicorn took {exited:.1f}s to exit (graceful timeout is 20s)"
     assert "graceful timeout" not in "".join(server.log).lower()
+
+
+def test_the_retirement_hook_refuses_a_worker_that_is_not_gevent(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gunicorn.workers.sync import SyncWorker
+
+    from wsgi_eventsource import gunicorn_hooks
+
+    spawned: list[object] = []
+    monkeypatch.setattr(gevent, "spawn", lambda *args: spawned.append(args))
+    worker = SyncWorker.__new__(SyncWorker)  # never started: only its class matters
+    with caplog.at_level(logging.WARNING, logger="wsgi_eventsource"):
+        gunicorn_hooks.post_worker_init(worker)
+    assert "SyncWorker is not a gevent worker" in caplog.text
+    assert spawned == [], "a watcher was started anyway"
