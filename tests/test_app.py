@@ -349,6 +349,15 @@ def test_a_failing_on_close_callback_is_logged_and_the_others_still_run(caplog: 
     assert "ZeroDivisionError" in caplog.text
 
 
+def open_with_handler(app: EventSource) -> tuple[Response, gevent.Greenlet[Any, Any]]:
+    """Open one stream of *app* (first chunk read) and return it with its handler greenlet."""
+    response = call(app)
+    next(response.body)
+    handler_greenlet = next(iter(app.connections))._handler
+    assert handler_greenlet is not None
+    return response, handler_greenlet
+
+
 def test_a_running_handler_is_ended_when_the_stream_ends() -> None:
     started = gevent.event.Event()
     finished: list[str] = []
@@ -361,12 +370,8 @@ def test_a_running_handler_is_ended_when_the_stream_ends() -> None:
             finished.append("ended")
 
     app = EventSource(handler)
-    response = call(app)
-    next(response.body)
+    response, handler_greenlet = open_with_handler(app)
     assert started.wait(5)
-    conn = next(iter(app.connections))
-    handler_greenlet = conn._handler
-    assert handler_greenlet is not None
     response.close()
     handler_greenlet.join(timeout=5)
     assert handler_greenlet.dead
@@ -393,11 +398,7 @@ def test_a_stream_that_ends_before_its_handler_ran_still_runs_it_once_and_ends_i
             events.append("ended")
 
     app = EventSource(handler)
-    response = call(app)
-    next(response.body)
-    conn = next(iter(app.connections))
-    handler_greenlet = conn._handler
-    assert handler_greenlet is not None
+    response, handler_greenlet = open_with_handler(app)
     response.close()  # no switch to the hub since the stream opened
     assert events == []
     handler_greenlet.join(timeout=5)
