@@ -12,6 +12,7 @@ import gevent
 import gevent.event
 import pytest
 
+import wsgi_eventsource.connection as connection_module
 from tests.conftest import Response, call
 from tests.helpers import ParsedEvent, parse, wait_until
 from wsgi_eventsource import Connection, ConnectionClosed, Event, EventSource, InvalidEvent, Stream
@@ -465,6 +466,47 @@ def test_push_from_another_os_thread_arrives_in_order() -> None:
     thread.join(5)
     response.close()
     assert [e.data for e in parse(data).events] == [str(i) for i in range(500)]
+
+
+def test_pushes_from_two_threads_at_once_are_all_delivered(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Thread "first" is held just after its hand-over lock is released, while
+    # thread "second" pushes too: exactly one of them must still schedule the
+    # hub's drain, or both events (and every later one) are stranded.
+    real_lock = connection_module._remote_lock
+    paused, resume = threading.Event(), threading.Event()
+
+    class PausingLock:
+        def __enter__(self) -> None:
+            real_lock.acquire()
+
+        def __exit__(self, *exc_info: object) -> None:
+            real_lock.release()
+            if threading.current_thread().name == "first" and not paused.is_set():
+                paused.set()
+                resume.wait(5)
+
+    monkeypatch.setattr(connection_module, "_remote_lock", PausingLock())
+    handler = Recorder()
+    response = call(EventSource(handler))
+    next(response.body)
+    conn = handler.conn
+    first = threading.Thread(target=conn.push, args=("from first",), name="first")
+    first.start()
+    assert paused.wait(5)
+    second = threading.Thread(target=conn.push, args=("from second",), name="second")
+    second.start()
+    second.join(5)
+    resume.set()
+    first.join(5)
+    closer = threading.Thread(target=conn.close)
+    closer.start()
+    data = b""
+    with gevent.Timeout(5):
+        for chunk in response.body:
+            data += chunk
+    closer.join(5)
+    response.close()
+    assert sorted(e.data for e in parse(data).events) == ["from first", "from second"]
 
 
 def test_a_client_that_does_not_read_is_disconnected_at_max_pending(caplog: pytest.LogCaptureFixture) -> None:

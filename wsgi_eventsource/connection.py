@@ -265,6 +265,9 @@ class Connection:
             if self._finished:
                 return False
             remote = self._remote
+            # Decided under the lock: the thread that creates the list (and
+            # only that one) schedules the drain, so none is ever missed.
+            first = remote is None
             if remote is None:
                 remote = self._remote = []
             remote.append(data)
@@ -279,7 +282,7 @@ class Connection:
         if overflow:
             self._call_in_hub(self._overflow)
             return False
-        if len(remote) == 1:
+        if first:
             return self._call_in_hub(self._drain_remote)
         return True
 
