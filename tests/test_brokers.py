@@ -293,6 +293,64 @@ def test_max_age_limits_replay(serve: Callable[..., WSGIServer], make_broker: Ma
     assert up_to_date.events(1)[0].last_event_id == new
 
 
+def test_a_client_that_saw_the_last_event_gets_no_reset_after_it_expired(
+    serve: Callable[..., WSGIServer], make_broker: MakeBroker
+) -> None:
+    broker = make_broker(max_age=0.3)
+    hub = Hub(serve, broker)
+    seen = broker.publish("quiet", "the last event for a while")
+    gevent.sleep(0.4)  # it ages out (what is tested is time itself)
+    passer_by = hub.subscribe("quiet")  # a subscribe runs the expiry and learns the position
+    passer_by.wait_for(lambda c: b"id: " in c.raw)
+    assert passer_by.parser.last_event_id == seen, "a new subscriber was given a position before the last event"
+    passer_by.close()
+    wait_until(lambda: broker.subscriber_count("quiet") == 0, 5)
+    new = broker.publish("quiet", "after the pause")
+    client = hub.subscribe("quiet", last_event_id=seen)
+    first = client.events(1)[0]
+    assert (first.type, first.last_event_id) == ("message", new), "a client that missed nothing was reset"
+
+
+def test_memory_broker_delivers_in_id_order_when_publishers_race_in_threads(
+    serve: Callable[..., WSGIServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Thread "first" is held after its event got its id but before the event
+    # is handed to subscribers, while thread "second" publishes the next one.
+    import threading
+
+    import wsgi_eventsource.brokers.memory as memory_module
+
+    paused, resume = threading.Event(), threading.Event()
+    for name in ("fan_out_batch", "fan_out"):  # whichever delivers, the race is the same
+        real = getattr(memory_module, name, None)
+        if real is None:
+            continue
+
+        def held(*args: Any, _real: Any = real) -> None:
+            if threading.current_thread().name == "first" and not paused.is_set():
+                paused.set()
+                resume.wait(5)
+            _real(*args)
+
+        monkeypatch.setattr(memory_module, name, held)
+    broker = MemoryBroker()
+    hub = Hub(serve, broker)
+    client = hub.subscribe("race")
+    client.wait_for(lambda c: b"id: " in c.raw)
+    first = threading.Thread(target=broker.publish, args=("race", "first"), name="first")
+    first.start()
+    assert paused.wait(5)
+    second = threading.Thread(target=broker.publish, args=("race", "second"), name="second")
+    second.start()
+    second.join(5)
+    resume.set()
+    first.join(5)
+    events = client.events(2)
+    assert [e.data for e in events] == ["first", "second"]
+    assert [e.last_event_id for e in events] == [e.id for e in broker.history_of("race")]
+    assert client.parser.last_event_id == broker.history_of("race")[-1].id  # never went backwards
+
+
 @pytest.mark.slow
 def test_reconnecting_clients_see_every_event_exactly_once_while_publishing_races(hub: Hub) -> None:
     total = 400

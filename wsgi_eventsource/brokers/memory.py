@@ -20,7 +20,7 @@ from .base import (
     Subscription,
     check_history,
     encode_body,
-    fan_out,
+    fan_out_batch,
     now_ms,
 )
 from .base import validate_channel as _validate_channel
@@ -35,14 +35,15 @@ logger = logging.getLogger("wsgi_eventsource")
 
 @dataclass
 class _Channel:
-    start_id: str
     history: deque[Entry]
+    #: The id of the last event published here (the broker's start id before
+    #: any), kept even when max_age has emptied the history.
+    last_key: tuple[int, int]
     subscribers: set[Subscription] = field(default_factory=set)
-    last_key: tuple[int, int] = (0, 0)
 
     @property
     def current_id(self) -> str:
-        return self.history[-1].id if self.history else self.start_id
+        return f"{self.last_key[0]}-{self.last_key[1]}"
 
 
 class MemoryBroker(Broker):
@@ -70,8 +71,11 @@ class MemoryBroker(Broker):
         # handed out by another instance (a restarted process) is never in
         # this one's history.
         self._start_key = (now_ms(), 0)
-        self._start_id = f"{self._start_key[0]}-0"
         self._pid = os.getpid()
+        # Events waiting to be fanned out, in id order, and whether a
+        # publisher is delivering them: see publish().
+        self._outbox: list[tuple[list[Subscription], tuple[int, int], bytes]] = []
+        self._delivering = False
         self._warned = False
         self.stats = BrokerStats()
 
@@ -102,7 +106,7 @@ class MemoryBroker(Broker):
     def _channel(self, name: str) -> _Channel:
         channel = self._channels.get(name)
         if channel is None:
-            channel = _Channel(self._start_id, deque(maxlen=self.history), last_key=self._start_key)
+            channel = _Channel(deque(maxlen=self.history), self._start_key)
             self._channels[name] = channel
         return channel
 
@@ -120,17 +124,41 @@ class MemoryBroker(Broker):
         with self._lock:
             state = self._channel(channel)
             now = now_ms()
+            previous_id = state.current_id
             ms, seq = state.last_key
             key = (now, 0) if now > ms else (ms, seq + 1)
             state.last_key = key
-            entry = Entry(f"{key[0]}-{key[1]}", state.current_id, body, now)
+            entry = Entry(f"{key[0]}-{key[1]}", previous_id, body, now)
             self._expire(state, now)
             state.history.append(entry)
             subscribers = list(state.subscribers)
             self.stats.published += 1
             self.stats.delivered += len(subscribers)
-        fan_out(subscribers, key, entry.wire)
+            # Publishers in other OS threads may race this one: delivery goes
+            # through one outbox, drained in order by one publisher at a time,
+            # so every subscriber gets events in id order. (Fanning out under
+            # the lock would also order them, but a switch inside it, say in
+            # a logging handler, would deadlock this thread's other greenlets.)
+            self._outbox.append((subscribers, key, entry.wire))
+            if self._delivering:
+                return entry.id  # the publisher delivering now sends it next
+            self._delivering = True
+        self._deliver_outbox()
         return entry.id
+
+    def _deliver_outbox(self) -> None:
+        try:
+            while True:
+                with self._lock:
+                    batch, self._outbox = self._outbox, []
+                    if not batch:
+                        self._delivering = False
+                        return
+                fan_out_batch(batch)
+        except BaseException:
+            with self._lock:
+                self._delivering = False
+            raise
 
     def subscribe(self, channel: str, last_event_id: str | None) -> tuple[Subscription, bytes]:
         _validate_channel(channel)
@@ -147,8 +175,8 @@ class MemoryBroker(Broker):
             state = self._channels.get(subscription.channel)
             if state is not None:
                 state.subscribers.discard(subscription)
-                if not state.subscribers and not state.history:
-                    del self._channels[subscription.channel]  # nothing left to keep
+                if not state.subscribers and state.last_key == self._start_key:
+                    del self._channels[subscription.channel]  # never published to: nothing to keep
 
     def history_of(self, channel: str) -> list[Entry]:
         with self._lock:
