@@ -3,6 +3,7 @@ redis-server), over real sockets under gevent.pywsgi."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -11,6 +12,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import gevent
+import gevent.socket
 import pytest
 from gevent.pywsgi import WSGIServer
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
@@ -511,6 +513,50 @@ def test_bad_publish_requests_get_a_clear_4xx_and_publish_nothing(
     assert got == status
     assert message in answer
     assert hub.broker.history_of("pub") == []
+
+
+def test_a_bad_query_string_gets_a_400_and_publishes_nothing(hub: Hub) -> None:
+    got, answer = hub.post("pub?event=%FF", b"x")
+    assert (got, b"query string is not valid UTF-8" in answer) == (400, True)
+    assert hub.broker.history_of("pub") == []
+
+
+def test_a_channel_name_is_read_as_utf8_and_named_in_the_error(hub: Hub) -> None:
+    client = StreamClient(hub.port, "/events/caf%C3%A9")
+    assert client.status == 400
+    assert "'é'" in client.read_body().decode()
+    client = StreamClient(hub.port, "/events/caf%E9")  # latin-1, not UTF-8
+    assert client.status == 400
+    assert b"not valid UTF-8" in client.read_body()
+
+
+@pytest.mark.parametrize(("size", "status"), [(1024 * 1024 + 1, 413), (1024 * 1024, 201)])
+def test_a_chunked_publish_is_held_to_max_body_too(hub: Hub, size: int, status: int) -> None:
+    # Without a Content-Length the size is known only while reading: a body
+    # over the limit must be refused, not cut at the limit and published.
+    body = b"x" * size
+    chunked = b"".join(b"%x\r\n%s\r\n" % (len(body[i : i + 65536]), body[i : i + 65536]) for i in range(0, size, 65536))
+    head = (
+        b"POST /publish/chunked HTTP/1.1\r\nHost: test\r\nContent-Type: text/plain\r\n"
+        b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    )
+    with gevent.socket.create_connection(("127.0.0.1", hub.port), timeout=10) as sock:
+
+        def send() -> None:
+            with contextlib.suppress(OSError):  # the server may answer 413 and close first
+                sock.sendall(head + chunked + b"0\r\n\r\n")
+
+        sender = gevent.spawn(send)
+        answer = b""
+        try:
+            while chunk := sock.recv(65536):
+                answer += chunk
+        except ConnectionResetError:
+            pass
+        sender.join(10)
+    assert answer.startswith(b"HTTP/1.1 %d" % status), answer[:200]
+    history = hub.broker.history_of("chunked")
+    assert [len(e.body) for e in history] == ([] if status == 413 else [len(b"data: \n\n") + size])
 
 
 def test_publisher_app_refuses_other_methods_bad_channels_and_unauthorized(

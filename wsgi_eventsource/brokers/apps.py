@@ -20,8 +20,8 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
-from werkzeug.exceptions import RequestEntityTooLarge
-from werkzeug.wrappers import Request
+from werkzeug.http import parse_options_header
+from werkzeug.wsgi import get_content_length, get_input_stream
 
 from ..app import EventSource, HeadersLike, plain_response
 from ..connection import Connection, last_event_id
@@ -48,6 +48,11 @@ def _channel_or_error(environ: WSGIEnvironment, start_response: StartResponse) -
     """The channel named by ``PATH_INFO``, or the error response to return."""
     path: str = environ.get("PATH_INFO", "")
     name = path[1:] if path.startswith("/") else path
+    try:
+        # WSGI hands the path over as bytes decoded as latin-1.
+        name = name.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return plain_response(start_response, "400 Bad Request", "The channel name is not valid UTF-8\n")
     try:
         return validate_channel(name)
     except InvalidChannel as exc:
@@ -165,16 +170,14 @@ class PublisherApp:
             return channel
         if self.authorize is not None and not self.authorize(environ, channel):
             return plain_response(start_response, "403 Forbidden", "Forbidden\n")
-        request = Request(environ)
-        request.max_content_length = self.max_body
-        try:
-            body = request.get_data(cache=False)
-        except RequestEntityTooLarge:
+        body = self._read_body(environ)
+        if body is None:
             return plain_response(
                 start_response, "413 Content Too Large", f"The body is larger than {self.max_body} bytes\n"
             )
+        mimetype = parse_options_header(environ.get("CONTENT_TYPE", ""))[0].lower()
         try:
-            data, event, retry = self._fields(request.mimetype, body, request.args.to_dict(flat=False))
+            data, event, retry = self._fields(mimetype, body, _query_of(environ))
         except _Unsupported as exc:
             return plain_response(start_response, "415 Unsupported Media Type", f"{exc}\n")
         except (ValueError, UnicodeDecodeError) as exc:
@@ -189,18 +192,31 @@ class PublisherApp:
         start_response("201 Created", [("Content-Type", "application/json"), ("Content-Length", str(len(payload)))])
         return [payload]
 
+    def _read_body(self, environ: WSGIEnvironment) -> bytes | None:
+        """The request body, or None when it is larger than max_body.
+
+        Counted as it is read, so a chunked body (no Content-Length) over the
+        limit is refused too, not cut short and published.
+        """
+        length = get_content_length(environ)
+        if length is not None and length > self.max_body:
+            return None
+        stream = get_input_stream(environ)
+        chunks, size = [], 0
+        while size <= self.max_body:
+            chunk = stream.read(self.max_body + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return None if size > self.max_body else b"".join(chunks)
+
     def _fields(self, mimetype: str, body: bytes, query: dict[str, list[str]]) -> tuple[Data, str | None, int | None]:
         if mimetype in ("", "text/plain"):
             text = _utf8(body, "body")
             return text, _single(query, "event"), _retry(_single(query, "retry"))
         if mimetype == "application/x-www-form-urlencoded":
-            try:
-                pairs = parse_qsl(_utf8(body, "body"), keep_blank_values=True, errors="strict")
-            except UnicodeDecodeError:
-                raise ValueError("form fields are not valid UTF-8") from None
-            fields: dict[str, list[str]] = {}
-            for name, value in pairs:
-                fields.setdefault(name, []).append(value)
+            fields = _fields_of(_utf8(body, "body"), "form body")
             unknown = sorted(set(fields) - {"data", "event", "retry"})
             if unknown:
                 raise ValueError(
@@ -240,6 +256,24 @@ class PublisherApp:
 
 class _Unsupported(Exception):
     pass
+
+
+def _fields_of(text: str, what: str) -> dict[str, list[str]]:
+    """URL-encoded fields; %-escapes that are not UTF-8 are an error, not kept."""
+    try:
+        pairs = parse_qsl(text, keep_blank_values=True, errors="strict")
+    except UnicodeDecodeError:
+        raise ValueError(f"the {what} is not valid UTF-8") from None
+    fields: dict[str, list[str]] = {}
+    for name, value in pairs:
+        fields.setdefault(name, []).append(value)
+    return fields
+
+
+def _query_of(environ: WSGIEnvironment) -> dict[str, list[str]]:
+    # WSGI hands the query string over as bytes decoded as latin-1.
+    raw = environ.get("QUERY_STRING", "").encode("latin-1", "replace")
+    return _fields_of(_utf8(raw, "query string"), "query string")
 
 
 def _utf8(body: bytes, what: str) -> str:
