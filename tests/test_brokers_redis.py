@@ -4,9 +4,11 @@ process, and Redis going away and coming back."""
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from collections.abc import Callable
+from typing import Any
 
 import gevent
 import pytest
@@ -70,6 +72,7 @@ def test_redis_killed_and_restarted_mid_stream(serve: Callable[..., WSGIServer],
     answer = StreamClient(port, "/publish/live", method="POST", body=b"x")
     assert answer.status == 503
     assert "retry-after" in answer.headers
+    assert str(redis_server.port).encode() not in answer.read_body()  # where Redis is: the log's business
     refused = StreamClient(port, "/events/other")  # a new subscription cannot replay: 503
     assert refused.status == 503
     # The open stream stays open: keepalives keep coming while Redis is down.
@@ -150,4 +153,61 @@ def test_the_reader_follows_a_newly_subscribed_channel_at_once(
     second.wait_for(lambda c: b"id: " in c.raw)
     broker.publish("two", "hello")
     assert second.events(1, timeout=3)[0].data == "hello"
+    broker.close()
+
+
+def test_the_redis_password_is_never_shown(caplog: pytest.LogCaptureFixture) -> None:
+    broker = RedisBroker("redis://user:hunter2@127.0.0.1:1/0")  # nothing listens on port 1
+    with pytest.raises(BrokerUnavailable) as raised:
+        broker.publish("c", "x")
+    assert "hunter2" not in str(raised.value)
+    assert "user:***@127.0.0.1:1" in str(raised.value)
+    assert "hunter2" not in repr(broker)
+    broker.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "block", "match"),
+    [
+        ("localhost:6379", 1.0, "redis://"),
+        ("http://x", 1.0, "redis://"),
+        ("redis://x", 0, "block"),
+        ("redis://x", True, "block"),
+    ],
+)
+def test_bad_redis_options_are_refused_at_construction(url: str, block: Any, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        RedisBroker(url, block=block)
+
+
+def test_an_id_redis_cannot_hold_gets_a_stream_reset_not_a_500(
+    serve: Callable[..., WSGIServer], redis_url: str
+) -> None:
+    broker = RedisBroker(redis_url)
+    port = serve(broker.subscriber_app()).server_port
+    newest = broker.publish("huge", "x")
+    for odd in ("99999999999999999999-0", "0-99999999999999999999", "18446744073709551616-0"):
+        client = StreamClient(port, "/huge", headers={"Last-Event-ID": odd})
+        assert client.status == 200
+        events = client.events(2)
+        assert events[0].type == "stream-reset"
+        assert json.loads(events[0].data)["reason"] == "unknown"
+        assert events[1].last_event_id == newest
+        client.close()
+    broker.close()
+
+
+@pytest.mark.slow
+def test_a_long_block_does_not_make_the_reader_time_out(
+    serve: Callable[..., WSGIServer], redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    broker = RedisBroker(redis_url, block=6)  # over redis-py's usual 5 s socket timeout
+    port = serve(broker.subscriber_app(keepalive=1)).server_port
+    client = StreamClient(port, "/slow")
+    client.wait_for(lambda c: b"id: " in c.raw)
+    with caplog.at_level(logging.WARNING, logger="wsgi_eventsource"):
+        gevent.sleep(6.5)  # one whole idle XREAD BLOCK (what is tested is time itself)
+        event_id = broker.publish("slow", "after a long idle read")
+        assert client.events(1, timeout=5)[0].last_event_id == event_id
+    assert "cannot be reached" not in caplog.text
     broker.close()

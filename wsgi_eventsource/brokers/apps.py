@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -42,6 +43,24 @@ Authorize = Callable[["WSGIEnvironment", str], bool]
 
 #: Seconds a client is told to wait (``Retry-After``) when the broker is down.
 RETRY_AFTER = "2"
+
+
+_last_logged = [0.0]  # when _unavailable last logged (monotonic seconds)
+
+
+def _unavailable(start_response: StartResponse, exc: BrokerUnavailable) -> list[bytes]:
+    # The details (where the broker is) go to the log, not to the client; at
+    # most every 10 s, since every client retries during an outage.
+    now = time.monotonic()
+    if now - _last_logged[0] >= 10:
+        _last_logged[0] = now
+        logger.warning("answering 503 (and for 10 s, without logging it again): %s", exc)
+    return plain_response(
+        start_response,
+        "503 Service Unavailable",
+        "The event broker cannot be reached; try again shortly\n",
+        [("Retry-After", RETRY_AFTER)],
+    )
 
 
 def _channel_or_error(environ: WSGIEnvironment, start_response: StartResponse) -> str | list[bytes]:
@@ -107,7 +126,7 @@ class SubscriberApp:
             # An empty id (a polyfill's "?lastEventId=") means "none yet".
             subscription, preamble = self.broker.subscribe(channel, last_event_id(environ) or None)
         except BrokerUnavailable as exc:
-            return plain_response(start_response, "503 Service Unavailable", f"{exc}\n", [("Retry-After", RETRY_AFTER)])
+            return _unavailable(start_response, exc)
         stream = self.source.open_stream(environ, start_response, None, preamble=preamble)
         conn = stream.connection
         subscription.attach(conn)
@@ -187,7 +206,7 @@ class PublisherApp:
         except InvalidEvent as exc:
             return plain_response(start_response, "400 Bad Request", f"{exc}\n")
         except BrokerUnavailable as exc:
-            return plain_response(start_response, "503 Service Unavailable", f"{exc}\n", [("Retry-After", RETRY_AFTER)])
+            return _unavailable(start_response, exc)
         payload = json.dumps({"id": event_id, "channel": channel}).encode()
         start_response("201 Created", [("Content-Type", "application/json"), ("Content-Length", str(len(payload)))])
         return [payload]

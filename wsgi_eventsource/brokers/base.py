@@ -61,6 +61,7 @@ STREAM_RESET = "stream-reset"
 # for XMPP node names and room ids, nothing a path could be tricked with.
 _SEGMENT = re.compile(r"[A-Za-z0-9\-_.:@~+=,!]+")
 _ID = re.compile(r"(\d{1,20})-(\d{1,20})")
+_ID_PART_MAX = 2**64 - 1  # each part of an id is an unsigned 64-bit number
 
 
 def validate_channel(name: str) -> str:
@@ -95,7 +96,10 @@ def parse_id(event_id: str | None) -> tuple[int, int] | None:
     match = _ID.fullmatch(event_id)
     if match is None:
         return None
-    return int(match.group(1)), int(match.group(2))
+    key = int(match.group(1)), int(match.group(2))
+    if key[0] > _ID_PART_MAX or key[1] > _ID_PART_MAX:
+        return None  # no broker makes it (and Redis refuses it in a range)
+    return key
 
 
 def check_history(history: object, max_age: object) -> None:

@@ -27,6 +27,7 @@ import logging
 import os
 import random
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 import gevent
 from gevent.monkey import get_original
@@ -127,9 +128,13 @@ class RedisBroker(Broker):
     ) -> None:
         self._redis = _import_redis()
         check_history(history, max_age)
-        if not (isinstance(block, (int, float)) and block > 0):
-            raise ValueError(f"block must be a positive number of seconds, not {block!r}")
+        if not (isinstance(block, (int, float)) and not isinstance(block, bool) and 0 < block < 3600):
+            raise ValueError(f"block must be a positive number of seconds (under an hour), not {block!r}")
+        if not isinstance(url, str) or urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(f"url must be a redis://, rediss:// or unix:// URL, not {url!r}")
         self.url = url
+        # For messages and logs: never the password.
+        self._shown_url = _without_password(url)
         self.history = history
         self.max_age = max_age
         self.prefix = prefix
@@ -149,7 +154,7 @@ class RedisBroker(Broker):
         self.stats = BrokerStats()
 
     def __repr__(self) -> str:
-        return f"<RedisBroker {self.url!r} history={self.history}>"
+        return f"<RedisBroker {self._shown_url!r} history={self.history}>"
 
     # -- Redis access ------------------------------------------------------------
 
@@ -158,7 +163,8 @@ class RedisBroker(Broker):
         return redis.Redis.from_url(
             self.url,
             socket_connect_timeout=2,
-            socket_timeout=5,
+            # Above the reader's XREAD BLOCK, or every idle read times out.
+            socket_timeout=self.block + 5,
             health_check_interval=0,
             retry_on_timeout=False,
         )
@@ -174,7 +180,7 @@ class RedisBroker(Broker):
         return self._client
 
     def _unavailable(self, exc: Exception) -> BrokerUnavailable:
-        return BrokerUnavailable(f"Redis at {self.url} cannot be reached: {exc}")
+        return BrokerUnavailable(f"Redis at {self._shown_url} cannot be reached: {exc}")
 
     def _key(self, channel: str) -> str:
         return self.prefix + channel
@@ -312,7 +318,7 @@ class RedisBroker(Broker):
                     client = self._connect()
                     self._reader_client_id = client.client_id()
                     if backoff > 0.1:
-                        logger.warning("Redis at %s is reachable again; resuming", self.url)
+                        logger.warning("Redis at %s is reachable again; resuming", self._shown_url)
                     backoff = 0.1
                 response = client.xread(streams, count=1000, block=block_ms)
             except (redis.ConnectionError, redis.TimeoutError) as exc:
@@ -321,7 +327,7 @@ class RedisBroker(Broker):
                     client.close()
                     client = None
                 if backoff == 0.1:
-                    logger.warning("Redis at %s cannot be reached (%s); retrying", self.url, exc)
+                    logger.warning("Redis at %s cannot be reached (%s); retrying", self._shown_url, exc)
                 _sleep(backoff * (0.5 + random.random()))
                 backoff = min(backoff * 2, 5.0)
                 continue
@@ -364,3 +370,12 @@ class RedisBroker(Broker):
                 with contextlib.suppress(self._redis.RedisError):
                     self._client.client_unblock(reader)
             self._client.close()
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rpartition("@")
+    user = netloc[0].partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[2]}"))
