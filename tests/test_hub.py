@@ -153,10 +153,12 @@ def test_python_m_and_environment_variables(hub_server: Serve) -> None:
 
 def test_publish_token_is_required_when_set(hub_server: Serve) -> None:
     server = hub_server("--publish-token", "s3cret")
-    assert post(server.port, "t", b"x")[0] == 403
-    assert post(server.port, "t", b"x", {"Authorization": "Bearer wrong"})[0] == 403
-    assert post(server.port, "t", b"x", {"Authorization": "Bearer s3cret-and-more"})[0] == 403
-    assert post(server.port, "t", b"x", {"Authorization": "Basic s3cret"})[0] == 403
+    missing = (403, b"Publishing needs the header Authorization: Bearer <publish token>\n")
+    wrong = (403, b"The publish token is wrong\n")
+    assert post(server.port, "t", b"x") == missing
+    assert post(server.port, "t", b"x", {"Authorization": "Bearer wrong"}) == wrong
+    assert post(server.port, "t", b"x", {"Authorization": "Bearer s3cret-and-more"}) == wrong
+    assert post(server.port, "t", b"x", {"Authorization": "Basic s3cret"}) == missing
     assert post(server.port, "t", b"x", {"Authorization": "Bearer s3cret"})[0] == 201
 
 
@@ -186,6 +188,54 @@ def test_without_a_token_only_loopback_may_publish() -> None:
     response = call(through_a_proxy, "/publish/x", method="POST")
     response.close()
     assert response.status.startswith("403")
+
+
+@pytest.mark.parametrize(
+    ("environ", "reason"),
+    [
+        ({}, None),
+        ({"HTTP_ORIGIN": "http://localhost"}, None),  # the demo page, same origin
+        ({"HTTP_SEC_FETCH_SITE": "same-origin"}, None),
+        ({"HTTP_HOST": "127.0.0.1:8000", "HTTP_ORIGIN": "http://127.0.0.1:8000"}, None),
+        ({"HTTP_HOST": "[::1]:8000"}, None),
+        ({"HTTP_ORIGIN": "http://localhost:3000", "HTTP_SEC_FETCH_SITE": "same-site"}, None),  # the CORS origin
+        ({"HTTP_ORIGIN": "https://evil.example"}, "from a page of another site"),
+        ({"HTTP_ORIGIN": "https://evil.example", "HTTP_SEC_FETCH_SITE": "cross-site"}, "from a page of another site"),
+        ({"HTTP_SEC_FETCH_SITE": "cross-site"}, "from a page of another site"),
+        ({"HTTP_HOST": "evil.example:8000", "HTTP_ORIGIN": "http://evil.example:8000"}, "not to a loopback name"),
+        ({"REMOTE_ADDR": "10.1.2.3"}, "came from 10.1.2.3"),
+        ({"HTTP_X_REAL_IP": "198.51.100.7"}, "through a proxy"),
+    ],
+)
+def test_without_a_token_browsers_on_other_sites_may_not_publish(environ: dict[str, str], reason: str | None) -> None:
+    # Any page a developer visits can POST to a hub on their own machine;
+    # only the hub's own pages and its one CORS origin may.
+    broker = MemoryBroker()
+    hub = Hub(broker, cors_origin="http://localhost:3000")
+
+    def app(env: dict[str, Any], start_response: Any) -> Any:
+        env.update({"REMOTE_ADDR": "127.0.0.1", **environ})
+        return hub(env, start_response)
+
+    response = call(app, "/publish/x", method="POST")
+    body = b"".join(response.body).decode()
+    response.close()
+    if reason is None:
+        assert response.status.startswith("201"), body
+        assert len(broker.history_of("x")) == 1
+    else:
+        assert response.status.startswith("403")
+        assert reason in body
+        assert "--publish-token" in body
+        assert broker.history_of("x") == []
+
+
+@pytest.mark.parametrize(
+    "origin", ["https://app.example/", "https://a.example https://b.example", "app.example", "https://x/path"]
+)
+def test_a_cors_origin_browsers_would_reject_is_refused(origin: str) -> None:
+    with pytest.raises(ValueError, match="one origin such as"):
+        Hub(MemoryBroker(), cors_origin=origin)
 
 
 def test_cors_origin_allows_a_named_origin_with_credentials(hub_server: Serve) -> None:

@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterable
 from importlib import resources
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
@@ -42,6 +43,32 @@ def _is_loopback(address: str | None) -> bool:
         return False
 
 
+def _is_loopback_host(host: str) -> bool:
+    name = urlsplit(f"//{host}").hostname or ""
+    return name == "localhost" or name.endswith(".localhost") or _is_loopback(name)
+
+
+def check_origin(origin: str) -> str:
+    """*origin* if it is ``*`` or a browser origin (``scheme://host[:port]``);
+    otherwise ``ValueError`` saying what is wrong (browsers would reject it)."""
+    if origin == "*":
+        return origin
+    parts = urlsplit(origin)
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.netloc
+        or parts.path
+        or parts.query
+        or parts.fragment
+        or any(c.isspace() for c in origin)
+    ):
+        raise ValueError(
+            f"cors_origin must be * or one origin such as https://example.org (no path, no trailing slash), "
+            f"not {origin!r}"
+        )
+    return origin
+
+
 class Hub:
     """The SSE hub as one WSGI app.
 
@@ -49,11 +76,15 @@ class Hub:
     :param keepalive: seconds between keepalive comments on idle streams.
     :param publish_token: if set, publishing needs ``Authorization: Bearer
         <token>`` (compared in constant time). If not, publishing is allowed
-        from loopback addresses only, and never for a request that came
-        through a proxy (``X-Forwarded-For``, ``Forwarded``, ``X-Real-IP``).
-    :param cors_origin: if set, the origin allowed to subscribe and publish
-        from a browser on another site. A specific origin is also allowed to
-        send credentials (``withCredentials``); ``*`` never is.
+        from loopback addresses only: never for a request that came through a
+        proxy (``X-Forwarded-For``, ``Forwarded``, ``X-Real-IP``), from a
+        browser page of another site (``Origin``, ``Sec-Fetch-Site``), or with
+        a ``Host`` that is not loopback (DNS rebinding). A refused publish
+        gets ``403`` with the reason.
+    :param cors_origin: if set, the origin (``https://example.org``, no path)
+        allowed to subscribe and publish from a browser on another site. A
+        specific origin is also allowed to send credentials
+        (``withCredentials``); ``*`` never is.
     :param max_connections: streams this process serves at most; beyond it,
         ``503`` with ``Retry-After``.
     :param shutdown_retry: the ``retry:`` hint (ms) streams get when the
@@ -74,6 +105,8 @@ class Hub:
             raise ValueError(f"max_connections must be positive, not {max_connections!r}")
         if publish_token is not None and not publish_token:
             raise ValueError("publish_token must not be empty")
+        if cors_origin is not None:
+            check_origin(cors_origin)
         self.broker = broker
         self.publish_token = publish_token
         self.cors_origin = cors_origin
@@ -89,7 +122,7 @@ class Hub:
         self.subscriber = broker.subscriber_app(
             headers=self.cors_headers, keepalive=keepalive, shutdown_retry=shutdown_retry
         )
-        self.publisher = broker.publisher_app(authorize=self._may_publish)
+        self.publisher = broker.publisher_app()  # refusals come first, in _publish, with a reason
         self._app = DispatcherMiddleware(self._root, {"/events": self._subscribe, "/publish": self._publish})
         self._page = resources.files(__package__).joinpath("static/demo.html").read_bytes()
 
@@ -114,6 +147,10 @@ class Hub:
         return self.subscriber(environ, start_response)
 
     def _publish(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        if environ.get("REQUEST_METHOD") == "POST":
+            refusal = self._refusal(environ)
+            if refusal is not None:
+                return plain_response(start_response, "403 Forbidden", f"{refusal}\n", self.cors_headers)
         if not self.cors_headers:
             return self.publisher(environ, start_response)
         if environ.get("REQUEST_METHOD") == "OPTIONS":
@@ -133,17 +170,45 @@ class Hub:
 
         return self.publisher(environ, with_cors)
 
-    def _may_publish(self, environ: WSGIEnvironment, channel: str) -> bool:
-        if self.publish_token is None:
-            # Loopback only, and not through a proxy: behind nginx every
-            # request comes from loopback, but the client is elsewhere.
-            proxied = any(k in environ for k in ("HTTP_X_FORWARDED_FOR", "HTTP_FORWARDED", "HTTP_X_REAL_IP"))
-            return not proxied and _is_loopback(environ.get("REMOTE_ADDR"))
-        given = environ.get("HTTP_AUTHORIZATION", "")
-        scheme, _, token = given.partition(" ")
-        # Constant time, so the token cannot be guessed byte by byte.
-        expected = self.publish_token.encode()
-        return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode("latin-1"), expected)
+    def _refusal(self, environ: WSGIEnvironment) -> str | None:
+        """Why this publish is refused, or None if it may go ahead."""
+        if self.publish_token is not None:
+            given = environ.get("HTTP_AUTHORIZATION", "")
+            scheme, _, token = given.partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                return "Publishing needs the header Authorization: Bearer <publish token>"
+            # Constant time, so the token cannot be guessed byte by byte.
+            if not hmac.compare_digest(token.strip().encode("latin-1"), self.publish_token.encode()):
+                return "The publish token is wrong"
+            return None
+        why = self._not_from_this_machine(environ, self.cors_origin)
+        if why is None:
+            return None
+        return (
+            f"This hub has no publish token, so it takes publishes only from this machine: {why}. "
+            "Set a publish token (--publish-token) to publish from elsewhere"
+        )
+
+    @staticmethod
+    def _not_from_this_machine(environ: WSGIEnvironment, cors_origin: str | None) -> str | None:
+        # Behind nginx every request comes from loopback, but the client is elsewhere.
+        if any(k in environ for k in ("HTTP_X_FORWARDED_FOR", "HTTP_FORWARDED", "HTTP_X_REAL_IP")):
+            return "this request came through a proxy"
+        if not _is_loopback(environ.get("REMOTE_ADDR")):
+            return f"this request came from {environ.get('REMOTE_ADDR')}"
+        # A page on any site can POST to localhost from the developer's browser;
+        # only this hub's own pages and the one CORS origin it names may.
+        origin = environ.get("HTTP_ORIGIN")
+        own = f"{environ.get('wsgi.url_scheme', 'http')}://{environ.get('HTTP_HOST', '')}"
+        if origin is not None and origin not in (own, cors_origin):
+            return f"this request came from a page of another site ({origin})"
+        if origin is None and environ.get("HTTP_SEC_FETCH_SITE") == "cross-site":
+            return "this request came from a page of another site"
+        # A page whose own name was made to resolve to 127.0.0.1 (DNS rebinding).
+        host = environ.get("HTTP_HOST", "")
+        if not _is_loopback_host(host):
+            return f"this request was addressed to {host!r}, not to a loopback name"
+        return None
 
     def _root(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
