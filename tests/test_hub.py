@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import ROOT, VENV_BIN, ServerProcess, call
 from tests.helpers import StreamClient, wait_until
-from wsgi_eventsource import MemoryBroker
+from wsgi_eventsource import MemoryBroker, cli
 from wsgi_eventsource.hub import Hub
 
 pytestmark = pytest.mark.server
@@ -102,6 +102,47 @@ def test_bad_option_values_are_refused() -> None:
     result = run_cli("serve", "--keepalive", "-1")
     assert result.returncode == 2
     assert "keepalive" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["--shutdown-retry", "-1"], {}, "--shutdown-retry: must be a whole number of milliseconds"),
+        (["--publish-token", ""], {}, "--publish-token: must not be empty"),
+        (["--redis", "localhost:6379"], {}, "--redis: must be a redis://"),
+        (["--cors-origin", "https://a.example/"], {}, "no trailing slash"),
+        (["--port", "http"], {}, "--port: must be a port number"),
+        (["--log-level", "loud"], {}, "invalid choice"),
+        # Kubernetes sets this for a Service named wsgi-eventsource:
+        ([], {"WSGI_EVENTSOURCE_PORT": "tcp://10.0.0.7:8000"}, "WSGI_EVENTSOURCE_PORT='tcp://10.0.0.7:8000': must be"),
+        ([], {"WSGI_EVENTSOURCE_PUBLISH_TOKEN": ""}, "WSGI_EVENTSOURCE_PUBLISH_TOKEN='': must not be empty"),
+        ([], {"WSGI_EVENTSOURCE_WORKERS": "0"}, "WSGI_EVENTSOURCE_WORKERS='0': must be a positive integer"),
+        ([], {"WSGI_EVENTSOURCE_LOG_LEVEL": "loud"}, "WSGI_EVENTSOURCE_LOG_LEVEL='loud': must be one of"),
+    ],
+)
+def test_bad_values_from_the_command_line_or_the_environment_are_named(
+    args: list[str],
+    env: dict[str, str],
+    message: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["serve", *args])
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_the_command_line_wins_over_a_bad_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WSGI_EVENTSOURCE_PORT", "tcp://10.0.0.7:8000")
+    monkeypatch.setenv("WSGI_EVENTSOURCE_HISTORY", "7")
+    served: list[Any] = []
+    monkeypatch.setattr(cli, "serve", served.append)
+    cli.main(["serve", "--port", "8123"])
+    (args,) = served
+    assert (args.port, args.history, args.keepalive) == (8123, 7, 15.0)  # command line, environment, default
 
 
 def test_version() -> None:

@@ -25,22 +25,76 @@ DEFAULT_WORKER_CONNECTIONS = 10_000
 _ENV = "WSGI_EVENTSOURCE_"
 
 
-def _env(name: str, default: Any = None) -> Any:
-    return os.environ.get(_ENV + name.upper().replace("-", "_"), default)
-
-
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
     if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text}")
+        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number (0 to 65535), not {text!r}")
+    return value
+
+
+def _milliseconds(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number of milliseconds (0 or more), not {text!r}")
     return value
 
 
 def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, not {text!r}")
     return value
+
+
+def _token(text: str) -> str:
+    if not text.strip() or text != text.strip():
+        raise argparse.ArgumentTypeError("must not be empty or start or end with spaces")
+    return text
+
+
+def _redis_url(text: str) -> str:
+    if text.partition("://")[0] not in ("redis", "rediss", "unix"):
+        raise argparse.ArgumentTypeError(f"must be a redis://, rediss:// or unix:// URL, not {text!r}")
+    return text
+
+
+def _origin(text: str) -> str:
+    from .hub import check_origin
+
+    try:
+        return check_origin(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("cors_origin ")) from None
+
+
+class _Default:
+    """An option's default while parsing, so that an option not given on the
+    command line can be told apart and taken from the environment instead."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __str__(self) -> str:  # what --help shows
+        return str(self.value)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,17 +111,16 @@ def build_parser() -> argparse.ArgumentParser:
             "Run the SSE hub: GET /events/<channel> subscribes, POST /publish/<channel> publishes, "
             "GET / is a demo page, /healthz, /stats and /metrics tell how it is doing. "
             f"Every option may also be set as an environment variable {_ENV}<OPTION>, "
-            f"e.g. {_ENV}PORT=8080."
+            f"e.g. {_ENV}PORT=8080; an option given on the command line wins."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
 
-    def option(name: str, kind: Callable[[str], Any], default: Any, help: str) -> None:
-        env = _env(name)
-        serve.add_argument(f"--{name}", type=kind, default=kind(env) if env is not None else default, help=help)
+    def option(name: str, kind: Callable[[str], Any], default: Any, help: str, **extra: Any) -> None:
+        serve.add_argument(f"--{name}", type=kind, default=_Default(default), help=help, **extra)
 
     option("host", str, "127.0.0.1", "address to listen on (0.0.0.0 for every interface)")
-    option("port", int, 8000, "port to listen on")
+    option("port", _port, 8000, "port to listen on")
     option("workers", _positive_int, 1, "gunicorn worker processes; more than one needs --redis")
     option(
         "worker-connections",
@@ -76,21 +129,44 @@ def build_parser() -> argparse.ArgumentParser:
         "streams one worker may hold at once (each open stream holds a slot for its whole life; "
         "gunicorn's own default is 1000)",
     )
-    option("redis", str, None, "Redis URL (redis://host:6379/0) to share channels between workers and hosts")
+    option("redis", _redis_url, None, "Redis URL (redis://host:6379/0) to share channels between workers and hosts")
     option("history", _positive_int, 1000, "events kept per channel for Last-Event-ID replay")
     option("keepalive", _positive_float, 15.0, "seconds between keepalive comments on idle streams")
     option(
         "publish-token",
-        str,
+        _token,
         None,
-        "require 'Authorization: Bearer TOKEN' to publish; without it publishing is allowed from loopback only",
+        "require 'Authorization: Bearer TOKEN' to publish; without it publishing is allowed from this machine only",
     )
-    option("cors-origin", str, None, "origin allowed to subscribe and publish from another site ('*' for any)")
+    option("cors-origin", _origin, None, "origin allowed to subscribe and publish from another site ('*' for any)")
     option("max-connections", _positive_int, None, "streams per worker beyond which the hub answers 503")
     option("graceful-timeout", _positive_int, 30, "seconds gunicorn waits for a worker to stop")
-    option("shutdown-retry", int, 2000, "the retry hint (ms) streams get when a worker stops")
-    option("log-level", str, "info", "gunicorn log level")
+    option("shutdown-retry", _milliseconds, 2000, "the retry hint (ms) streams get when a worker stops")
+    option(
+        "log-level", str.lower, "info", "gunicorn log level", choices=("debug", "info", "warning", "error", "critical")
+    )
     return parser
+
+
+def _resolve_environment(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Options not given on the command line: from the environment, else the default."""
+    serve = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["serve"]
+    for action in serve._actions:
+        value = getattr(args, action.dest, None)
+        if not isinstance(value, _Default):
+            continue
+        variable = _ENV + action.dest.upper()
+        text = os.environ.get(variable)
+        if text is None:
+            setattr(args, action.dest, value.value)
+            continue
+        try:
+            converted = action.type(text) if callable(action.type) else text
+        except (argparse.ArgumentTypeError, ValueError) as exc:
+            parser.error(f"{variable}={text!r}: {exc}")
+        if action.choices is not None and converted not in action.choices:
+            parser.error(f"{variable}={text!r}: must be one of {', '.join(map(str, action.choices))}")
+        setattr(args, action.dest, converted)
 
 
 def _raise_fd_limit(wanted: int) -> None:
@@ -165,6 +241,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "serve":
+        _resolve_environment(parser, args)
         if args.workers > 1 and not args.redis:
             parser.error(
                 "--workers > 1 needs --redis: memory channels live in one process, so subscribers "
