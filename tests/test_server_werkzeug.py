@@ -16,7 +16,7 @@ from werkzeug.serving import BaseWSGIServer, make_server
 
 from tests.conftest import open_fds
 from tests.helpers import ParsedEvent, StreamClient, wait_until
-from wsgi_eventsource import Connection, EventSource
+from wsgi_eventsource import Connection, EventSource, MemoryBroker, Stream
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
@@ -101,3 +101,58 @@ def test_streams_leave_no_hub_behind(dev_server: tuple[BaseWSGIServer, Handler, 
         one()
     wait_until(lambda: len(handler.closed) == 31, 10, message="every stream ended")
     wait_until(lambda: open_fds() <= baseline, 5, message=f"fds back to {baseline}")
+
+
+def test_channel_streams_leave_no_hub_behind() -> None:
+    """Regression: a broker's subscribe made the request thread's hub before
+    the Connection existed, so no one destroyed it: two fds per stream."""
+    broker = MemoryBroker()
+    app = broker.subscriber_app(keepalive=0.1)
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+
+        def one() -> None:
+            client = StreamClient(server.server_port, "/room")
+            client.wait_for(lambda c: b"id: " in c.raw)
+            client.close()
+
+        one()
+        wait_until(lambda: not app.connections, 5)
+        baseline = open_fds()
+        for _ in range(20):
+            one()
+        wait_until(lambda: not app.connections and broker.subscriber_count("room") == 0, 10, message="streams ended")
+        wait_until(lambda: open_fds() <= baseline, 5, message=f"fds back to {baseline}")
+    finally:
+        app.close_all()
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def test_on_close_added_from_another_thread_runs_even_if_the_stream_ends_in_a_blocked_write() -> None:
+    """Regression: under a thread-per-request server, an on_close added from
+    another thread was queued on the request thread's hub; when the stream
+    ended while that thread was blocked in a socket write (its loop not
+    running), the hub was destroyed with the callback still queued."""
+    made: list[Connection] = []
+    ran: list[str] = []
+    ready, write_failed = threading.Event(), threading.Event()
+
+    def request_thread() -> None:  # what werkzeug's request thread does, minus the socket
+        conn = Connection({"PATH_INFO": "/"}, max_pending=1 << 20)
+        assert conn._own_hub
+        made.append(conn)
+        ready.set()
+        write_failed.wait(5)  # blocked in the server's sendall, which then fails
+        Stream(conn, None).close()  # the server closes the response
+
+    thread = threading.Thread(target=request_thread)
+    thread.start()
+    assert ready.wait(5)
+    made[0].on_close(lambda: ran.append("from another thread"))
+    write_failed.set()
+    thread.join(5)
+    assert ran == ["from another thread"]

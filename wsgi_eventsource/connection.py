@@ -13,6 +13,7 @@ one thread keep their order.
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
@@ -52,8 +53,25 @@ def os_lock() -> Lock:
     return _allocate_lock()
 
 
-# Guards the hand-over list of pushes made from other OS threads (rare, short).
+# Guards the hand-over list of pushes made from other OS threads, and the
+# on_close callbacks, which other threads may add (rare, short).
 _remote_lock = os_lock()
+
+# Hubs made for a stream in a thread that had none (a thread-per-request
+# server), before its Connection existed: that Connection owns and destroys it.
+_hubs_made_for_streams: weakref.WeakSet[Hub] = weakref.WeakSet()
+
+
+def thread_hub() -> Hub:
+    """This thread's gevent hub, for code that runs before a stream's
+    :class:`Connection` exists (a broker's subscribe). A hub it has to
+    create is destroyed with the stream, as if the Connection had made it."""
+    hub = get_hub_if_exists()
+    if hub is None:
+        hub = gevent.get_hub()
+        if _thread_ident() != _main_thread_ident:
+            _hubs_made_for_streams.add(hub)
+    return hub
 
 
 def last_event_id(environ: WSGIEnvironment) -> str | None:
@@ -131,9 +149,13 @@ class Connection:
         self._thread = _thread_ident()
         hub = get_hub_if_exists()
         # A thread-per-request server (werkzeug's) gives each stream a thread
-        # with no hub; the hub created here must be destroyed with the stream,
-        # or its loop's file descriptors outlive the thread.
-        self._own_hub = hub is None and self._thread != _main_thread_ident
+        # with no hub; the hub created for it must be destroyed with the
+        # stream, or its loop's file descriptors outlive the thread.
+        if hub is not None and hub in _hubs_made_for_streams:
+            _hubs_made_for_streams.discard(hub)
+            self._own_hub = True
+        else:
+            self._own_hub = hub is None and self._thread != _main_thread_ident
         self._hub: Hub = hub if hub is not None else gevent.get_hub()
         self._callbacks: list[Callable[[], object]] | None = None
         self._handler: gevent.Greenlet[Any, Any] | None = None
@@ -206,17 +228,16 @@ class Connection:
         A callback added after the end is called at once. Exceptions are
         logged on the ``wsgi_eventsource`` logger.
         """
-        if _thread_ident() != self._thread:
-            # _finish runs in the hub's thread: add the callback there, so it
-            # is either run by _finish or run at once, never lost in between.
-            if not self._call_in_hub(self.on_close, callback):
-                _run_callback(callback)
-        elif self._finished:
-            _run_callback(callback)
-        elif self._callbacks is None:
-            self._callbacks = [callback]
-        else:
-            self._callbacks.append(callback)
+        # Under the lock _finish takes the callbacks with, from any thread:
+        # either _finish runs it, or it sees the end and runs it here.
+        with _remote_lock:
+            if not self._finished:
+                if self._callbacks is None:
+                    self._callbacks = [callback]
+                else:
+                    self._callbacks.append(callback)
+                return
+        _run_callback(callback)
 
     # -- internal: used by Stream, EventSource and the brokers ---------------
 
@@ -372,7 +393,8 @@ class Connection:
             # would skip it, and with it the on_close it would register.
             if handler.gr_frame is not None:  # started, and waiting somewhere
                 handler.kill(block=False)
-        callbacks, self._callbacks = self._callbacks, None
+        with _remote_lock:
+            callbacks, self._callbacks = self._callbacks, None
         for callback in callbacks or ():
             _run_callback(callback)
         if self._own_hub:

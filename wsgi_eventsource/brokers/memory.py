@@ -8,9 +8,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import gevent
-
-from ..connection import os_lock
+from ..connection import os_lock, thread_hub
 from ..encoding import Data
 from .base import (
     DEFAULT_HISTORY,
@@ -163,7 +161,7 @@ class MemoryBroker(Broker):
     def subscribe(self, channel: str, last_event_id: str | None) -> tuple[Subscription, bytes]:
         _validate_channel(channel)
         self._check_process()
-        subscription = Subscription(channel, gevent.get_hub())
+        subscription = Subscription(channel, thread_hub())
         with self._lock:
             state = self._channel(channel)
             self._expire(state, now_ms())

@@ -29,10 +29,9 @@ import random
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-import gevent
 from gevent.monkey import get_original
 
-from ..connection import os_lock
+from ..connection import os_lock, thread_hub
 from ..encoding import Data
 from ..errors import BrokerUnavailable
 from .base import (
@@ -231,7 +230,7 @@ class RedisBroker(Broker):
     def subscribe(self, channel: str, last_event_id: str | None) -> tuple[Subscription, bytes]:
         validate_channel(channel)
         client = self._ensure_client()
-        subscription = Subscription(channel, gevent.get_hub())
+        subscription = Subscription(channel, thread_hub())
         key = self._key(channel)
         new_channel = False
         try:
