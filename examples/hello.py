@@ -1,7 +1,8 @@
-"""The README's first example: a clock that ticks every second.
+"""A complete small app: a page, and a clock stream at /events that ticks
+every second and resumes from Last-Event-ID.
 
 Run it:  gunicorn -k gevent --bind 127.0.0.1:8000 examples.hello:app
-Watch:   curl -N http://127.0.0.1:8000/   (or open http://127.0.0.1:8000/ in a browser)
+Watch:   curl -N http://127.0.0.1:8000/events   (or open http://127.0.0.1:8000/ in a browser)
 """
 
 from __future__ import annotations

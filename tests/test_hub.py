@@ -178,6 +178,7 @@ def test_the_embedded_hub_serves_page_health_streams_stats_and_metrics(hub_serve
     assert stats["uptime_seconds"] > 0
     metrics = get(server.port, "/metrics")[2].decode()
     assert 'eventsource_connections{channel="lobby"} 1.0' in metrics
+    assert "eventsource_connections_open 1.0" in metrics
     assert "eventsource_events_published_total 1.0" in metrics
     assert get(server.port, "/nowhere")[0] == 404
 
@@ -316,6 +317,7 @@ def test_max_connections_answers_503_with_retry_after(hub_server: Serve) -> None
     assert headers["retry-after"] == "5"
     assert b"maximum" in body
     assert json.loads(get(server.port, "/stats")[2])["refused_over_max_connections"] == 1
+    assert b"eventsource_refused_over_max_connections_total 1.0" in get(server.port, "/metrics")[2]
     first.reset()  # noticed at the next keepalive; then there is room again
 
     def room() -> bool:

@@ -76,15 +76,16 @@ def thread_hub() -> Hub:
 
 def last_event_id(environ: WSGIEnvironment) -> str | None:
     """The client's last event id: the ``Last-Event-ID`` header, or else the
-    ``lastEventId`` query parameter that EventSource polyfills send."""
+    ``lastEventId`` query parameter that EventSource polyfills send; ``None``
+    if neither is there or it is empty (an empty id means "none yet")."""
     value: str | None = environ.get("HTTP_LAST_EVENT_ID")
-    if value is not None:
+    if value:
         # WSGI hands header values over as latin-1; browsers send UTF-8.
         raw: bytes = value.encode("latin-1", "replace")
         return raw.decode("utf-8", "replace")
     query: str = environ.get("QUERY_STRING", "")
     if "lastEventId" in query:
-        values = parse_qs(query, keep_blank_values=True).get("lastEventId")
+        values = parse_qs(query).get("lastEventId")  # blank values are left out
         if values:
             return values[-1]
     return None

@@ -275,8 +275,9 @@ class Hub:
                 for channel, count in numbers["connections"]["per_channel"].items():
                     connections.add_metric([channel], count)
                 yield connections
+                # Not "_total": that suffix is for counters.
                 yield GaugeMetricFamily(
-                    "eventsource_connections_total",
+                    "eventsource_connections_open",
                     "Open event streams in this process",
                     numbers["connections"]["total"],
                 )
@@ -288,6 +289,11 @@ class Hub:
                 )
                 yield CounterMetricFamily(
                     "eventsource_slow_clients_dropped", "Streams cut for not reading", numbers["slow_clients_dropped"]
+                )
+                yield CounterMetricFamily(
+                    "eventsource_refused_over_max_connections",
+                    "Subscribers answered 503 because the process held max_connections streams",
+                    numbers["refused_over_max_connections"],
                 )
                 yield GaugeMetricFamily("eventsource_uptime_seconds", "Seconds since start", numbers["uptime_seconds"])
 
