@@ -503,6 +503,7 @@ def test_publish_over_http(hub: Hub, body: bytes, content_type: str, expected: P
         (b'{"data": "x", "retry": -1}', "application/json", 400, b"retry"),
         (b'{"data": "x", "retry": true}', "application/json", 400, b"retry"),
         (b"<x/>", "application/xml", 415, b"text/plain"),
+        (b"caf\xe9", "text/plain; charset=latin-1", 415, b"send UTF-8"),
         (b"x" * (1024 * 1024 + 1), "text/plain", 413, b"larger"),
     ],
 )

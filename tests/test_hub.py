@@ -145,6 +145,24 @@ def test_the_command_line_wins_over_a_bad_environment(monkeypatch: pytest.Monkey
     assert (args.port, args.history, args.keepalive) == (8123, 7, 15.0)  # command line, environment, default
 
 
+def test_max_age_reaches_the_broker(monkeypatch: pytest.MonkeyPatch) -> None:
+    served: list[Any] = []
+    monkeypatch.setattr(cli, "serve", served.append)
+    cli.main(["serve", "--max-age", "90", "--history", "5"])
+    hub = cli.make_hub_factory(served[0])()
+    assert (hub.broker.max_age, hub.broker.history) == (90.0, 5)
+
+
+def test_an_open_files_limit_too_low_for_worker_connections_is_reported(capsys: pytest.CaptureFixture[str]) -> None:
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard == resource.RLIM_INFINITY:
+        pytest.skip("no hard limit on open files here")
+    cli._raise_fd_limit(hard + 1)
+    assert f"the open-files limit is {hard} (hard limit), below the {hard + 1}" in capsys.readouterr().err
+
+
 def test_version() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "wsgi_eventsource", "--version"], capture_output=True, text=True, timeout=60, check=False

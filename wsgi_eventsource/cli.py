@@ -131,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     option("redis", _redis_url, None, "Redis URL (redis://host:6379/0) to share channels between workers and hosts")
     option("history", _positive_int, 1000, "events kept per channel for Last-Event-ID replay")
+    option("max-age", _positive_float, None, "if set, seconds an event stays replayable (history is also cut by age)")
     option("keepalive", _positive_float, 15.0, "seconds between keepalive comments on idle streams")
     option(
         "publish-token",
@@ -175,6 +176,13 @@ def _raise_fd_limit(wanted: int) -> None:
     target = hard if hard == resource.RLIM_INFINITY else min(hard, max(soft, wanted))
     if target > soft:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target != resource.RLIM_INFINITY and target < wanted:
+        print(
+            f"wsgi-eventsource: warning: the open-files limit is {target} (hard limit), below the {wanted} "
+            "that --worker-connections needs; a worker will refuse connections beyond it. "
+            "Raise it (ulimit -Hn, LimitNOFILE= in systemd) or lower --worker-connections.",
+            file=sys.stderr,
+        )
 
 
 def make_hub_factory(args: argparse.Namespace) -> Callable[[], Any]:
@@ -190,9 +198,9 @@ def make_hub_factory(args: argparse.Namespace) -> Callable[[], Any]:
         if args.redis:
             from .brokers.redis import RedisBroker
 
-            broker = RedisBroker(args.redis, history=args.history)
+            broker = RedisBroker(args.redis, history=args.history, max_age=args.max_age)
         else:
-            broker = MemoryBroker(history=args.history)
+            broker = MemoryBroker(history=args.history, max_age=args.max_age)
         return Hub(
             broker,
             keepalive=args.keepalive,

@@ -194,9 +194,14 @@ class PublisherApp:
             return plain_response(
                 start_response, "413 Content Too Large", f"The body is larger than {self.max_body} bytes\n"
             )
-        mimetype = parse_options_header(environ.get("CONTENT_TYPE", ""))[0].lower()
+        mimetype, params = parse_options_header(environ.get("CONTENT_TYPE", ""))
+        charset = params.get("charset", "utf-8").lower()
+        if charset not in ("utf-8", "utf8", "us-ascii", "ascii"):
+            return plain_response(
+                start_response, "415 Unsupported Media Type", f"charset {charset!r} is not supported: send UTF-8\n"
+            )
         try:
-            data, event, retry = self._fields(mimetype, body, _query_of(environ))
+            data, event, retry = self._fields(mimetype.lower(), body, _query_of(environ))
         except _Unsupported as exc:
             return plain_response(start_response, "415 Unsupported Media Type", f"{exc}\n")
         except (ValueError, UnicodeDecodeError) as exc:
