@@ -211,3 +211,33 @@ def test_a_long_block_does_not_make_the_reader_time_out(
         assert client.events(1, timeout=5)[0].last_event_id == event_id
     assert "cannot be reached" not in caplog.text
     broker.close()
+
+
+FORK_SCRIPT = """
+import os, sys
+from gevent import monkey
+monkey.patch_all()
+import gevent
+from wsgi_eventsource import RedisBroker
+
+broker = RedisBroker(sys.argv[1], block=0.2)
+broker.subscribe("forked", None)  # the parent reads the channel before forking
+pid = os.fork()
+if pid == 0:
+    subscription, _ = broker.subscribe("forked", None)
+    event_id = broker.publish("forked", "to the child")
+    for _ in range(100):
+        if subscription.buffer:
+            break
+        gevent.sleep(0.05)
+    os._exit(0 if [key for key, _ in subscription.buffer or []] else 3)
+_, status = os.waitpid(pid, 0)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_a_forked_child_gets_live_events_on_a_channel_its_parent_read(redis_url: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", FORK_SCRIPT, redis_url], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr

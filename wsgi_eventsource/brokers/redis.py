@@ -176,6 +176,13 @@ class RedisBroker(Broker):
             self._publish_script = self._client.register_script(_PUBLISH)
             self._current_script = self._client.register_script(_CURRENT)
             self._reader_started = False
+            self._reader_client_id = None
+            # The parent's subscriptions (and its reader's positions) are not
+            # this process's: without clearing them, a channel the parent read
+            # would look already read here, and no reader would start.
+            self._lock = os_lock()  # the parent's may have been held at the fork
+            self._subscriptions = {}
+            self._positions = {}
         return self._client
 
     def _unavailable(self, exc: Exception) -> BrokerUnavailable:
