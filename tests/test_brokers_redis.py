@@ -241,3 +241,17 @@ def test_a_forked_child_gets_live_events_on_a_channel_its_parent_read(redis_url:
         [sys.executable, "-c", FORK_SCRIPT, redis_url], capture_output=True, text=True, timeout=60, check=False
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_a_redis_error_reply_is_a_503_not_a_500(serve: Callable[..., WSGIServer], redis_url: str) -> None:
+    # A key of another type where a channel's stream should be (WRONGTYPE).
+    redis.Redis.from_url(redis_url).set("wsgi-eventsource:clash", "not a stream")
+    broker = RedisBroker(redis_url)
+    with pytest.raises(BrokerUnavailable, match="answered with an error"):
+        broker.publish("clash", "x")
+    subscribe, publish = broker.subscriber_app(), broker.publisher_app()
+    port = serve(DispatcherMiddleware(lambda e, s: [], {"/events": subscribe, "/publish": publish})).server_port
+    assert StreamClient(port, "/publish/clash", method="POST", body=b"x").status == 503
+    assert StreamClient(port, "/events/clash").status == 503
+    broker.close()
+    redis.Redis.from_url(redis_url).delete("wsgi-eventsource:clash")

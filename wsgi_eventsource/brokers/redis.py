@@ -186,7 +186,12 @@ class RedisBroker(Broker):
         return self._client
 
     def _unavailable(self, exc: Exception) -> BrokerUnavailable:
-        return BrokerUnavailable(f"Redis at {self._shown_url} cannot be reached: {exc}")
+        # Any Redis failure, not only a lost connection: READONLY after a
+        # failover, OOM, a key of another type under our prefix. Publishers
+        # and subscribers get 503 (try again), the log gets the details.
+        if isinstance(exc, (self._redis.ConnectionError, self._redis.TimeoutError)):
+            return BrokerUnavailable(f"Redis at {self._shown_url} cannot be reached: {exc}")
+        return BrokerUnavailable(f"Redis at {self._shown_url} answered with an error: {exc}")
 
     def _key(self, channel: str) -> str:
         return self.prefix + channel
@@ -200,7 +205,7 @@ class RedisBroker(Broker):
         min_id = "" if self.max_age is None else f"{now_ms() - int(self.max_age * 1000)}-0"
         try:
             event_id = self._publish_script(keys=[self._key(channel)], args=[self.history, body, min_id])
-        except (self._redis.ConnectionError, self._redis.TimeoutError) as exc:
+        except self._redis.RedisError as exc:
             raise self._unavailable(exc) from None
         self.stats.published += 1
         return _text(event_id)
@@ -255,7 +260,7 @@ class RedisBroker(Broker):
                 self._start_reader()
                 self._wake_reader(client)
             history, current = self._history_after(client, key, last_event_id)
-        except (self._redis.ConnectionError, self._redis.TimeoutError) as exc:
+        except self._redis.RedisError as exc:
             self.unsubscribe(subscription)
             raise self._unavailable(exc) from None
         except BaseException:
@@ -276,7 +281,7 @@ class RedisBroker(Broker):
         client = self._ensure_client()
         try:
             return self._entries(client.xrange(self._key(channel), min="-", max="+"))
-        except (self._redis.ConnectionError, self._redis.TimeoutError) as exc:
+        except self._redis.RedisError as exc:
             raise self._unavailable(exc) from None
 
     def channel_counts(self) -> dict[str, int]:
