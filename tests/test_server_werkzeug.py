@@ -6,6 +6,7 @@ gevent hub, and pushes from other threads are handed over to it.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -16,7 +17,7 @@ from werkzeug.serving import BaseWSGIServer, make_server
 
 from tests.conftest import open_fds
 from tests.helpers import ParsedEvent, StreamClient, wait_until
-from wsgi_eventsource import Connection, EventSource, MemoryBroker, Stream
+from wsgi_eventsource import Connection, EventSource, MemoryBroker, Stream, SubscriberApp
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
@@ -35,18 +36,27 @@ class Handler:
         conn.push("hello")
 
 
+@contextlib.contextmanager
+def threaded_server(app: EventSource | SubscriberApp) -> Iterator[BaseWSGIServer]:
+    """werkzeug's threaded development server for *app*, on a free port."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        app.close_all()
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
 @pytest.fixture
 def dev_server() -> Iterator[tuple[BaseWSGIServer, Handler, EventSource]]:
     handler = Handler()
     app = EventSource(handler, keepalive=0.1)
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server, handler, app
-    app.close_all()
-    server.shutdown()
-    server.server_close()
-    thread.join(5)
+    with threaded_server(app) as server:
+        yield server, handler, app
 
 
 def test_streams_and_pushes_from_other_threads(dev_server: tuple[BaseWSGIServer, Handler, EventSource]) -> None:
@@ -108,10 +118,7 @@ def test_channel_streams_leave_no_hub_behind() -> None:
     the Connection existed, so no one destroyed it: two fds per stream."""
     broker = MemoryBroker()
     app = broker.subscriber_app(keepalive=0.1)
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with threaded_server(app) as server:
 
         def one() -> None:
             client = StreamClient(server.server_port, "/room")
@@ -125,11 +132,6 @@ def test_channel_streams_leave_no_hub_behind() -> None:
             one()
         wait_until(lambda: not app.connections and broker.subscriber_count("room") == 0, 10, message="streams ended")
         wait_until(lambda: open_fds() <= baseline, 5, message=f"fds back to {baseline}")
-    finally:
-        app.close_all()
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
 
 
 def test_on_close_added_from_another_thread_runs_even_if_the_stream_ends_in_a_blocked_write() -> None:

@@ -25,34 +25,22 @@ DEFAULT_WORKER_CONNECTIONS = 10_000
 _ENV = "WSGI_EVENTSOURCE_"
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text!r}")
-    return value
+def _whole_number(low: int, high: int | None, what: str) -> Callable[[str], int]:
+    def convert(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be {what}, not {text!r}")
+        return value
+
+    return convert
 
 
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be a port number (0 to 65535), not {text!r}")
-    return value
-
-
-def _milliseconds(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a whole number of milliseconds (0 or more), not {text!r}")
-    return value
+_positive_int = _whole_number(1, None, "a positive integer")
+_port = _whole_number(0, 65535, "a port number (0 to 65535)")
+_milliseconds = _whole_number(0, None, "a whole number of milliseconds (0 or more)")
 
 
 def _positive_float(text: str) -> float:
