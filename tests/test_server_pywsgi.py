@@ -6,7 +6,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import gevent
 import gevent.event
@@ -254,6 +254,19 @@ def test_push_from_an_os_thread_over_a_real_socket(serve: Serve) -> None:
     assert [e.data for e in client.parser.events] == [str(i) for i in range(200)]
 
 
+def _stalled_stream(serve: Serve, **options: Any) -> tuple[Tracker, EventSource, StreamClient, Connection]:
+    """A stream of a new app (*options*) whose client has stopped reading,
+    with the server's write blocked on it."""
+    tracker = Tracker()
+    app = EventSource(tracker, max_pending=64 * 1024 * 1024, keepalive=30, **options)
+    server = serve(app)
+    client = StreamClient(server.server_port)
+    client.wait_for(lambda c: b": ok" in c.raw)
+    (conn,) = tracker.wait_open()
+    _stall(client, conn)
+    return tracker, app, client, conn
+
+
 def _stall(client: StreamClient, conn: Connection, size: int = 16 * 1024 * 1024) -> None:
     """Push more than the socket buffers hold to a client that does not read,
     and wait until the server's write is blocked on it."""
@@ -269,13 +282,7 @@ def _stall(client: StreamClient, conn: Connection, size: int = 16 * 1024 * 1024)
 def test_close_ends_a_stream_whose_write_is_blocked(serve: Serve) -> None:
     """Regression (review): close() only set a flag; a server greenlet stuck
     in a write to a client that stopped reading never came back to see it."""
-    tracker = Tracker()
-    app = EventSource(tracker, max_pending=64 * 1024 * 1024, close_timeout=0.5, keepalive=30)
-    server = serve(app)
-    client = StreamClient(server.server_port)
-    client.wait_for(lambda c: b": ok" in c.raw)
-    (conn,) = tracker.wait_open()
-    _stall(client, conn)
+    tracker, app, _client, conn = _stalled_stream(serve, close_timeout=0.5)
     closed_at = time.monotonic()
     conn.close()
     assert tracker.all_closed.wait(4), "the stalled stream was never ended"
@@ -284,13 +291,7 @@ def test_close_ends_a_stream_whose_write_is_blocked(serve: Serve) -> None:
 
 
 def test_a_client_that_stops_reading_with_nothing_more_pushed_is_cut_after_write_timeout(serve: Serve) -> None:
-    tracker = Tracker()
-    app = EventSource(tracker, max_pending=64 * 1024 * 1024, write_timeout=1.0, keepalive=30)
-    server = serve(app)
-    client = StreamClient(server.server_port)
-    client.wait_for(lambda c: b": ok" in c.raw)
-    (conn,) = tracker.wait_open()
-    _stall(client, conn)
+    tracker, _app, _client, conn = _stalled_stream(serve, write_timeout=1.0)
     assert tracker.all_closed.wait(4), "a zero-window client held its stream forever"
     assert conn.closed
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import gevent.event
@@ -49,6 +49,18 @@ def threaded_server(app: EventSource | SubscriberApp) -> Iterator[BaseWSGIServer
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+def check_fds_return_to_baseline(one: Callable[[], None], cycles: int, ended: Callable[[int], bool]) -> None:
+    """Open and drop a stream with *one()*, once to warm up and then *cycles*
+    times; ``ended(n)`` says the first *n* streams have all ended."""
+    one()
+    wait_until(lambda: ended(1), 5, message="the first stream ended")
+    baseline = open_fds()
+    for _ in range(cycles):
+        one()
+    wait_until(lambda: ended(cycles + 1), 10, message="every stream ended")
+    wait_until(lambda: open_fds() <= baseline, 5, message=f"fds back to {baseline}")
 
 
 @pytest.fixture
@@ -104,13 +116,7 @@ def test_streams_leave_no_hub_behind(dev_server: tuple[BaseWSGIServer, Handler, 
         client.events(1)
         client.close()
 
-    one()
-    wait_until(lambda: not app.connections, 5)
-    baseline = open_fds()
-    for _ in range(30):
-        one()
-    wait_until(lambda: len(handler.closed) == 31, 10, message="every stream ended")
-    wait_until(lambda: open_fds() <= baseline, 5, message=f"fds back to {baseline}")
+    check_fds_return_to_baseline(one, 30, lambda n: not app.connections and len(handler.closed) == n)
 
 
 def test_channel_streams_leave_no_hub_behind() -> None:
@@ -125,13 +131,7 @@ def test_channel_streams_leave_no_hub_behind() -> None:
             client.wait_for(lambda c: b"id: " in c.raw)
             client.close()
 
-        one()
-        wait_until(lambda: not app.connections, 5)
-        baseline = open_fds()
-        for _ in range(20):
-            one()
-        wait_until(lambda: not app.connections and broker.subscriber_count("room") == 0, 10, message="streams ended")
-        wait_until(lambda: open_fds() <= baseline, 5, message=f"fds back to {baseline}")
+        check_fds_return_to_baseline(one, 20, lambda n: not app.connections and broker.subscriber_count("room") == 0)
 
 
 def test_on_close_added_from_another_thread_runs_even_if_the_stream_ends_in_a_blocked_write() -> None:
