@@ -60,9 +60,12 @@ def _token(text: str) -> str:
 
 
 def _redis_url(text: str) -> str:
-    if text.partition("://")[0] not in ("redis", "rediss", "unix"):
-        raise argparse.ArgumentTypeError(f"must be a redis://, rediss:// or unix:// URL, not {text!r}")
-    return text
+    from .brokers.redis import check_redis_url
+
+    try:
+        return check_redis_url(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("url ")) from None
 
 
 def _origin(text: str) -> str:

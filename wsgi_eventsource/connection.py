@@ -148,16 +148,14 @@ class Connection:
         self._swept = False  # keepalives come from the owner's sweeper, not a timer per wait
         self._wake_scheduled = False
         self._thread = _thread_ident()
-        hub = get_hub_if_exists()
         # A thread-per-request server (werkzeug's) gives each stream a thread
-        # with no hub; the hub created for it must be destroyed with the
-        # stream, or its loop's file descriptors outlive the thread.
-        if hub is not None and hub in _hubs_made_for_streams:
-            _hubs_made_for_streams.discard(hub)
-            self._own_hub = True
-        else:
-            self._own_hub = hub is None and self._thread != _main_thread_ident
-        self._hub: Hub = hub if hub is not None else gevent.get_hub()
+        # with no hub; the hub made for it (here, or by a broker's subscribe
+        # just before) must be destroyed with the stream, or its loop's file
+        # descriptors outlive the thread.
+        self._hub: Hub = thread_hub()
+        self._own_hub = self._hub in _hubs_made_for_streams
+        if self._own_hub:
+            _hubs_made_for_streams.discard(self._hub)
         self._callbacks: list[Callable[[], object]] | None = None
         self._handler: gevent.Greenlet[Any, Any] | None = None
         self._reader: Any = None

@@ -129,11 +129,7 @@ class RedisBroker(Broker):
         check_history(history, max_age)
         if not (isinstance(block, (int, float)) and not isinstance(block, bool) and 0 < block < 3600):
             raise ValueError(f"block must be a positive number of seconds (under an hour), not {block!r}")
-        if not isinstance(url, str) or urlsplit(url).scheme not in ("redis", "rediss", "unix"):
-            raise ValueError(f"url must be a redis://, rediss:// or unix:// URL, not {url!r}")
-        self.url = url
-        # For messages and logs: never the password.
-        self._shown_url = _without_password(url)
+        self.url = check_redis_url(url)
         self.history = history
         self.max_age = max_age
         self.prefix = prefix
@@ -167,6 +163,11 @@ class RedisBroker(Broker):
             health_check_interval=0,
             retry_on_timeout=False,
         )
+
+    @property
+    def _shown_url(self) -> str:
+        """The URL for messages and logs: never the password."""
+        return _without_password(self.url)
 
     def _ensure_client(self) -> Any:
         if self._client is None or self._pid != os.getpid():
@@ -381,6 +382,13 @@ class RedisBroker(Broker):
                 with contextlib.suppress(self._redis.RedisError):
                     self._client.client_unblock(reader)
             self._client.close()
+
+
+def check_redis_url(url: object) -> str:
+    """*url* if it is a ``redis://``, ``rediss://`` or ``unix://`` URL, else ``ValueError``."""
+    if not isinstance(url, str) or urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+        raise ValueError(f"url must be a redis://, rediss:// or unix:// URL, not {url!r}")
+    return url
 
 
 def _without_password(url: str) -> str:
