@@ -16,6 +16,7 @@ import wsgi_eventsource.connection as connection_module
 from tests.conftest import Response, call
 from tests.helpers import ParsedEvent, parse, wait_until
 from wsgi_eventsource import Connection, ConnectionClosed, Event, EventSource, InvalidEvent, Stream
+from wsgi_eventsource.app import spread_retry
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
@@ -534,19 +535,58 @@ def test_a_client_that_does_not_read_is_disconnected_at_max_pending(caplog: pyte
     assert closed == [True]
 
 
-def test_close_all_sends_a_retry_hint_and_ends_every_stream() -> None:
+def test_close_all_sends_a_spread_retry_hint_and_ends_every_stream() -> None:
+    """Issue 8 (5): every stream of a restarted worker got the same hint, so all
+    its clients came back in the same instant. Each gets its own, in [R/2, 3R/2]."""
     handler = Recorder()
     app = EventSource(handler)
-    responses = [call(app, f"/{i}") for i in range(3)]
+    responses = [call(app, f"/{i}") for i in range(40)]
     for r in responses:
         next(r.body)
-    assert len(app.connections) == 3
-    assert app.close_all(retry=1234) == 3
+    assert len(app.connections) == 40
+    assert app.close_all(retry=2000) == 40
+    hints = []
     for r in responses:
         parser = parse(b"".join(r.body))
-        assert parser.reconnection_time == 1234
+        assert parser.reconnection_time is not None
+        hints.append(parser.reconnection_time)
         r.close()
     assert app.connections == frozenset()
+    assert all(1000 <= hint <= 3000 for hint in hints), hints
+    assert len(set(hints)) > 20, f"the hints are not spread: {sorted(hints)}"
+
+
+def test_spread_retry_covers_half_to_three_halves() -> None:
+    draws = [spread_retry(1001) for _ in range(5000)]
+    assert min(draws) == 501
+    assert max(draws) == 1501
+    assert spread_retry(0) == 0
+    assert spread_retry(1) == 1
+
+
+def test_refuse_is_a_soft_200_event_stream_that_ends_with_a_spread_hint() -> None:
+    """Issue 8 (4): a browser gives up for good on a 503; a 200 stream that
+    ends makes it reconnect after the retry hint."""
+    app = EventSource(noop, headers={"Access-Control-Allow-Origin": "https://example.org"}, refusal_retry=4000)
+    captured: dict[str, Any] = {}
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: object = None) -> Any:
+        captured.update(status=status, headers=dict(headers))
+        return lambda data: None
+
+    body = b"".join(app.refuse(start_response, "over_max_connections", "full, come back later"))
+    assert captured["status"] == "200 OK"
+    assert captured["headers"]["Content-Type"].startswith("text/event-stream")
+    assert captured["headers"]["Access-Control-Allow-Origin"] == "https://example.org"
+    assert captured["headers"]["Content-Length"] == str(len(body))
+    parser = parse(body)
+    assert parser.events == []
+    assert parser.comments == [" full, come back later"]
+    assert parser.reconnection_time is not None
+    assert 2000 <= parser.reconnection_time <= 6000
+    assert app.refused["over_max_connections"] == 1
+    with pytest.raises(ValueError, match="reason must be one of"):
+        app.refuse(start_response, "bored", "x")
 
 
 def test_close_from_another_thread() -> None:

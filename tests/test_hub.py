@@ -355,7 +355,7 @@ def test_sigterm_ends_streams_with_a_retry_hint_and_exits_promptly(hub_server: S
     server.proc.send_signal(signal.SIGTERM)
     for c in clients:
         c.read_to_end(timeout=5)
-        assert c.parser.reconnection_time == 1234
+        assert 617 <= (c.parser.reconnection_time or 0) <= 1851
     assert server.wait(15) == 0
     assert time.monotonic() - started < 6  # well before the 30 s graceful timeout
 

@@ -94,7 +94,7 @@ def test_sigterm_ends_streams_promptly_with_a_retry_hint(gunicorn: Gunicorn) -> 
     os.kill(server.proc.pid, signal.SIGTERM)
     for c in clients:
         c.read_to_end(timeout=5)
-        assert c.parser.reconnection_time == 1500
+        assert 750 <= (c.parser.reconnection_time or 0) <= 2250
     ended = time.monotonic() - started
     code = server.wait(10)
     exited = time.monotonic() - started
@@ -126,7 +126,7 @@ def test_a_worker_retired_by_max_requests_ends_its_streams_promptly(gunicorn: Gu
     for c in clients:
         c.read_to_end(timeout=10)
     ended = time.monotonic() - started
-    assert all(c.parser.reconnection_time == 1500 for c in clients), "no shutdown retry hint"
+    assert all(750 <= (c.parser.reconnection_time or 0) <= 2250 for c in clients), "no shutdown retry hint"
     assert ended < 3, f"streams took {ended:.1f}s to end"
     # A fresh worker serves new streams; the retired one exited without timing out.
     wait_until(lambda: _pid_or_none(server) not in (None, first_pid), 10, 0.2, "a new worker")

@@ -207,7 +207,7 @@ def test_close_all_before_stop_ends_streams_with_a_retry_hint(serve: Serve) -> N
     assert app.close_all(retry=750) == 3
     for c in clients:
         c.read_to_end(timeout=3)
-        assert c.parser.reconnection_time == 750
+        assert 375 <= (c.parser.reconnection_time or 0) <= 1125
     assert tracker.all_closed.wait(2)
     server.stop(timeout=1)
 
@@ -304,11 +304,13 @@ def test_shutdown_ends_open_streams_and_turns_new_ones_away_with_a_retry_hint(se
     tracker.wait_open()
     assert app.shutdown(retry=700) == 1
     open_client.read_to_end(timeout=3)
-    assert open_client.parser.reconnection_time == 700
+    assert 350 <= (open_client.parser.reconnection_time or 0) <= 1050
     late = StreamClient(server.server_port)  # the server still accepts for a moment
     assert late.status == 200
     late.read_to_end(timeout=3)
-    assert late.parser.reconnection_time == 700
+    assert 350 <= (late.parser.reconnection_time or 0) <= 1050
+    assert late.parser.comments[-1] == " this server is shutting down; reconnect shortly"
+    assert app.refused["shutting_down"] == 1
     assert len(tracker.connections) == 1  # the late stream never reached the handler
     assert not app.connections
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import re
 import signal
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -22,7 +24,7 @@ from .stream import Stream
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
-__all__ = ["EventSource", "HandlerCallback", "HeadersLike"]
+__all__ = ["REFUSAL_REASONS", "EventSource", "HandlerCallback", "HeadersLike", "spread_retry"]
 
 logger = logging.getLogger("wsgi_eventsource")
 
@@ -38,6 +40,10 @@ DEFAULT_HEADERS: tuple[tuple[str, str], ...] = (
     # nginx: do not buffer this response (proxy_buffering for this location only).
     ("X-Accel-Buffering", "no"),
 )
+
+#: Why a stream may be refused softly (see :meth:`EventSource.refuse`): the keys
+#: of :attr:`EventSource.refused`.
+REFUSAL_REASONS = ("over_max_connections", "broker_unavailable", "shutting_down")
 
 _ALLOW = "GET, OPTIONS"
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 field-name
@@ -86,6 +92,17 @@ def _latin1(value: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def spread_retry(milliseconds: int) -> int:
+    """A reconnection delay drawn uniformly from ``[R/2, 3R/2]`` for a hint of *R* ms.
+
+    Every stream of a restarted worker (or every refused client) would
+    otherwise come back in the same instant and refuse each other again; the
+    spread turns a reconnect storm into a ramp of the same mean.
+    """
+    half = milliseconds // 2
+    return random.randint(milliseconds - half, milliseconds + half)
 
 
 def plain_response(
@@ -144,6 +161,8 @@ class EventSource:
         was queued before its connection is cut.
     :param shutdown_retry: when the server shuts down (see :meth:`shutdown`),
         send ``retry: N`` before closing each stream, to spread reconnects.
+    :param refusal_retry: the ``retry:`` hint (ms, spread per stream as
+        :func:`spread_retry` does) of a soft refusal: see :meth:`refuse`.
     :param shutdown_signals: signals on which open streams are closed before
         the server's own handler runs (default ``SIGTERM``, which is how
         gunicorn stops a worker). Installed on the first request, in the main
@@ -172,6 +191,7 @@ class EventSource:
         write_timeout: float = 60.0,
         close_timeout: float = 2.0,
         shutdown_retry: int | None = None,
+        refusal_retry: int = 5000,
         shutdown_signals: Iterable[int] = (signal.SIGTERM,),
     ) -> None:
         if not callable(handler_cb):
@@ -190,6 +210,7 @@ class EventSource:
             preamble = encode_retry(retry) + preamble
         if shutdown_retry is not None:
             encode_retry(shutdown_retry)  # validates
+        encode_retry(refusal_retry)  # validates
         self.handler_cb = handler_cb
         self.keepalive = keepalive
         self.retry = retry
@@ -198,6 +219,7 @@ class EventSource:
         self.write_timeout = write_timeout
         self.close_timeout = close_timeout
         self.shutdown_retry = shutdown_retry
+        self.refusal_retry = refusal_retry
         self.shutdown_signals = tuple(shutdown_signals)
         self.headers = merge_headers(DEFAULT_HEADERS, headers)
         self._preamble = preamble
@@ -211,6 +233,8 @@ class EventSource:
         #: Streams cut because their client stopped reading (``max_pending``
         #: passed, or a write blocked past ``write_timeout``/``close_timeout``).
         self.dropped = 0
+        #: Streams refused softly, per reason (:data:`REFUSAL_REASONS`).
+        self.refused: Counter[str] = Counter(dict.fromkeys(REFUSAL_REASONS, 0))
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")
@@ -243,8 +267,11 @@ class EventSource:
             self._install_signal_handlers()
         if self._shutting_down:
             # Opened after shutdown began (the server still accepts for a
-            # moment): only the retry hint, then the end; no handler.
-            preamble = b"" if self.shutdown_retry is None else encode_retry(self.shutdown_retry)
+            # moment): a soft refusal, a spread retry hint, then the end; no
+            # handler.
+            self.refused["shutting_down"] += 1
+            retry = self.refusal_retry if self.shutdown_retry is None else self.shutdown_retry
+            preamble = _refusal_body(retry, "this server is shutting down; reconnect shortly")
         conn = Connection(environ, max_pending=self.max_pending, preamble=self._preamble + preamble)
         start_response("200 OK", list(self.headers))
         if self._shutting_down:
@@ -269,24 +296,53 @@ class EventSource:
         return frozenset(self._connections)
 
     @property
+    def shutting_down(self) -> bool:
+        """True once :meth:`shutdown` has begun: new streams are refused softly."""
+        return self._shutting_down
+
+    @property
     def connection_count(self) -> int:
         """How many streams are open right now (cheaper than ``len(connections)``)."""
         return len(self._connections)
 
     def close_all(self, retry: int | None = None) -> int:
-        """Close every open stream, after sending ``retry: N`` if given.
+        """Close every open stream, after sending a ``retry:`` hint if given.
 
-        Call it before stopping a server that does not end its handlers by
-        itself. Safe from any greenlet or thread. Returns how many streams were
-        asked to close.
+        The hint of each stream is drawn from ``[retry/2, 3*retry/2]``
+        (:func:`spread_retry`), so the clients do not all come back in the same
+        instant. Call it before stopping a server that does not end its
+        handlers by itself. Safe from any greenlet or thread. Returns how many
+        streams were asked to close.
+
+        .. versionchanged:: 0.1
+            The hint is spread per stream.
         """
-        hint = None if retry is None else encode_retry(retry)
+        if retry is not None:
+            encode_retry(retry)  # validates before anything is sent
         connections = list(self._connections)
         for conn in connections:
-            if hint is not None:
-                conn._enqueue(hint)
+            if retry is not None:
+                conn._enqueue(encode_retry(spread_retry(retry)))
             conn.close()
         return len(connections)
+
+    def refuse(self, start_response: StartResponse, reason: str, why: str) -> list[bytes]:
+        """Turn a stream request away *softly*, for a reason that will pass.
+
+        A browser's ``EventSource`` gives up for good on any answer that is not
+        ``200 text/event-stream`` (whatever ``Retry-After`` says), but
+        reconnects when such a stream ends. So the refusal is a ``200`` event
+        stream with this app's headers, a ``retry:`` hint spread around
+        :attr:`refusal_retry` (:func:`spread_retry`), a comment saying *why*,
+        and the end. Counted in :attr:`refused` under *reason*, one of
+        :data:`REFUSAL_REASONS`.
+        """
+        if reason not in self.refused:
+            raise ValueError(f"reason must be one of {', '.join(REFUSAL_REASONS)}, not {reason!r}")
+        self.refused[reason] += 1
+        body = _refusal_body(self.refusal_retry, why)
+        start_response("200 OK", [*self.headers, ("Content-Length", str(len(body)))])
+        return [body]
 
     def shutdown(self, retry: int | None = None) -> int:
         """Close every open stream (after ``retry: N`` if given) and end any
@@ -397,6 +453,10 @@ class EventSource:
             previous(signum, frame)
 
         return on_signal
+
+
+def _refusal_body(retry: int, why: str) -> bytes:
+    return encode_retry(spread_retry(retry)) + encode_comment(why)
 
 
 def _seconds(value: object) -> bool:
