@@ -299,3 +299,118 @@ def test_str_subclasses_are_checked_and_sent_as_their_characters() -> None:
 
     assert build_event(Color.RED).encoded == build_event({"data": Color.RED}).encoded == b"data: red\n\n"
     assert Event("x", event=Color.RED).encoded == b"event: red\ndata: x\n\n"
+
+
+# -- issue 8 (10): the public encoders check what they are given ----------------------
+
+
+class InjectingInt(int):
+    """An int whose text forms try to add a field of their own."""
+
+    def __str__(self) -> str:
+        return "1\ndata: injected"
+
+    def __repr__(self) -> str:
+        return "1\ndata: injected"
+
+    def __format__(self, spec: str) -> str:
+        return "1\ndata: injected"
+
+
+class NeverNegative(int):
+    """A negative int that claims not to be below zero."""
+
+    def __lt__(self, other: object) -> bool:
+        return False
+
+    def __int__(self) -> int:
+        return 5
+
+
+class InjectingText(str):
+    """A str whose methods try to smuggle in lines of their own."""
+
+    def replace(self, *args: object, **kwargs: object) -> str:
+        return "x\ndata: injected\n\nid: evil"
+
+    def __contains__(self, key: object) -> bool:
+        return False
+
+
+@pytest.mark.parametrize(
+    ("make", "field"),
+    [
+        pytest.param(lambda: encode_event("x", event="a\ndata: injected"), "event", id="lf-in-event"),
+        pytest.param(lambda: encode_event("x", event="a\rb"), "event", id="cr-in-event"),
+        pytest.param(lambda: encode_event("x", id="1\ndata: injected"), "id", id="lf-in-id"),
+        pytest.param(lambda: encode_event("x", id="1\r\n"), "id", id="crlf-in-id"),
+        pytest.param(lambda: encode_event("x", id="1\x002"), "id", id="nul-in-id"),
+        pytest.param(lambda: encode_event("x", id=1.5), "id", id="float-id"),  # type: ignore[arg-type]
+        pytest.param(lambda: encode_event("x", event=3), "event", id="int-event"),  # type: ignore[arg-type]
+        pytest.param(lambda: encode_event("x", retry=-1), "retry", id="negative-retry"),
+        pytest.param(lambda: encode_event("x", retry="10"), "retry", id="str-retry"),  # type: ignore[arg-type]
+        pytest.param(lambda: encode_event("x", retry=True), "retry", id="bool-retry"),
+        pytest.param(lambda: encode_event(42), "data", id="int-data"),  # type: ignore[arg-type]
+        pytest.param(lambda: encode_event(b"\xff"), "data", id="invalid-utf8-data"),
+        pytest.param(lambda: encode_event(None), "at least one", id="no-field"),
+        pytest.param(lambda: Event("x", retry=NeverNegative(-5)), "retry", id="event-retry-lt-override"),
+        pytest.param(lambda: encode_retry(NeverNegative(-5)), "retry", id="encode-retry-lt-override"),
+        pytest.param(lambda: build_event({"retry": NeverNegative(-5)}), "retry", id="dict-retry-lt-override"),
+        pytest.param(lambda: encode_data(42), "data", id="encode-data-int"),  # type: ignore[arg-type]
+        pytest.param(lambda: encode_data(b"x"), "data", id="encode-data-bytes"),  # type: ignore[arg-type]
+    ],
+)
+def test_encode_event_and_friends_refuse_what_event_refuses(make: object, field: str) -> None:
+    """Issue 8 (10): encode_event (public) trusted its arguments, so
+    ``encode_event("x", event="a\\ndata: injected")`` injected a field; an int
+    subclass could also pass the retry check with a negative value."""
+    assert callable(make)
+    with pytest.raises(InvalidEvent, match=re.escape(field)) as info:
+        make()
+    assert isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        pytest.param(lambda: Event("x", id=InjectingInt(1)).encoded, b"id: 1\ndata: x\n\n", id="event"),
+        pytest.param(
+            lambda: build_event({"id": InjectingInt(1), "data": "x"}).encoded, b"id: 1\ndata: x\n\n", id="dict"
+        ),
+        pytest.param(lambda: build_event("x", {"id": InjectingInt(1)}).encoded, b"id: 1\ndata: x\n\n", id="push-args"),
+        pytest.param(lambda: encode_id(InjectingInt(1)), b"id: 1\n\n", id="encode-id"),
+        pytest.param(lambda: encode_event("x", id=InjectingInt(1)), b"id: 1\ndata: x\n\n", id="encode-event"),
+        pytest.param(lambda: Event(None, retry=NeverNegative(7)).encoded, b"retry: 7\n\n", id="retry-value-not-int"),
+    ],
+)
+def test_an_int_subclass_is_sent_as_its_value(make: object, expected: bytes) -> None:
+    """Issue 8 (10): an int subclass id was sent as ``str(value)``, and its
+    ``__str__`` could return "1\\ndata: x": a field injected through the id."""
+    assert callable(make)
+    encoded = make()
+    assert encoded == expected
+    assert parse(encoded + b"\n").events in ([], [ParsedEvent("message", "x", "1")])
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        pytest.param(
+            lambda: encode_event("a\nb", event="tick", id=7, retry=10),
+            b"id: 7\nevent: tick\nretry: 10\ndata: a\ndata: b\n\n",
+            id="all-fields",
+        ),
+        pytest.param(lambda: encode_event(["a", b"b"]), b"data: a\ndata: b\n\n", id="sequence-data"),
+        pytest.param(lambda: encode_event(None, id="3"), b"id: 3\n\n", id="id-only"),
+        pytest.param(
+            lambda: encode_data(InjectingText("a\nb")), b"data: a\ndata: b\n\n", id="encode-data-str-subclass"
+        ),
+        pytest.param(lambda: encode_comment(InjectingText("a\nb")), b": a\n: b\n\n", id="comment-str-subclass"),
+        pytest.param(lambda: Event(InjectingText("a\rb")).encoded, b"data: a\ndata: b\n\n", id="event-str-subclass"),
+    ],
+)
+def test_valid_input_to_the_public_encoders(make: object, expected: bytes) -> None:
+    """Issue 8 (10): what the checking encoders accept, and str subclasses
+    (whose replace() could inject lines) sent as their characters."""
+    assert callable(make)
+    assert make() == expected

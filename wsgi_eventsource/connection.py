@@ -22,7 +22,7 @@ import gevent
 from gevent._hub_local import get_hub_if_exists
 from gevent.monkey import get_original
 
-from .encoding import Message, build_event, encode_comment, encode_data
+from .encoding import Message, _encode_data, build_event, encode_comment
 from .errors import ConnectionClosed
 
 if TYPE_CHECKING:
@@ -192,7 +192,7 @@ class Connection:
         if self._closed:
             raise ConnectionClosed(f"{self!r} is closed")
         if len(messages) == 1 and type(messages[0]) is str:
-            data = encode_data(messages[0])
+            data = _encode_data(messages[0])
         else:
             data = build_event(*messages).encoded
         self._enqueue(data)

@@ -97,7 +97,9 @@ def normalize_data(data: object, field: str = "data") -> str | None:
 
 def _single_line(value: object, field: str) -> str:
     if isinstance(value, int) and not isinstance(value, bool) and field == "id":
-        return str(value)
+        # The digits of the value itself: an int subclass's __str__ or
+        # __repr__ could return "1\ndata: injected".
+        return int.__repr__(value)
     if not isinstance(value, str):
         allowed = "str or int" if field == "id" else "str"
         raise InvalidEvent(f"{field} must be {allowed}, not {type(value).__name__}")
@@ -112,9 +114,12 @@ def _single_line(value: object, field: str) -> str:
 
 
 def _retry(value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise InvalidEvent(f"retry must be a non-negative int (milliseconds), not {value!r}")
-    return int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        # The plain value: an int subclass may override __lt__ or __int__.
+        milliseconds = int.__int__(value)
+        if milliseconds >= 0:
+            return milliseconds
+    raise InvalidEvent(f"retry must be a non-negative int (milliseconds), not {value!r}")
 
 
 def _utf8(text: str, field: str) -> bytes:
@@ -135,8 +140,18 @@ def _data_lines(text: str) -> str:
 def encode_data(text: str) -> bytes:
     """Encode an event that carries only *text* as its data.
 
-    The fast path of :meth:`Connection.push` with a single string.
+    :raises InvalidEvent: *text* is not a ``str`` or not encodable as UTF-8.
     """
+    if type(text) is not str:
+        if not isinstance(text, str):
+            raise InvalidEvent(f"data must be str, not {type(text).__name__}")
+        # The characters themselves: a subclass may override replace() or __contains__.
+        text = str.__str__(text)
+    return _encode_data(text)
+
+
+def _encode_data(text: str) -> bytes:
+    # The fast path of Connection.push with one plain str (checked there).
     return _utf8(_data_lines(text) + "\n", "data")
 
 
@@ -183,7 +198,7 @@ class Event:
         object.__setattr__(self, "event", name)
         object.__setattr__(self, "id", ident)
         object.__setattr__(self, "retry", delay)
-        object.__setattr__(self, "encoded", encode_event(text, event=name, id=ident, retry=delay))
+        object.__setattr__(self, "encoded", _encode_fields(text, name, ident, delay))
 
 
 #: What :meth:`Connection.push` takes: text or bytes (data lines), a mapping
@@ -192,13 +207,27 @@ Message = str | bytes | Mapping[str, object] | Event
 
 
 def encode_event(
-    data: str | None,
+    data: Data,
     *,
     event: str | None = None,
-    id: str | None = None,
+    id: str | int | None = None,
     retry: int | None = None,
 ) -> bytes:
-    """Encode already validated fields; most callers want :class:`Event`."""
+    """Encode one event: ``Event(data, event=event, id=id, retry=retry).encoded``.
+
+    Takes and checks its arguments exactly as :class:`Event` does.
+
+    :raises InvalidEvent: a field cannot be sent as given; the message names it.
+
+    .. versionchanged:: 0.1
+        Validates its arguments (it trusted them, so a CR or LF in ``event``
+        or ``id`` injected fields of its own).
+    """
+    return Event(data, event=event, id=id, retry=retry).encoded
+
+
+def _encode_fields(data: str | None, event: str | None, id: str | None, retry: int | None) -> bytes:
+    # Fields Event has already checked.
     parts = []
     if id is not None:
         parts.append(_utf8(f"id: {id}\n", "id"))
@@ -219,6 +248,7 @@ def encode_comment(text: str = "") -> bytes:
     """
     if not isinstance(text, str):
         raise InvalidEvent(f"comment must be str, not {type(text).__name__}")
+    text = str.__str__(text)  # a subclass may override replace() or __contains__
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
     return _utf8(": " + text.replace("\n", "\n: ") + "\n\n", "comment")
