@@ -16,7 +16,7 @@ from wsgiref.util import is_hop_by_hop
 import gevent
 from gevent import GreenletExit
 
-from .connection import Connection
+from .connection import PIECE_SIZE, Connection
 from .encoding import encode_comment, encode_retry
 from .errors import ConnectionClosed
 from .stream import Stream
@@ -151,14 +151,22 @@ class EventSource:
     :param authorize: ``authorize(environ) -> bool``; ``False`` answers ``403``
         and the handler is never called.
     :param max_pending: bytes of unsent output a connection may hold before
-        its client is treated as not reading and disconnected. Events fanned
-        out to many connections are shared, not copied, so this bounds queue
-        length more than memory.
-    :param write_timeout: seconds one write to the client may block before the
-        client is taken as gone and its connection is cut (a client that
-        stopped reading, even with nothing more pushed to it).
-    :param close_timeout: seconds a closed stream may take to write out what
-        was queued before its connection is cut.
+        its client is treated as not reading and disconnected: what is pushed
+        while the server is still writing what was queued before (a burst
+        pushed while the stream is idle is written next, whatever its size).
+        Pushes from other threads are charged alike, when the stream's hub
+        takes them over. Events fanned out to many connections are shared,
+        not copied, so this bounds queue length more than memory.
+    :param write_timeout: seconds without progress after which the client is
+        taken as gone and its connection is cut: one piece of at most
+        :data:`~wsgi_eventsource.connection.PIECE_SIZE` (64 KiB) not written
+        in that time (a client that stopped reading, even with nothing more
+        pushed to it). A slow client that keeps reading is not cut, however
+        long a big event or replay takes it.
+    :param close_timeout: the same, for a stream that is closed (by
+        :meth:`Connection.close`, :meth:`close_all` or :meth:`shutdown`) and
+        still writing out what was queued: seconds without progress before its
+        connection is cut.
     :param shutdown_retry: when the server shuts down (see :meth:`shutdown`),
         send ``retry: N`` before closing each stream, to spread reconnects.
     :param refusal_retry: the ``retry:`` hint (ms, spread per stream as
@@ -173,6 +181,10 @@ class EventSource:
     preflight from the configured ``Access-Control-Allow-*`` headers.
 
     .. versionadded:: 0.1
+
+    .. versionchanged:: 0.1
+        ``write_timeout`` and ``close_timeout`` measure time without progress
+        (one piece not written), not the time of a whole write.
     """
 
     #: Data sent first on every stream, so headers reach the client at once
@@ -357,9 +369,10 @@ class EventSource:
 
     def _start_sweeper(self, hub: Any) -> None:
         # One periodic timer per app, not one per stream or per wait. It sends
-        # keepalives to idle streams, and cuts connections whose last write
-        # has been blocked too long (the client stopped reading) so that
-        # close(), close_all() and shutdown always finish.
+        # keepalives to idle streams, and cuts connections whose current write
+        # (one piece, at most PIECE_SIZE bytes) has been blocked too long: the
+        # client stopped reading. So close(), close_all() and shutdown always
+        # finish.
         interval = 1.0 if self.keepalive is None else min(1.0, self.keepalive / 2)
         self._sweep_hub = hub
         self._sweeper = hub.loop.timer(interval, interval)
@@ -379,7 +392,12 @@ class EventSource:
             if started and not conn._finished:
                 limit = self.close_timeout if conn._closed else self.write_timeout
                 if now - started > limit:
-                    logger.warning("%r: a write has been blocked for %.1fs; disconnecting", conn, now - started)
+                    logger.warning(
+                        "%r: no progress for %.1fs (a write of at most %d bytes blocked); disconnecting",
+                        conn,
+                        now - started,
+                        PIECE_SIZE,
+                    )
                     conn._abort()
 
     def _forget(self, conn: Connection) -> None:

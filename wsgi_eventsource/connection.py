@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
     from .app import EventSource
 
-__all__ = ["Connection"]
+__all__ = ["PIECE_SIZE", "Connection"]
 
 logger = logging.getLogger("wsgi_eventsource")
 
@@ -43,6 +43,11 @@ _thread_ident: Callable[[], int] = get_original("_thread", "get_ident")
 _main_thread_ident = _thread_ident()  # this module is imported in the main thread
 #: What a waiting reader is switched back with when a keepalive is due.
 _KEEPALIVE_DUE = object()
+#: The most bytes handed to the server in one item. A big event (or a replay
+#: of many) is written in pieces, so that ``write_timeout`` measures time
+#: without progress (one piece not written), not the time a slow but steady
+#: reader takes to read all of it.
+PIECE_SIZE = 64 * 1024
 _allocate_lock: Callable[[], Lock] = get_original("_thread", "allocate_lock")
 
 
@@ -111,7 +116,7 @@ class Connection:
         "_owner",
         "_reader",
         "_remote",
-        "_remote_size",
+        "_rest",
         "_since",
         "_size",
         "_swept",
@@ -160,7 +165,8 @@ class Connection:
         self._handler: gevent.Greenlet[Any, Any] | None = None
         self._reader: Any = None
         self._remote: list[bytes] | None = None  # pushed from other threads, not yet queued
-        self._remote_size = 0
+        # What is left of the batch the server is writing, in pieces (_take).
+        self._rest: memoryview | None = None
         # Loop time the reader started waiting (if _waiting), or the server
         # started writing our last chunk (if not); 0 between the two.
         self._since = 0.0
@@ -280,7 +286,13 @@ class Connection:
 
     def _enqueue_remote(self, data: bytes) -> bool:
         # From another OS thread: hand the bytes over in order through a list
-        # that the hub drains; one callback per batch.
+        # that the hub drains; one callback per batch. They are charged to
+        # max_pending there, by _append, exactly as a push made in the hub at
+        # that moment: this thread cannot tell a reader that waits (a burst
+        # is then written next, as from the hub) from one blocked in a write,
+        # since the reader changes state between any two of its bytecodes.
+        # Memory stays bounded: while the reader is blocked the hub is free,
+        # drains at its next turn and cuts a client that is not reading.
         with _remote_lock:
             if self._finished:
                 return False
@@ -291,17 +303,6 @@ class Connection:
             if remote is None:
                 remote = self._remote = []
             remote.append(data)
-            self._remote_size += len(data)
-            overflow = self._remote_size > self._max_pending
-            if overflow:
-                # The hub is not draining (it is busy, or the server blocks in
-                # a write): bound the memory now, in this thread.
-                self._remote = None
-                self._remote_size = 0
-                self._closed = True
-        if overflow:
-            self._call_in_hub(self._overflow)
-            return False
         if first:
             return self._call_in_hub(self._drain_remote)
         return True
@@ -309,7 +310,6 @@ class Connection:
     def _drain_remote(self) -> None:
         with _remote_lock:
             remote, self._remote = self._remote, None
-            self._remote_size = 0
         if remote and not self._finished:
             # Pushed before any close(): written even if closed since.
             for data in remote:
@@ -355,6 +355,9 @@ class Connection:
         self._closed = True
         self._chunks = []
         self._size = 0
+        self._rest = None
+        with _remote_lock:
+            self._remote = None  # pushed from threads before the cut: dropped too
         reader = self._reader
         if self._waiting or reader is None:
             self._wake()
@@ -366,10 +369,30 @@ class Connection:
             reader.kill(block=False)
 
     def _take(self) -> bytes:
+        """The next item for the server: what is queued, coalesced, at most
+        :data:`PIECE_SIZE` bytes of it at a time.
+
+        Everything queued is taken at once as one batch (pushes made while it
+        is written count against ``max_pending``, the batch does not), and a
+        batch larger than a piece is handed out through a memoryview, one
+        copied piece per call (WSGI items must be ``bytes``): O(n) in all.
+        """
+        rest = self._rest
+        if rest is not None:
+            if len(rest) > PIECE_SIZE:
+                self._rest = rest[PIECE_SIZE:]
+                return bytes(rest[:PIECE_SIZE])
+            self._rest = None
+            return bytes(rest)
         chunks = self._chunks
         self._chunks = []
         self._size = 0
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        if len(data) <= PIECE_SIZE:
+            return data
+        rest = memoryview(data)
+        self._rest = rest[PIECE_SIZE:]
+        return bytes(rest[:PIECE_SIZE])
 
     def _finish(self) -> None:
         """The server is done with the stream: release everything, run callbacks."""
@@ -379,6 +402,7 @@ class Connection:
         self._finished = True
         self._chunks = []
         self._size = 0
+        self._rest = None
         self._reader = None
         if self._owner is not None:
             self._owner._forget(self)

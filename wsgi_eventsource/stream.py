@@ -52,8 +52,10 @@ class Stream:
             conn._reader = getcurrent()
         hub = conn._hub
         while True:
-            if conn._chunks:
-                conn._since = hub.loop.now()  # a write starts
+            if conn._chunks or conn._rest is not None:
+                # A write starts: the sweeper's write_timeout runs from here,
+                # for this piece of at most PIECE_SIZE bytes.
+                conn._since = hub.loop.now()
                 return conn._take()
             if conn._closed and not conn._remote:
                 raise StopIteration
