@@ -253,3 +253,36 @@ def test_a_replay_preamble_is_written_in_bounded_pieces(size: int) -> None:
     response.close()
     assert all(type(p) is bytes and len(p) <= PIECE_SIZE for p in pieces)
     assert b"".join(pieces) == b": ok\n\n" + preamble
+
+
+# -- the sweeper times only the streams of its own hub --------------------------------
+
+
+def test_the_sweeper_does_not_cut_a_slow_reader_of_another_threads_hub(serve: Serve) -> None:
+    """Regression (sweeper): the app's sweeper, in the hub of its first
+    stream's thread, also timed the streams of werkzeug's request threads, by
+    their loop's clock, which does not advance while that thread blocks in a
+    write: a client reading a 20 MB event steadily there was cut after about
+    write_timeout, from the wrong thread (its queue dropped under it). A
+    stream of another thread's hub is not the sweeper's to time or cut."""
+    from tests.test_server_werkzeug import Handler, threaded_server
+
+    size = 20 * 1024 * 1024
+    handler = Handler()
+    app = EventSource(handler, keepalive=30, write_timeout=1.0, max_pending=64 * 1024 * 1024)
+    here = StreamClient(serve(app).server_port, "/here")  # starts the sweeper in this hub
+    here.events(1)
+    with threaded_server(app) as server:
+        client = StreamClient(server.server_port, "/there")
+        client.events(1)
+        (conn,) = [c for c in handler.connections if c.environ["PATH_INFO"] == "/there"]
+        assert not conn._swept
+        client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        already = client._buf
+        conn.push("z" * size)
+        conn.close()
+        received = _paced_read(client.sock, 4e6, b"0\r\n\r\n", 30)
+        events = parse(bytes(client.raw) + _dechunk(already + bytes(received))).events
+        assert [len(e.data) for e in events] == [5, size]
+        assert app.dropped == 0
+        assert [c.environ["PATH_INFO"] for c in app.connections] == ["/here"]

@@ -162,7 +162,10 @@ class EventSource:
         :data:`~wsgi_eventsource.connection.PIECE_SIZE` (64 KiB) not written
         in that time (a client that stopped reading, even with nothing more
         pushed to it). A slow client that keeps reading is not cut, however
-        long a big event or replay takes it.
+        long a big event or replay takes it. Applies to streams served from a
+        gevent hub (gunicorn ``-k gevent``, ``gevent.pywsgi``); a
+        thread-per-request server (werkzeug's) blocks its OS thread in the
+        write, out of reach.
     :param close_timeout: the same, for a stream that is closed (by
         :meth:`Connection.close`, :meth:`close_all` or :meth:`shutdown`) and
         still writing out what was queued: seconds without progress before its
@@ -384,8 +387,15 @@ class EventSource:
         # Idle at least this long at a sweep: due now, or before the next sweep.
         due = None if self.keepalive is None else self.keepalive - interval
         for conn in list(self._connections):
+            if not conn._swept:
+                # A stream of another thread's hub (a thread-per-request
+                # server): it keeps its own time (its loop's clock stands
+                # still while that thread blocks in a write), its writes block
+                # an OS thread out of reach from here, and its state belongs
+                # to that thread. Not this sweeper's to time or cut.
+                continue
             if conn._waiting:
-                if due is not None and conn._swept and now - conn._since >= due:
+                if due is not None and now - conn._since >= due:
                     conn._keepalive_now()
                 continue
             started = conn._since
