@@ -286,3 +286,24 @@ def test_the_sweeper_does_not_cut_a_slow_reader_of_another_threads_hub(serve: Se
         assert [len(e.data) for e in events] == [5, size]
         assert app.dropped == 0
         assert [c.environ["PATH_INFO"] for c in app.connections] == ["/here"]
+
+
+def test_a_slow_steady_reader_gets_a_long_replay_under_a_1s_write_timeout(serve: Serve) -> None:
+    """Issue 8 (9): a replay preamble (here 12 MB of history) went out as one
+    write, so write_timeout cut a client reading it steadily at a few MB/s."""
+    from wsgi_eventsource import MemoryBroker
+
+    broker = MemoryBroker(history=200)
+    first = broker.publish("room", "start")
+    for i in range(120):
+        broker.publish("room", f"{i:03d}" + "h" * 100_000)
+    app = broker.subscriber_app(keepalive=30, write_timeout=1.0)
+    client = StreamClient(serve(app).server_port, "/room", headers={"Last-Event-ID": first})
+    client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    last = broker.publish("room", "end")
+    started = time.monotonic()
+    received = _paced_read(client.sock, 4e6, f"id: {last}\ndata: end\n\n".encode() + b"\r\n", 30)
+    assert time.monotonic() - started > 2.0
+    events = parse(_dechunk(client._buf + bytes(received) + b"0\r\n\r\n")).events
+    assert [e.data[:3] for e in events] == [f"{i:03d}" for i in range(120)] + ["end"]
+    assert app.source.dropped == 0
