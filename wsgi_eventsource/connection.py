@@ -7,7 +7,11 @@ Threads: all state belongs to the gevent hub of the thread that accepted the
 request (under gunicorn and ``gevent.pywsgi`` that is the only thread). A call
 from another OS thread is handed to that hub with
 ``loop.run_callback_threadsafe``, so nothing here needs a lock and pushes from
-one thread keep their order.
+one thread keep their order. Such pushes count against ``max_pending`` when the
+hub takes them over, exactly as pushes made there at that moment.
+
+The server is handed pieces of at most :data:`PIECE_SIZE` bytes, so that the
+app's ``write_timeout`` is a time without progress.
 """
 
 from __future__ import annotations
@@ -168,7 +172,7 @@ class Connection:
         # What is left of the batch the server is writing, in pieces (_take).
         self._rest: memoryview | None = None
         # Loop time the reader started waiting (if _waiting), or the server
-        # started writing our last chunk (if not); 0 between the two.
+        # started writing our last piece (if not); 0 between the two.
         self._since = 0.0
         self._owner: EventSource | None = None  # the app that counts this stream
 

@@ -226,11 +226,11 @@ def encode_event(
     return Event(data, event=event, id=id, retry=retry).encoded
 
 
-def _encode_fields(data: str | None, event: str | None, id: str | None, retry: int | None) -> bytes:
+def _encode_fields(data: str | None, event: str | None, ident: str | None, retry: int | None) -> bytes:
     # Fields Event has already checked.
     parts = []
-    if id is not None:
-        parts.append(_utf8(f"id: {id}\n", "id"))
+    if ident is not None:
+        parts.append(_utf8(f"id: {ident}\n", "id"))
     if event is not None:
         parts.append(_utf8(f"event: {event}\n", "event"))
     if retry is not None:
