@@ -596,9 +596,12 @@ def test_memory_broker_warns_when_used_by_a_multiprocess_server(caplog: pytest.L
     assert "RedisBroker" in caplog.text
 
 
-def test_memory_broker_warns_when_used_after_fork(tmp_path: Any) -> None:
+def test_memory_broker_does_not_warn_after_a_fork_alone(tmp_path: Any) -> None:
+    """Issue 8 (10): MemoryBroker warned in any forked process, so gunicorn
+    --preload with one worker warned falsely; a fork alone is no reason (see
+    test_faults_hub for the real gunicorn --preload -w 1)."""
     broker = MemoryBroker()
-    broker.publish("before", "x")  # used in the parent: no warning
+    broker.publish("before", "x")
     log_file = tmp_path / "child.log"
     pid = os.fork()
     if pid == 0:  # the child: publish, and write what was logged
@@ -611,9 +614,7 @@ def test_memory_broker_warns_when_used_after_fork(tmp_path: Any) -> None:
             os._exit(0)
     _, status = os.waitpid(pid, 0)
     assert status == 0
-    text = log_file.read_text()
-    assert "forked process" in text
-    assert "RedisBroker" in text
+    assert log_file.read_text() == ""
 
 
 def test_memory_broker_options_are_validated() -> None:

@@ -25,6 +25,26 @@ DEFAULT_WORKER_CONNECTIONS = 10_000
 _ENV = "WSGI_EVENTSOURCE_"
 
 
+def connection_reserve(worker_connections: int) -> int:
+    """Worker slots kept free of streams when ``--max-connections`` is not given.
+
+    Every open stream holds one of gunicorn's ``worker_connections`` slots for
+    its whole life; were streams allowed to take them all, publishes,
+    ``/healthz`` and ``/stats`` would wait for a free slot (hang). The reserve
+    also carries the clients refused softly over the cap: each keeps its slot
+    for gunicorn's keepalive (2 s) after its short answer, so 10 % of 10,000
+    slots absorb about 500 refusals a second besides publishes and health
+    checks (and their spread ``retry:`` of about 5 s keeps them apart).
+    """
+    return max(20, worker_connections // 10)
+
+
+def default_max_connections(worker_connections: int) -> int:
+    """The streams a worker serves when ``--max-connections`` is not given:
+    its worker connections less :func:`connection_reserve` (at least 1)."""
+    return max(1, worker_connections - connection_reserve(worker_connections))
+
+
 def _whole_number(low: int, high: int | None, what: str) -> Callable[[str], int]:
     def convert(text: str) -> int:
         try:
@@ -68,6 +88,15 @@ def _redis_url(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc).removeprefix("url ")) from None
 
 
+def _allowed_host(text: str) -> str:
+    from .hub import check_allowed_host
+
+    try:
+        return check_allowed_host(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("allowed_hosts: ")) from None
+
+
 def _origin(text: str) -> str:
     from .hub import check_origin
 
@@ -81,11 +110,20 @@ class _Default:
     """An option's default while parsing, so that an option not given on the
     command line can be told apart and taken from the environment instead."""
 
-    def __init__(self, value: Any) -> None:
+    def __init__(self, value: Any, shown: str | None = None) -> None:
         self.value = value
+        self.shown = shown
 
     def __str__(self) -> str:  # what --help shows
-        return str(self.value)
+        return str(self.value) if self.shown is None else self.shown
+
+
+class _Append(argparse.Action):
+    """A repeatable option: each use adds one value (the default is dropped)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, *_: Any) -> None:
+        items = getattr(namespace, self.dest, None)
+        setattr(namespace, self.dest, [*([] if isinstance(items, _Default) else items or []), values])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,8 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
 
-    def option(name: str, kind: Callable[[str], Any], default: Any, help: str, **extra: Any) -> None:
-        serve.add_argument(f"--{name}", type=kind, default=_Default(default), help=help, **extra)
+    def option(
+        name: str, kind: Callable[[str], Any], default: Any, help: str, shown: str | None = None, **extra: Any
+    ) -> None:
+        serve.add_argument(f"--{name}", type=kind, default=_Default(default, shown), help=help, **extra)
 
     option("host", str, "127.0.0.1", "address to listen on (0.0.0.0 for every interface)")
     option("port", _port, 8000, "port to listen on")
@@ -131,7 +171,35 @@ def build_parser() -> argparse.ArgumentParser:
         "require 'Authorization: Bearer TOKEN' to publish; without it publishing is allowed from this machine only",
     )
     option("cors-origin", _origin, None, "origin allowed to subscribe and publish from another site ('*' for any)")
-    option("max-connections", _positive_int, None, "streams per worker beyond which the hub answers 503")
+    option(
+        "allowed-host",
+        _allowed_host,
+        [],
+        "without --publish-token, a host name (besides loopback names) requests may be addressed to, such as "
+        "events.example.org, .example.org (and every name below) or '*' for any; repeat it for several. Other "
+        "Host headers get 403 (DNS rebinding). Behind a proxy that passes the public name on, give that name. "
+        "From the environment: names separated by commas",
+        shown="none",
+        action=_Append,
+        dest="allowed_hosts",
+    )
+    option(
+        "max-connections",
+        _positive_int,
+        None,
+        "streams per worker; a stream over it is refused softly (a short 200 stream with a retry hint, so "
+        "browsers come back by themselves). Must be below --worker-connections. Default: --worker-connections "
+        "less a reserve of max(20, worker-connections/10), kept for publishes, /healthz, /stats and refused "
+        "clients (each holds a slot for gunicorn's 2 s keepalive after its answer)",
+        shown=f"{default_max_connections(DEFAULT_WORKER_CONNECTIONS)} with the default --worker-connections",
+    )
+    option(
+        "top-channels",
+        _whole_number(0, None, "a whole number (0 or more)"),
+        10,
+        "channels /stats and /metrics show one by one (those with the most subscribers); "
+        "/metrics also has a histogram of subscribers per channel over all of them",
+    )
     option("graceful-timeout", _positive_int, 30, "seconds gunicorn waits for a worker to stop")
     option("shutdown-retry", _milliseconds, 2000, "the retry hint (ms) streams get when a worker stops")
     option(
@@ -147,13 +215,17 @@ def _resolve_environment(parser: argparse.ArgumentParser, args: argparse.Namespa
         value = getattr(args, action.dest, None)
         if not isinstance(value, _Default):
             continue
-        variable = _ENV + action.dest.upper()
+        variable = _ENV + action.option_strings[0].removeprefix("--").replace("-", "_").upper()
         text = os.environ.get(variable)
         if text is None:
             setattr(args, action.dest, value.value)
             continue
+        convert = action.type if callable(action.type) else str
         try:
-            converted = action.type(text) if callable(action.type) else text
+            if isinstance(action, _Append):
+                converted: Any = [convert(item.strip()) for item in text.split(",") if item.strip()]
+            else:
+                converted = convert(text)
         except (argparse.ArgumentTypeError, ValueError) as exc:
             parser.error(f"{variable}={text!r}: {exc}")
         if action.choices is not None and converted not in action.choices:
@@ -164,10 +236,23 @@ def _resolve_environment(parser: argparse.ArgumentParser, args: argparse.Namespa
 def _raise_fd_limit(wanted: int) -> None:
     # Every stream is a socket: let the workers have the descriptors they need.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = hard if hard == resource.RLIM_INFINITY else min(hard, max(soft, wanted))
+    # Never ask for RLIM_INFINITY itself (an unlimited hard limit): macOS
+    # refuses a soft limit above OPEN_MAX with ValueError.
+    target = max(soft, wanted) if hard == resource.RLIM_INFINITY else min(hard, max(soft, wanted))
+    if soft == resource.RLIM_INFINITY:
+        return
     if target > soft:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    if target != resource.RLIM_INFINITY and target < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            print(
+                f"wsgi-eventsource: warning: could not raise the open-files limit from {soft} to {target} ({exc}); "
+                f"--worker-connections needs {wanted}, so a worker may refuse connections beyond {soft}. "
+                "Raise it (ulimit -n, LimitNOFILE= in systemd) or lower --worker-connections.",
+                file=sys.stderr,
+            )
+            return
+    if hard != resource.RLIM_INFINITY and target < wanted:
         print(
             f"wsgi-eventsource: warning: the open-files limit is {target} (hard limit), below the {wanted} "
             "that --worker-connections needs; a worker will refuse connections beyond it. "
@@ -199,6 +284,8 @@ def make_hub_factory(args: argparse.Namespace) -> Callable[[], Any]:
             cors_origin=args.cors_origin,
             max_connections=args.max_connections,
             shutdown_retry=args.shutdown_retry,
+            allowed_hosts=args.allowed_hosts,
+            top_channels=args.top_channels,
         )
 
     return factory
@@ -245,5 +332,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             parser.error(
                 "--workers > 1 needs --redis: memory channels live in one process, so subscribers "
                 "of one worker would never see events published in another"
+            )
+        if args.max_connections is None:
+            args.max_connections = default_max_connections(args.worker_connections)
+        elif args.max_connections >= args.worker_connections:
+            parser.error(
+                f"--max-connections {args.max_connections} must be below --worker-connections "
+                f"{args.worker_connections}: streams would take every slot, and publishes, /healthz and /stats "
+                f"would hang (the default leaves {connection_reserve(args.worker_connections)} free)"
             )
         serve(args)

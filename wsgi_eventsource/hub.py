@@ -6,21 +6,30 @@
     GET  /events/<channel>    subscribe (an event stream)
     POST /publish/<channel>   publish (see PublisherApp for the body formats)
     GET  /healthz             200 "ok", or 503 when the broker is unreachable
-    GET  /stats               JSON: connections, events, drops, uptime
+    GET  /stats               JSON: connections, events, drops, refusals, uptime
     GET  /metrics             the same as a Prometheus text exposition
 
 ``wsgi-eventsource serve`` runs it under gunicorn; :class:`Hub` is also a plain
 WSGI app that can be mounted anywhere.
+
+Who may do what: with a publish token, publishing, ``/stats`` and ``/metrics``
+need it (``Authorization: Bearer <token>``). Without one, they are for this
+machine only, and every request but ``/healthz`` must be addressed to a
+loopback name or to one of ``allowed_hosts``: otherwise a page whose own name
+was made to resolve to 127.0.0.1 (DNS rebinding) could read every channel.
+``/healthz`` tells nothing but "ok", so load balancers may ask it by any name.
 """
 
 from __future__ import annotations
 
+import heapq
 import hmac
 import ipaddress
 import json
 import os
+import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -46,6 +55,54 @@ def _is_loopback(address: str | None) -> bool:
 def _is_loopback_host(host: str) -> bool:
     name = urlsplit(f"//{host}").hostname or ""
     return name == "localhost" or name.endswith(".localhost") or _is_loopback(name)
+
+
+_HOST_NAME = re.compile(r"[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*")
+
+
+def check_allowed_host(name: str) -> str:
+    """*name*, lower-cased, if it is ``*``, a host name or ``.example.org`` (that
+    name and every name below it); otherwise ``ValueError`` saying why."""
+    if not isinstance(name, str):
+        raise ValueError(f"allowed_hosts: each must be a str, not {type(name).__name__}")
+    lowered = name.lower()
+    if lowered == "*":
+        return lowered
+    bare = lowered.removeprefix(".")
+    # A name as it appears in Host, without the port: labels, or an address.
+    if not (_HOST_NAME.fullmatch(bare) or (bare[:1] == "[" and bare[-1:] == "]" and _is_address(bare[1:-1]))):
+        raise ValueError(
+            f"allowed_hosts: {name!r} is not a host name (such as events.example.org, .example.org or *; "
+            "no scheme, port or path)"
+        )
+    return lowered
+
+
+def _is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _host_allowed(host: str, allowed: Sequence[str]) -> bool:
+    if "*" in allowed:
+        return True
+    try:
+        name = (urlsplit(f"//{host}").hostname or "").lower()
+    except ValueError:  # "[" without "]", and such
+        return False
+    if not name:
+        return False
+    bracketed = f"[{name}]" if ":" in name else name  # how an IPv6 address is written in Host
+    for pattern in allowed:
+        if pattern.startswith("."):
+            if name == pattern[1:] or name.endswith(pattern):
+                return True
+        elif pattern in (bracketed, name):
+            return True
+    return False
 
 
 def check_origin(origin: str) -> str:
@@ -80,16 +137,33 @@ class Hub:
         proxy (``X-Forwarded-For``, ``Forwarded``, ``X-Real-IP``), from a
         browser page of another site (``Origin``, ``Sec-Fetch-Site``), or with
         a ``Host`` that is not loopback (DNS rebinding). A refused publish
-        gets ``403`` with the reason.
+        gets ``403`` with the reason. ``/stats`` and ``/metrics`` follow the
+        same rule (they name the channels).
     :param cors_origin: if set, the origin (``https://example.org``, no path)
         allowed to subscribe and publish from a browser on another site. A
         specific origin is also allowed to send credentials
         (``withCredentials``); ``*`` never is.
     :param max_connections: streams this process serves at most; beyond it,
-        ``503`` with ``Retry-After``.
+        a stream request is refused softly (:meth:`EventSource.refuse`: a
+        ``200`` event stream with a spread ``retry:`` hint, then the end), so
+        that browsers come back by themselves.
     :param shutdown_retry: the ``retry:`` hint (ms) streams get when the
         server shuts down.
+    :param allowed_hosts: without a publish token, the host names (besides
+        loopback names) requests may be addressed to: ``"events.example.org"``,
+        ``".example.org"`` (it and every name below), or ``"*"`` for any. Any
+        other ``Host`` gets ``403`` with the reason (``/healthz`` excepted).
+        Behind a proxy that passes the public name on, list that name.
+    :param top_channels: ``/stats`` and ``/metrics`` show per-channel numbers
+        for at most this many channels (those with the most subscribers), so
+        that the number of series stays bounded; ``/metrics`` adds a
+        histogram of subscribers per channel over all of them.
+
+    .. versionadded:: 0.1
     """
+
+    #: Upper bounds of the buckets of the subscribers-per-channel histogram.
+    subscriber_buckets: tuple[float, ...] = (1, 2, 5, 10, 100, 1000, 10_000)
 
     def __init__(
         self,
@@ -100,9 +174,17 @@ class Hub:
         cors_origin: str | None = None,
         max_connections: int | None = None,
         shutdown_retry: int | None = 2000,
+        allowed_hosts: Iterable[str] = (),
+        top_channels: int = 10,
     ) -> None:
         if max_connections is not None and max_connections < 1:
             raise ValueError(f"max_connections must be positive, not {max_connections!r}")
+        if isinstance(allowed_hosts, str):
+            raise ValueError(f"allowed_hosts must be a list of host names, not the str {allowed_hosts!r}")
+        if not isinstance(top_channels, int) or isinstance(top_channels, bool) or top_channels < 0:
+            raise ValueError(f"top_channels must be an int, 0 or more, not {top_channels!r}")
+        self.allowed_hosts = tuple(check_allowed_host(name) for name in allowed_hosts)
+        self.top_channels = top_channels
         if publish_token is not None and not publish_token:
             raise ValueError("publish_token must not be empty")
         if cors_origin is not None:
@@ -112,7 +194,6 @@ class Hub:
         self.cors_origin = cors_origin
         self.max_connections = max_connections
         self.started = time.time()
-        self.refused = 0
         self.cors_headers: list[tuple[str, str]] = []
         if cors_origin:
             self.cors_headers.append(("Access-Control-Allow-Origin", cors_origin))
@@ -127,23 +208,32 @@ class Hub:
         self._page = resources.files(__package__).joinpath("static/demo.html").read_bytes()
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        if self.publish_token is None and environ.get("PATH_INFO") != "/healthz":
+            host = environ.get("HTTP_HOST", "")
+            if not (_is_loopback_host(host) or _host_allowed(host, self.allowed_hosts)):
+                return plain_response(
+                    start_response,
+                    "403 Forbidden",
+                    f"This hub has no publish token, so it answers only requests addressed to a loopback name "
+                    f"(localhost, 127.0.0.1, [::1]) or to a host it is told to allow: this request was addressed "
+                    f"to {host!r}, not to a loopback name. Name the hosts it is served as with --allowed-host "
+                    "(Hub(allowed_hosts=...)), or set a publish token (--publish-token)\n",
+                )
         return self._app(environ, start_response)
 
     # -- routes ------------------------------------------------------------------------
 
     def _subscribe(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        source = self.subscriber.source
         if (
             self.max_connections is not None
             and environ.get("REQUEST_METHOD") == "GET"
-            and self.subscriber.source.connection_count >= self.max_connections
+            and source.connection_count >= self.max_connections
         ):
-            self.refused += 1
-            return plain_response(
-                start_response,
-                "503 Service Unavailable",
-                f"This server holds its maximum of {self.max_connections} streams; try again later\n",
-                [("Retry-After", "5"), *self.cors_headers],
-            )
+            # Soft: a 503 would make a browser give up for good. The stream
+            # headers (and so the CORS headers) are the subscriber app's.
+            why = f"this server holds its maximum of {self.max_connections} streams; reconnect later"
+            return source.refuse(start_response, "over_max_connections", why)
         return self.subscriber(environ, start_response)
 
     def _publish(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
@@ -154,6 +244,11 @@ class Hub:
         if not self.cors_headers:
             return self.publisher(environ, start_response)
         if environ.get("REQUEST_METHOD") == "OPTIONS":
+            # Refused exactly when the POST it asks for would be: a preflight
+            # that allows a POST the hub then refuses misleads the page.
+            refusal = self._preflight_refusal(environ)
+            if refusal is not None:
+                return plain_response(start_response, "403 Forbidden", f"{refusal}\n")
             start_response(
                 "204 No Content",
                 [
@@ -170,13 +265,14 @@ class Hub:
 
         return self.publisher(environ, with_cors)
 
-    def _refusal(self, environ: WSGIEnvironment) -> str | None:
-        """Why this publish is refused, or None if it may go ahead."""
+    def _refusal(self, environ: WSGIEnvironment, what: str = "") -> str | None:
+        """Why this publish (or, with *what*, a request for that page) is
+        refused, or None if it may go ahead."""
         if self.publish_token is not None:
             given = environ.get("HTTP_AUTHORIZATION", "")
             scheme, _, token = given.partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
-                return "Publishing needs the header Authorization: Bearer <publish token>"
+                return f"{what or 'Publishing'} needs the header Authorization: Bearer <publish token>"
             # Constant time, so the token cannot be guessed byte by byte.
             if not hmac.compare_digest(token.strip().encode("latin-1"), self.publish_token.encode()):
                 return "The publish token is wrong"
@@ -184,10 +280,29 @@ class Hub:
         why = self._not_from_this_machine(environ, self.cors_origin)
         if why is None:
             return None
+        if what:
+            return (
+                f"This hub has no publish token, so it shows {what} only to this machine: {why}. "
+                f"Set a publish token (--publish-token) and send it to read {what} from elsewhere"
+            )
         return (
             f"This hub has no publish token, so it takes publishes only from this machine: {why}. "
             "Set a publish token (--publish-token) to publish from elsewhere"
         )
+
+    def _preflight_refusal(self, environ: WSGIEnvironment) -> str | None:
+        """Why the POST this CORS preflight asks for would be refused, or None."""
+        if self.publish_token is not None:
+            # A preflight never carries credentials: only whether the POST
+            # will send the Authorization header can be known.
+            requested = environ.get("HTTP_ACCESS_CONTROL_REQUEST_HEADERS", "")
+            if "authorization" not in (name.strip().lower() for name in requested.split(",")):
+                return (
+                    "Publishing needs the header Authorization: Bearer <publish token>, "
+                    "and this preflight does not ask to send it"
+                )
+            return None
+        return self._refusal(environ)
 
     @staticmethod
     def _not_from_this_machine(environ: WSGIEnvironment, cors_origin: str | None) -> str | None:
@@ -230,6 +345,11 @@ class Hub:
             if ping is not None and not ping():
                 return plain_response(start_response, "503 Service Unavailable", "broker unreachable\n")
             return plain_response(start_response, "200 OK", "ok\n")
+        if path in ("/stats", "/metrics"):
+            # They name channels: only for whoever may publish.
+            refusal = self._refusal(environ, path)
+            if refusal is not None:
+                return plain_response(start_response, "403 Forbidden", f"{refusal}\n")
         if path == "/stats":
             body = json.dumps(self.stats(), indent=2).encode()
             start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
@@ -240,24 +360,37 @@ class Hub:
 
     # -- statistics ------------------------------------------------------------------------
 
-    def stats(self) -> dict[str, Any]:
-        """This process's numbers (each gunicorn worker answers for itself)."""
+    def stats(self, counts: dict[str, int] | None = None) -> dict[str, Any]:
+        """This process's numbers (each gunicorn worker answers for itself).
+
+        ``connections.per_channel`` lists the :attr:`top_channels` channels
+        with the most subscribers; ``connections.channels`` counts them all.
+        ``refused`` counts the soft refusals of streams, per reason.
+        """
+        if counts is None:
+            counts = self.broker.channel_counts()
+        source = self.subscriber.source
         return {
             "pid": os.getpid(),
             "uptime_seconds": round(time.time() - self.started, 3),
             "connections": {
-                "total": self.subscriber.source.connection_count,
-                "per_channel": self.broker.channel_counts(),
+                "total": source.connection_count,
+                "channels": len(counts),
+                "per_channel": dict(self._top(counts)),
             },
             "events": {"published": self.broker.stats.published, "delivered": self.broker.stats.delivered},
-            "slow_clients_dropped": self.subscriber.source.dropped,
-            "refused_over_max_connections": self.refused,
+            "slow_clients_dropped": source.dropped,
+            "refused": dict(source.refused),
         }
+
+    def _top(self, counts: dict[str, int]) -> list[tuple[str, int]]:
+        # Most subscribers first, then by name, so that the list is stable.
+        return heapq.nsmallest(self.top_channels, counts.items(), key=lambda item: (-item[1], item[0]))
 
     def _metrics(self, start_response: StartResponse) -> Iterable[bytes]:
         try:
             from prometheus_client import CollectorRegistry, generate_latest
-            from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+            from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
         except ImportError:
             return plain_response(
                 start_response,
@@ -268,13 +401,17 @@ class Hub:
 
         class Collector:
             def collect(self) -> Iterable[Any]:
-                numbers = hub.stats()
+                counts = hub.broker.channel_counts()
+                numbers = hub.stats(counts)
                 connections = GaugeMetricFamily(
-                    "eventsource_connections", "Open event streams in this process, per channel", labels=["channel"]
+                    "eventsource_connections",
+                    f"Open event streams in this process, for the {hub.top_channels} channels with the most",
+                    labels=["channel"],
                 )
                 for channel, count in numbers["connections"]["per_channel"].items():
                     connections.add_metric([channel], count)
                 yield connections
+                yield hub._subscriber_histogram(HistogramMetricFamily, counts)
                 # Not "_total": that suffix is for counters.
                 yield GaugeMetricFamily(
                     "eventsource_connections_open",
@@ -290,11 +427,14 @@ class Hub:
                 yield CounterMetricFamily(
                     "eventsource_slow_clients_dropped", "Streams cut for not reading", numbers["slow_clients_dropped"]
                 )
-                yield CounterMetricFamily(
-                    "eventsource_refused_over_max_connections",
-                    "Subscribers answered 503 because the process held max_connections streams",
-                    numbers["refused_over_max_connections"],
+                refused = CounterMetricFamily(
+                    "eventsource_streams_refused",
+                    "Stream requests refused softly (a 200 stream with a retry hint, then the end), per reason",
+                    labels=["reason"],
                 )
+                for reason, count in numbers["refused"].items():
+                    refused.add_metric([reason], count)
+                yield refused
                 yield GaugeMetricFamily("eventsource_uptime_seconds", "Seconds since start", numbers["uptime_seconds"])
 
         registry = CollectorRegistry()
@@ -304,3 +444,19 @@ class Hub:
             "200 OK", [("Content-Type", "text/plain; version=0.0.4; charset=utf-8"), ("Content-Length", str(len(body)))]
         )
         return [body]
+
+    def _subscriber_histogram(self, family: Any, counts: dict[str, int]) -> Any:
+        """Channels by how many subscribers they have, over every channel."""
+        values = sorted(counts.values())
+        buckets, index = [], 0
+        for bound in self.subscriber_buckets:
+            while index < len(values) and values[index] <= bound:
+                index += 1
+            buckets.append((str(float(bound)), index))  # le="1.0", as client libraries write it
+        buckets.append(("+Inf", len(values)))
+        return family(
+            "eventsource_channel_subscribers",
+            "Channels with subscribers in this process, by how many subscribers they have",
+            buckets=buckets,
+            sum_value=sum(values),
+        )

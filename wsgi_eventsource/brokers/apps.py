@@ -45,16 +45,30 @@ Authorize = Callable[["WSGIEnvironment", str], bool]
 RETRY_AFTER = "2"
 
 
-_last_logged = [0.0]  # when _unavailable last logged (monotonic seconds)
+_last_logged = [0.0]  # when _log_unavailable last logged (monotonic seconds)
 
 
-def _unavailable(start_response: StartResponse, exc: BrokerUnavailable) -> list[bytes]:
+def _log_unavailable(exc: BrokerUnavailable) -> None:
     # The details (where the broker is) go to the log, not to the client; at
     # most every 10 s, since every client retries during an outage.
     now = time.monotonic()
     if now - _last_logged[0] >= 10:
         _last_logged[0] = now
-        logger.warning("answering 503 (and for 10 s, without logging it again): %s", exc)
+        logger.warning("broker unavailable (not logged again for 10 s): %s", exc)
+
+
+def _warn_if_multiprocess(broker: Broker, environ: WSGIEnvironment) -> None:
+    # Only a server that says it runs several processes: a fork alone (say
+    # gunicorn --preload with one worker) is not a reason to warn.
+    if environ.get("wsgi.multiprocess"):
+        warn = getattr(broker, "warn_multiprocess", None)
+        if warn is not None:
+            warn()
+
+
+def _unavailable(start_response: StartResponse, exc: BrokerUnavailable) -> list[bytes]:
+    """503 with ``Retry-After``: for publishes, whose clients are not EventSources."""
+    _log_unavailable(exc)
     return plain_response(
         start_response,
         "503 Service Unavailable",
@@ -86,12 +100,19 @@ class SubscriberApp:
     A client that sends ``Last-Event-ID`` (or ``?lastEventId=``) first gets what
     it missed, then live events; see :mod:`wsgi_eventsource.brokers.base`.
 
+    When the broker cannot be reached, or the server is shutting down, the
+    request is refused *softly* (:meth:`EventSource.refuse`): a ``200`` event
+    stream with a spread ``retry:`` hint and a comment, then the end, so that
+    the browser reconnects by itself (a ``503`` would make it give up).
+
     :param broker: the broker to subscribe to.
     :param authorize: ``authorize(environ, channel) -> bool``; ``False``
         answers ``403``. Without it every channel is open to everyone.
     :param headers: extra response headers, as for :class:`EventSource`.
     :param options: other :class:`EventSource` options (``keepalive``,
         ``retry``, ``max_pending``, ``shutdown_retry``, ...).
+
+    .. versionadded:: 0.1
     """
 
     def __init__(
@@ -118,19 +139,31 @@ class SubscriberApp:
             return channel
         if self.authorize is not None and not self.authorize(environ, channel):
             return plain_response(start_response, "403 Forbidden", "Forbidden\n")
-        if environ.get("wsgi.multiprocess"):
-            warn = getattr(self.broker, "warn_multiprocess", None)
-            if warn is not None:
-                warn()
+        _warn_if_multiprocess(self.broker, environ)
+        if self.source.shutting_down:
+            # Before subscribing: nothing to undo. open_stream ends the stream
+            # at once with the (spread) shutdown retry hint and counts it.
+            return self.source.open_stream(environ, start_response, None)
         try:
             # An empty id (a polyfill's "?lastEventId=") means "none yet".
             subscription, preamble = self.broker.subscribe(channel, last_event_id(environ) or None)
         except BrokerUnavailable as exc:
-            return _unavailable(start_response, exc)
-        stream = self.source.open_stream(environ, start_response, None, preamble=preamble)
-        conn = stream.connection
-        subscription.attach(conn)
-        conn.on_close(partial(self.broker.unsubscribe, subscription))
+            # A soft refusal: a browser gives up for good on a 503, but
+            # reconnects by itself when a 200 event stream ends.
+            _log_unavailable(exc)
+            return self.source.refuse(
+                start_response, "broker_unavailable", "the event broker cannot be reached; reconnect shortly"
+            )
+        try:
+            stream = self.source.open_stream(environ, start_response, None, preamble=preamble)
+            conn = stream.connection
+            subscription.attach(conn)
+            conn.on_close(partial(self.broker.unsubscribe, subscription))
+        except BaseException:
+            # start_response (or anything before the stream is handed over)
+            # raised: no stream will ever close this subscription.
+            self.broker.unsubscribe(subscription)
+            raise
         return stream
 
     def close_all(self, retry: int | None = None) -> int:
@@ -189,6 +222,7 @@ class PublisherApp:
             return channel
         if self.authorize is not None and not self.authorize(environ, channel):
             return plain_response(start_response, "403 Forbidden", "Forbidden\n")
+        _warn_if_multiprocess(self.broker, environ)
         body = self._read_body(environ)
         if body is None:
             return plain_response(
@@ -255,6 +289,10 @@ class PublisherApp:
                 document = json.loads(_utf8(body, "body"))
             except json.JSONDecodeError as exc:
                 raise ValueError(f"the body is not valid JSON: {exc}") from None
+            except RecursionError:
+                # json's decoder recurses once per level: "[[[[..." deep
+                # enough exhausts the stack. No valid body nests at all.
+                raise ValueError("the JSON body is nested too deeply (a valid body is one flat object)") from None
             if not isinstance(document, dict):
                 raise ValueError('the JSON body must be an object: {"data": ..., "event": ..., "retry": ...}')
             unknown = sorted(set(document) - {"data", "event", "retry"})

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
+import weakref
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+
+from gevent.monkey import get_original
 
 from ..connection import os_lock, thread_hub
 from ..encoding import Data
@@ -24,11 +28,18 @@ from .base import (
 from .base import validate_channel as _validate_channel
 
 if TYPE_CHECKING:
-    pass
+    from _thread import LockType as Lock
 
 __all__ = ["MemoryBroker"]
 
 logger = logging.getLogger("wsgi_eventsource")
+
+# The sweeper is a real OS thread even under monkey-patching: it must run
+# when nothing else happens (no request, no greenlet switch) after a burst.
+_start_thread: Callable[..., int] = get_original("_thread", "start_new_thread")
+_allocate_lock: Callable[[], Lock] = get_original("_thread", "allocate_lock")
+#: The sweeper never wakes more often than this (seconds).
+MIN_SWEEP_INTERVAL = 0.25
 
 
 @dataclass
@@ -49,11 +60,19 @@ class MemoryBroker(Broker):
 
     :param history: events kept per channel for ``Last-Event-ID`` replay.
     :param max_age: if set, events older than this many seconds are not
-        replayed (and are dropped at the next publish).
+        replayed. A background thread then sweeps every ``max_age / 2``
+        seconds (at least :data:`MIN_SWEEP_INTERVAL`): it drops expired
+        events, and frees a channel with no subscribers and nothing left to
+        replay, so short-lived channels cost nothing once they expire. A
+        channel with subscribers is never freed (they keep its last id). A
+        freed channel's last id is remembered for another ``max_age`` (a name
+        and a number), so a client that saw its last event and reconnects
+        meanwhile is not sent a ``stream-reset`` for nothing; after that it
+        is. Without ``max_age`` a channel's history is kept for good.
 
     Only subscribers in this same process receive events. Under several
-    gunicorn workers use :class:`RedisBroker`; a ``MemoryBroker`` used in a
-    process that was forked, or by a multi-process server, logs a warning.
+    gunicorn workers use :class:`RedisBroker`; a ``MemoryBroker`` used by a
+    multi-process server (``wsgi.multiprocess``) logs a warning.
 
     .. versionadded:: 0.1
     """
@@ -70,26 +89,21 @@ class MemoryBroker(Broker):
         # this one's history.
         self._start_key = (now_ms(), 0)
         self._pid = os.getpid()
+        # Freed channels: name -> (last key, when freed in ms), oldest first.
+        self._tombstones: dict[str, tuple[tuple[int, int], int]] = {}
         # Events waiting to be fanned out, in id order, and whether a
         # publisher is delivering them: see publish().
         self._outbox: list[tuple[list[Subscription], tuple[int, int], bytes]] = []
         self._delivering = False
         self._warned = False
+        # The sweeper thread's pid (a forked child has no thread: it starts
+        # its own) and the lock whose release tells it to stop.
+        self._sweeper_pid: int | None = None
+        self._stop_sweeping: Lock | None = None
         self.stats = BrokerStats()
 
     def __repr__(self) -> str:
         return f"<MemoryBroker history={self.history} channels={len(self._channels)}>"
-
-    def _check_process(self) -> None:
-        if not self._warned and os.getpid() != self._pid:
-            self._warned = True
-            logger.warning(
-                "MemoryBroker was created in process %d and is used in forked process %d: each "
-                "worker has its own channels, so subscribers connected to another worker miss "
-                "events published here. Use RedisBroker with several workers.",
-                self._pid,
-                os.getpid(),
-            )
 
     def warn_multiprocess(self) -> None:
         """Log (once) that a multi-process server is using this broker."""
@@ -101,10 +115,76 @@ class MemoryBroker(Broker):
                 "Use RedisBroker with several workers."
             )
 
+    @property
+    def channel_count(self) -> int:
+        """How many channels this broker holds (with subscribers or history)."""
+        return len(self._channels)
+
+    def _ensure_sweeper(self) -> None:
+        # Lazily, on the first publish: a broker that is never published to
+        # (or has no max_age) starts no thread. Again in a forked child.
+        pid = os.getpid()
+        if self._sweeper_pid == pid:
+            return
+        with self._lock:
+            if self._sweeper_pid == pid:
+                return
+            self._sweeper_pid = pid
+            stop = _allocate_lock()
+            stop.acquire()
+            self._stop_sweeping = stop
+        assert self.max_age is not None
+        interval = max(self.max_age / 2, MIN_SWEEP_INTERVAL)
+        _start_thread(_sweep_until_stopped, (weakref.ref(self), stop, interval))
+
+    def sweep(self) -> int:
+        """Drop expired events and free idle channels now; return how many
+        channels were freed. (The sweeper thread calls it; so may tests.)"""
+        if self.max_age is None:
+            return 0
+        now = now_ms()
+        freed = 0
+        with self._lock:
+            for name, state in list(self._channels.items()):
+                self._expire(state, now)
+                if not state.subscribers and not state.history:
+                    self._free(name, state, now)
+                    freed += 1
+            cutoff = now - int(self.max_age * 1000)
+            tombstones = self._tombstones
+            while tombstones:
+                oldest = next(iter(tombstones))
+                if tombstones[oldest][1] >= cutoff:
+                    break
+                del tombstones[oldest]
+        return freed
+
+    def _free(self, name: str, state: _Channel, now: int) -> None:
+        # Under the lock. Only its last id is kept, for max_age: see the class doc.
+        del self._channels[name]
+        if state.last_key != self._start_key:
+            self._tombstones.pop(name, None)  # re-inserted last: the dict stays in age order
+            self._tombstones[name] = (state.last_key, now)
+
+    @property
+    def tombstone_count(self) -> int:
+        """How many freed channels' last ids are still remembered."""
+        return len(self._tombstones)
+
+    def close(self) -> None:
+        """Stop the sweeper thread (if any). The broker stays usable; a later
+        publish starts a new one."""
+        with self._lock:
+            stop, self._stop_sweeping = self._stop_sweeping, None
+            self._sweeper_pid = None
+        if stop is not None:
+            stop.release()
+
     def _channel(self, name: str) -> _Channel:
         channel = self._channels.get(name)
         if channel is None:
-            channel = _Channel(deque(maxlen=self.history), self._start_key)
+            tombstone = self._tombstones.pop(name, None)
+            channel = _Channel(deque(maxlen=self.history), self._start_key if tombstone is None else tombstone[0])
             self._channels[name] = channel
         return channel
 
@@ -118,7 +198,8 @@ class MemoryBroker(Broker):
     def publish(self, channel: str, data: Data, *, event: str | None = None, retry: int | None = None) -> str:
         _validate_channel(channel)
         body = encode_body(data, event, retry)
-        self._check_process()
+        if self.max_age is not None:
+            self._ensure_sweeper()
         with self._lock:
             state = self._channel(channel)
             now = now_ms()
@@ -160,7 +241,6 @@ class MemoryBroker(Broker):
 
     def subscribe(self, channel: str, last_event_id: str | None) -> tuple[Subscription, bytes]:
         _validate_channel(channel)
-        self._check_process()
         subscription = Subscription(channel, thread_hub())
         with self._lock:
             state = self._channel(channel)
@@ -173,8 +253,13 @@ class MemoryBroker(Broker):
             state = self._channels.get(subscription.channel)
             if state is not None:
                 state.subscribers.discard(subscription)
-                if not state.subscribers and state.last_key == self._start_key:
-                    del self._channels[subscription.channel]  # never published to: nothing to keep
+                if not state.subscribers:
+                    now = now_ms()
+                    self._expire(state, now)
+                    # Never published to, or (with max_age) nothing left to
+                    # replay: nothing to keep. Without max_age history stays.
+                    if state.last_key == self._start_key or (self.max_age is not None and not state.history):
+                        self._free(subscription.channel, state, now)
 
     def history_of(self, channel: str) -> list[Entry]:
         with self._lock:
@@ -184,3 +269,17 @@ class MemoryBroker(Broker):
     def channel_counts(self) -> dict[str, int]:
         with self._lock:
             return {name: len(state.subscribers) for name, state in self._channels.items() if state.subscribers}
+
+
+def _sweep_until_stopped(ref: weakref.ref[MemoryBroker], stop: Lock, interval: float) -> None:
+    """The sweeper thread: holds only a weak reference, so a broker nobody
+    uses any more is collected (and the thread ends at its next wake-up)."""
+    while not stop.acquire(True, interval):
+        broker = ref()
+        if broker is None:
+            return
+        try:
+            broker.sweep()
+        except Exception:  # never let the thread die silently: log, go on
+            logger.exception("MemoryBroker sweep failed")
+        del broker
