@@ -40,6 +40,17 @@ _start_thread: Callable[..., int] = get_original("_thread", "start_new_thread")
 _allocate_lock: Callable[[], Lock] = get_original("_thread", "allocate_lock")
 #: The sweeper never wakes more often than this (seconds).
 MIN_SWEEP_INTERVAL = 0.25
+# Brokers whose sweeper a fork leaves behind in the child.
+_with_sweepers: weakref.WeakSet[MemoryBroker] = weakref.WeakSet()
+
+
+def _reset_sweepers_in_child() -> None:
+    for broker in list(_with_sweepers):
+        broker._after_fork_in_child()
+    _with_sweepers.clear()
+
+
+os.register_at_fork(after_in_child=_reset_sweepers_in_child)
 
 
 @dataclass
@@ -88,7 +99,6 @@ class MemoryBroker(Broker):
         # handed out by another instance (a restarted process) is never in
         # this one's history.
         self._start_key = (now_ms(), 0)
-        self._pid = os.getpid()
         # Freed channels: name -> (last key, when freed in ms), oldest first.
         self._tombstones: dict[str, tuple[tuple[int, int], int]] = {}
         # Events waiting to be fanned out, in id order, and whether a
@@ -96,9 +106,8 @@ class MemoryBroker(Broker):
         self._outbox: list[tuple[list[Subscription], tuple[int, int], bytes]] = []
         self._delivering = False
         self._warned = False
-        # The sweeper thread's pid (a forked child has no thread: it starts
-        # its own) and the lock whose release tells it to stop.
-        self._sweeper_pid: int | None = None
+        # The lock whose release tells the sweeper thread to stop; None while
+        # there is no sweeper (none started yet, closed, or a forked child).
         self._stop_sweeping: Lock | None = None
         self.stats = BrokerStats()
 
@@ -121,21 +130,24 @@ class MemoryBroker(Broker):
         return len(self._channels)
 
     def _ensure_sweeper(self) -> None:
-        # Lazily, on the first publish: a broker that is never published to
-        # (or has no max_age) starts no thread. Again in a forked child.
-        pid = os.getpid()
-        if self._sweeper_pid == pid:
-            return
+        # Lazily, at the first publish: a broker that is never published to
+        # (or has no max_age) starts no thread.
         with self._lock:
-            if self._sweeper_pid == pid:
+            if self._stop_sweeping is not None:
                 return
-            self._sweeper_pid = pid
             stop = _allocate_lock()
             stop.acquire()
             self._stop_sweeping = stop
+        _with_sweepers.add(self)
         assert self.max_age is not None
         interval = max(self.max_age / 2, MIN_SWEEP_INTERVAL)
         _start_thread(_sweep_until_stopped, (weakref.ref(self), stop, interval))
+
+    def _after_fork_in_child(self) -> None:
+        # Only the forking thread lives on in the child: the sweeper is gone,
+        # and may have held the lock at the fork.
+        self._lock = os_lock()
+        self._stop_sweeping = None
 
     def sweep(self) -> int:
         """Drop expired events and free idle channels now; return how many
@@ -176,7 +188,6 @@ class MemoryBroker(Broker):
         publish starts a new one."""
         with self._lock:
             stop, self._stop_sweeping = self._stop_sweeping, None
-            self._sweeper_pid = None
         if stop is not None:
             stop.release()
 
@@ -198,7 +209,7 @@ class MemoryBroker(Broker):
     def publish(self, channel: str, data: Data, *, event: str | None = None, retry: int | None = None) -> str:
         _validate_channel(channel)
         body = encode_body(data, event, retry)
-        if self.max_age is not None:
+        if self.max_age is not None and self._stop_sweeping is None:
             self._ensure_sweeper()
         with self._lock:
             state = self._channel(channel)
