@@ -183,12 +183,12 @@ class Hub:
             raise ValueError(f"allowed_hosts must be a list of host names, not the str {allowed_hosts!r}")
         if not isinstance(top_channels, int) or isinstance(top_channels, bool) or top_channels < 0:
             raise ValueError(f"top_channels must be an int, 0 or more, not {top_channels!r}")
-        self.allowed_hosts = tuple(check_allowed_host(name) for name in allowed_hosts)
-        self.top_channels = top_channels
         if publish_token is not None and not publish_token:
             raise ValueError("publish_token must not be empty")
         if cors_origin is not None:
             check_origin(cors_origin)
+        self.allowed_hosts = tuple(check_allowed_host(name) for name in allowed_hosts)
+        self.top_channels = top_channels
         self.broker = broker
         self.publish_token = publish_token
         self.cors_origin = cors_origin
@@ -208,18 +208,25 @@ class Hub:
         self._page = resources.files(__package__).joinpath("static/demo.html").read_bytes()
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        if self.publish_token is None and environ.get("PATH_INFO") != "/healthz":
-            host = environ.get("HTTP_HOST", "")
-            if not (_is_loopback_host(host) or _host_allowed(host, self.allowed_hosts)):
-                return plain_response(
-                    start_response,
-                    "403 Forbidden",
-                    f"This hub has no publish token, so it answers only requests addressed to a loopback name "
-                    f"(localhost, 127.0.0.1, [::1]) or to a host it is told to allow: this request was addressed "
-                    f"to {host!r}, not to a loopback name. Name the hosts it is served as with --allowed-host "
-                    "(Hub(allowed_hosts=...)), or set a publish token (--publish-token)\n",
-                )
+        refusal = self._host_refusal(environ)
+        if refusal is not None:
+            return plain_response(start_response, "403 Forbidden", f"{refusal}\n")
         return self._app(environ, start_response)
+
+    def _host_refusal(self, environ: WSGIEnvironment) -> str | None:
+        """Without a publish token: why a request addressed to this ``Host``
+        is refused (DNS rebinding), or None."""
+        if self.publish_token is not None or environ.get("PATH_INFO") == "/healthz":
+            return None
+        host = environ.get("HTTP_HOST", "")
+        if _is_loopback_host(host) or _host_allowed(host, self.allowed_hosts):
+            return None
+        return (
+            "This hub has no publish token, so it answers only requests addressed to a loopback name "
+            f"(localhost, 127.0.0.1, [::1]) or to a host it is told to allow: this request was addressed "
+            f"to {host!r}, not to a loopback name. Name the hosts it is served as with --allowed-host "
+            "(Hub(allowed_hosts=...)), or set a publish token (--publish-token)"
+        )
 
     # -- routes ------------------------------------------------------------------------
 
