@@ -154,6 +154,7 @@ class SubscriberApp:
             return self.source.refuse(
                 start_response, "broker_unavailable", "the event broker cannot be reached; reconnect shortly"
             )
+        stream = None
         try:
             stream = self.source.open_stream(environ, start_response, None, preamble=preamble)
             conn = stream.connection
@@ -161,8 +162,10 @@ class SubscriberApp:
             conn.on_close(partial(self.broker.unsubscribe, subscription))
         except BaseException:
             # start_response (or anything before the stream is handed over)
-            # raised: no stream will ever close this subscription.
-            self.broker.unsubscribe(subscription)
+            # raised: the server will never close this stream, so undo here.
+            self.broker.unsubscribe(subscription)  # idempotent
+            if stream is not None:
+                stream.close()
             raise
         return stream
 
