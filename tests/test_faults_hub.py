@@ -238,14 +238,11 @@ def test_short_lived_channels_are_freed_after_max_age() -> None:
 
     broker = MemoryBroker(max_age=0.5)
     rss, blocks = [], []
-    before = rss_kib()
     try:
         for round_number in range(5):
             for n in range(20_000):
                 broker.publish(f"job/{round_number}/{n}", "done")
             assert broker.channel_count > 0  # the newest are not expired yet
-            if round_number == 0:
-                footprint = rss_kib() - before  # what 20,000 channels take
             # Nothing but time passes: the sweeper thread frees them.
             wait_until(lambda: broker.channel_count == 0 and broker.tombstone_count == 0, 5, 0.05)
             gc.collect()
@@ -254,10 +251,12 @@ def test_short_lived_channels_are_freed_after_max_age() -> None:
     finally:
         broker.close()
     # What Python holds (20,000 channels are ~200,000 blocks) is back to the
-    # same after every round. RSS creeps for a few rounds while the allocator
-    # settles, then levels off; channels kept would add a footprint a round.
+    # same after every round: exactly nothing is kept. RSS may creep for the
+    # first rounds while the allocator settles (measured: flat alone, 2 MB a
+    # round for a few rounds in the full suite); the channels kept would add
+    # ~30 MB a round.
     assert blocks[-1] - blocks[0] < 2000, f"memory blocks Python holds after each round: {blocks}"
-    assert rss[-1] - rss[0] < footprint / 2, f"RSS KiB after each round: {rss}; 20,000 channels: {footprint}"
+    assert rss[-1] - rss[0] < 20 * 1024, f"RSS KiB after each round: {rss}"
 
 
 def os_threads() -> int:
