@@ -95,8 +95,12 @@ def test_redis_killed_and_restarted_mid_stream(serve: Callable[..., WSGIServer],
 
     gevent.spawn(publish_when_back).join(timeout=20)
     assert len(after) == 3
-    events = client.events(6, timeout=20)
-    assert [e.last_event_id for e in events] == before + after  # nothing lost, nothing twice
+    events = client.events(7, timeout=20)
+    # Redis came back empty: what it held is gone, so the client is told
+    # (issue 8 (3)), then gets the new events; nothing twice.
+    assert [e.type for e in events] == ["message"] * 3 + ["stream-reset"] + ["message"] * 3
+    assert json.loads(events[3].data) == {"channel": "live", "lastEventId": before[-1], "reason": "restarted"}
+    assert [e.last_event_id for e in events if e.type == "message"] == before + after
     assert not client.eof
     broker.close()
 

@@ -47,6 +47,7 @@ __all__ = [
     "Subscription",
     "parse_id",
     "plan_replay",
+    "stream_reset_event",
     "validate_channel",
 ]
 
@@ -184,10 +185,20 @@ def preamble(channel: str, last_event_id: str | None, plan: ReplayPlan) -> bytes
     parts = []
     if plan.reset:
         base = plan.entries[0].prev if plan.entries else plan.position
-        data = json.dumps({"channel": channel, "lastEventId": last_event_id, "reason": plan.reason})
-        parts.append(Event(data, event=STREAM_RESET, id=base).encoded)
+        parts.append(stream_reset_event(channel, last_event_id, plan.reason, base))
     parts.extend(entry.wire for entry in plan.entries)
     return b"".join(parts)
+
+
+def stream_reset_event(channel: str, last_event_id: str, reason: str, event_id: str) -> bytes:
+    """A ``stream-reset`` event: events after *last_event_id* were missed.
+
+    Its data is JSON ``{"channel", "lastEventId", "reason"}``; its ``id`` is
+    *event_id*, the id the events that follow it continue from, so a client
+    that reconnects right after it is not told again.
+    """
+    data = json.dumps({"channel": channel, "lastEventId": last_event_id, "reason": reason})
+    return Event(data, event=STREAM_RESET, id=event_id).encoded
 
 
 class Subscription:
@@ -198,13 +209,15 @@ class Subscription:
     replay-to-live hand-off sends nothing twice.
     """
 
-    __slots__ = ("buffer", "channel", "conn", "floor", "hub", "thread")
+    __slots__ = ("buffer", "channel", "conn", "ending", "floor", "hub", "thread")
 
     def __init__(self, channel: str, hub: Hub) -> None:
         self.channel = channel
         self.conn: Connection | None = None
         self.buffer: list[tuple[tuple[int, int], bytes]] | None = []
         self.floor: tuple[int, int] | None = None
+        #: The last event of a stream that :meth:`end` ended before it was attached.
+        self.ending: bytes | None = None
         self.hub = hub
         self.thread = _thread_ident()
 
@@ -228,6 +241,18 @@ class Subscription:
             if self.floor is None or key > self.floor:
                 self.floor = None
                 conn._enqueue_here(wire)
+        if self.ending is not None:
+            self.end(self.ending)
+
+    def end(self, wire: bytes) -> None:
+        """In the subscriber's hub: send *wire* as the stream's last event and
+        end the stream (the client reconnects, as after any end)."""
+        conn = self.conn
+        if conn is None:
+            self.ending = wire  # attach() ends it
+            return
+        conn._enqueue_here(wire)
+        conn.close()
 
 
 def fan_out(subscriptions: Iterable[Subscription], key: tuple[int, int], wire: bytes) -> None:
@@ -254,6 +279,20 @@ def fan_out_batch(batch: Iterable[tuple[Iterable[Subscription], tuple[int, int],
             hub.loop.run_callback_threadsafe(_deliver_all, items)
         except Exception:  # that thread's hub is gone with its streams
             continue
+
+
+def end_subscriptions(subscriptions: Iterable[Subscription], wire: bytes) -> None:
+    """End each subscription's stream after the last event *wire*, in its own
+    hub (see :meth:`Subscription.end`)."""
+    me = _thread_ident()
+    for sub in subscriptions:
+        if sub.thread == me:
+            sub.end(wire)
+        else:
+            try:
+                sub.hub.loop.run_callback_threadsafe(sub.end, wire)
+            except Exception:  # that thread's hub is gone with its streams
+                continue
 
 
 def _deliver_all(items: list[tuple[Subscription, tuple[int, int], bytes]]) -> None:

@@ -1,0 +1,366 @@
+"""The reader half of :class:`RedisBroker`: one OS thread per process reads
+every channel that has subscribers here with one ``XREAD BLOCK`` and hands
+each batch to the subscribers' hubs (:func:`fan_out_batch`).
+
+It must never die and never skip events silently:
+
+- An entry it cannot read (an ``XADD`` by hand, without the fields ``p`` and
+  ``b``) is skipped and logged, and counts as read: the next entry follows it.
+- A key of another type under the prefix makes every multi-key ``XREAD`` fail
+  (``WRONGTYPE``). The reader finds it (``TYPE``) and ends that channel alone:
+  its subscribers get a ``stream-error`` event, JSON ``{"channel": ...,
+  "reason": "wrong_type"}`` (``"error"`` for another error reply for that key
+  alone), then their streams end; they reconnect, and a new subscribe
+  answers :class:`BrokerUnavailable` while the key stays broken. The other
+  channels are read on.
+- If the entries it gets do not follow what it read last (the first one's
+  ``p`` is not its position), events were lost in between; the channel's
+  subscribers get a ``stream-reset`` first (see :func:`stream_reset_event`),
+  with ``lastEventId`` the reader's position and reason ``"overrun"`` (more
+  than ``history`` events were published while the reader was cut off or
+  slow, and ``MAXLEN`` trimmed them) or ``"restarted"`` (the stream started
+  over: a Redis restarted without persistence, a failover to a replica that
+  lagged, the key deleted). A subscriber whose replay already reached past
+  the gap drops it, as it drops every event at or before its floor.
+- If the loop ever exits by an exception anyway, it is logged and restarted.
+
+With ``max_age``, keys expire; the reader keeps the keys of subscribed
+channels alive (``KEEP_ALIVE``), so that a stream's last-generated-id
+survives a silence and the next event follows without a false reset.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from gevent.monkey import get_original
+
+from ...encoding import Event
+from ..base import Subscription, end_subscriptions, fan_out_batch, parse_id, stream_reset_event
+
+if TYPE_CHECKING:
+    from _thread import LockType as Lock
+    from collections.abc import Callable
+
+    from ..base import BrokerStats
+
+__all__ = ["STREAM_ERROR", "ReaderStats", "RedisReader"]
+
+logger = logging.getLogger("wsgi_eventsource")
+
+#: The event a channel's subscribers get before their stream is ended
+#: because its Redis key cannot be read (see the module docstring).
+STREAM_ERROR = "stream-error"
+
+_start_new_thread: Callable[..., int] = get_original("_thread", "start_new_thread")
+_sleep: Callable[[float], None] = get_original("time", "sleep")
+
+#: Entries one XREAD takes per channel.
+_COUNT = 1000
+#: Keys per KEEP_ALIVE call.
+_KEEP_ALIVE_BATCH = 1000
+
+
+@dataclass
+class ReaderStats:
+    """What this process's Redis reader has met, for tests and operators."""
+
+    #: Entries skipped because they are not the broker's (no ``p``/``b``).
+    skipped: int = 0
+    #: ``stream-reset`` events sent for gaps seen live.
+    resets: int = 0
+    #: Channels ended because their key could not be read.
+    ended: int = 0
+    #: Times the read loop failed unexpectedly and was restarted.
+    restarts: int = 0
+
+
+class _Throttled:
+    """Log a warning at most once per *every* seconds per kind; say how many
+    were left out (a broken key or a hand-made entry repeats for ever)."""
+
+    def __init__(self, every: float = 10.0) -> None:
+        self.every = every
+        self._last: dict[str, tuple[float, int]] = {}
+
+    def warning(self, kind: str, message: str, *args: object) -> None:
+        now = time.monotonic()
+        last, left_out = self._last.get(kind, (-self.every, 0))
+        if now - last < self.every:
+            self._last[kind] = (last, left_out + 1)
+            return
+        self._last[kind] = (now, 0)
+        if left_out:
+            message += f" (and {left_out} more like it in the last {self.every:g} s)"
+        logger.warning(message, *args)
+
+
+class RedisReader:
+    """The reader thread of :class:`RedisBroker` (a base class: the state is the broker's)."""
+
+    # Set by RedisBroker.__init__ (and again after a fork).
+    prefix: str
+    block: float
+    max_age: float | None
+    stats: BrokerStats
+    reader_stats: ReaderStats
+    _redis: Any
+    _lock: Lock
+    _subscriptions: dict[str, set[Subscription]]
+    _positions: dict[str, str]
+    _reader_started: bool
+    _reader_client_id: int | None
+    _closed: bool
+    _pid: int
+    _throttled: _Throttled
+    _keep_alive_script: Any
+
+    @property
+    def _shown_url(self) -> str:
+        raise NotImplementedError
+
+    def _connect_reader(self) -> Any:
+        raise NotImplementedError
+
+    def _key(self, channel: str) -> str:
+        return self.prefix + channel
+
+    @property
+    def keep_alive_interval(self) -> float | None:
+        """Seconds between two TTL refreshes of the subscribed keys (with ``max_age``)."""
+        if self.max_age is None:
+            return None
+        return max(0.2, min(self.max_age / 3, 10.0))
+
+    @property
+    def _keep_alive_ms(self) -> int | None:
+        """The TTL the reader gives subscribed keys: longer than ``max_age``
+        and than three refresh intervals."""
+        interval = self.keep_alive_interval
+        if interval is None or self.max_age is None:
+            return None
+        return int(max(self.max_age, 3 * interval) * 1000)
+
+    # -- the thread and its supervisor ---------------------------------------------------
+
+    def _start_reader(self) -> None:
+        with self._lock:
+            if self._reader_started:
+                return
+            self._reader_started = True
+        _start_new_thread(self._supervise, (self._pid,))
+
+    def _supervise(self, pid: int) -> None:
+        """The reader thread: run the read loop, and again whenever it fails."""
+        delay = 0.1
+        try:
+            while not self._closed and self._pid == pid:
+                started = time.monotonic()
+                try:
+                    self._read_forever(pid)
+                except Exception:
+                    if time.monotonic() - started > 60:
+                        delay = 0.1  # a failure long after the last one starts over
+                    self.reader_stats.restarts += 1
+                    logger.exception("the Redis reader failed; restarting it in %.1f s", delay)
+                    _sleep(delay)
+                    delay = min(delay * 2, 5.0)
+        finally:
+            with self._lock:
+                if self._pid == pid:
+                    self._reader_started = False  # never True for a reader that is gone
+
+    def _wake_reader(self, client: Any) -> None:
+        # The reader may be blocked in XREAD without the new channel; CLIENT
+        # UNBLOCK makes it return at once and read again with it.
+        reader = self._reader_client_id
+        if reader is not None:
+            # If this fails the reader comes back by itself within `block` seconds.
+            with contextlib.suppress(self._redis.RedisError):
+                client.client_unblock(reader)
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def _read_forever(self, pid: int) -> None:
+        redis = self._redis
+        client = None
+        backoff = 0.1
+        interval = self.keep_alive_interval
+        block = self.block if interval is None else min(self.block, interval)
+        block_ms = max(1, int(block * 1000))
+        kept_alive_at = 0.0
+        try:
+            while not self._closed and self._pid == pid:
+                with self._lock:
+                    streams = {self._key(c): position for c, position in self._positions.items()}
+                if not streams:
+                    _sleep(0.05)
+                    continue
+                try:
+                    if client is None:
+                        client = self._connect_reader()
+                        self._reader_client_id = client.client_id()
+                        if backoff > 0.1:
+                            logger.warning("Redis at %s is reachable again; resuming", self._shown_url)
+                        backoff, kept_alive_at = 0.1, 0.0
+                    if interval is not None and time.monotonic() - kept_alive_at >= interval:
+                        kept_alive_at = time.monotonic()
+                        self._keep_alive(client, list(streams))
+                    response = client.xread(streams, count=_COUNT, block=block_ms)
+                except (redis.ConnectionError, redis.TimeoutError) as exc:
+                    self._reader_client_id = None
+                    if client is not None:
+                        client.close()
+                        client = None
+                    if backoff == 0.1:
+                        logger.warning("Redis at %s cannot be reached (%s); retrying", self._shown_url, exc)
+                    backoff = _wait(backoff)
+                    continue
+                except redis.ResponseError as exc:
+                    # An error reply for the whole XREAD: find the keys that
+                    # cause it and end those channels; wait only if none is found.
+                    if not self._end_broken_channels(client, streams):
+                        self._throttled.warning("xread", "the Redis reader got an error reply (%s); retrying", exc)
+                        backoff = _wait(backoff)
+                    continue
+                if response:
+                    self._dispatch(response)
+        finally:
+            self._reader_client_id = None
+            if client is not None:
+                client.close()
+
+    def _keep_alive(self, client: Any, keys: list[str]) -> None:
+        ttl = self._keep_alive_ms
+        try:
+            for start in range(0, len(keys), _KEEP_ALIVE_BATCH):
+                self._keep_alive_script(keys=keys[start : start + _KEEP_ALIVE_BATCH], args=[ttl], client=client)
+        except self._redis.ResponseError as exc:  # OOM, say: XREAD still works, and it is retried
+            self._throttled.warning("keep-alive", "the Redis reader could not refresh key TTLs (%s)", exc)
+
+    def _dispatch(self, response: list[Any]) -> None:
+        """Hand one XREAD answer to the subscribers, in order: per channel, a
+        ``stream-reset`` if the entries do not follow the reader's position,
+        then one shared wire per entry."""
+        batch: list[tuple[list[Subscription], tuple[int, int], bytes]] = []
+        moved: list[tuple[str, str, str]] = []
+        prefix = len(self.prefix)
+        for raw_key, raw_entries in response:
+            channel = (raw_key.decode() if isinstance(raw_key, bytes) else raw_key)[prefix:]
+            with self._lock:
+                position = self._positions.get(channel)
+                subs = list(self._subscriptions.get(channel, ()))
+            if position is None or not raw_entries:
+                continue  # nobody here reads it any more
+            after = parse_id(position) or (0, 0)
+            expected = position.encode("ascii")
+            delivered = 0
+            for raw_id, fields in raw_entries:
+                key = parse_id(raw_id.decode("ascii"))
+                if key is None or key <= after:
+                    continue  # read before (a resubscribe moved the position on meanwhile)
+                prev, body = fields.get(b"p"), fields.get(b"b")
+                if prev is None or body is None or not body.endswith(b"\n\n"):
+                    self.reader_stats.skipped += 1
+                    self._throttled.warning(
+                        "foreign", "channel %r: skipped entry %s, which has no event (not published by us)",
+                        channel, raw_id.decode("ascii"),
+                    )  # fmt: skip
+                    expected = raw_id
+                    continue
+                if prev != expected:
+                    batch.append((subs, *self._reset(channel, expected, prev, key)))
+                batch.append((subs, key, b"id: " + raw_id + b"\n" + body))
+                expected = raw_id
+                delivered += 1
+            moved.append((channel, position, raw_entries[-1][0].decode("ascii")))
+            self.stats.delivered += len(subs) * delivered
+        with self._lock:
+            for channel, position, last in moved:
+                if self._positions.get(channel) == position:
+                    self._positions[channel] = last
+        fan_out_batch(batch)
+
+    def _reset(self, channel: str, expected: bytes, prev: bytes, key: tuple[int, int]) -> tuple[tuple[int, int], bytes]:
+        """The key and wire of a live ``stream-reset``: entries between
+        *expected* (what the reader read last) and *prev* are gone."""
+        position, base = expected.decode("ascii"), prev.decode("ascii")
+        base_key = parse_id(base)
+        overrun = base_key is not None and base_key > (parse_id(position) or (0, 0))
+        self.reader_stats.resets += 1
+        logger.warning(
+            "channel %r: events after %s were lost before the reader read them (%s); sending stream-reset",
+            channel, position, "trimmed" if overrun else "the stream started over",
+        )  # fmt: skip
+        wire = stream_reset_event(channel, position, "overrun" if overrun else "restarted", base)
+        # Keyed so that a subscriber whose replay reached *base* (it has
+        # everything up to the gap) drops it. After a restart every id
+        # before this entry is meaningless: all but those that replayed it get it.
+        return (base_key if overrun and base_key is not None else key), wire
+
+    # -- broken keys -------------------------------------------------------------------------------
+
+    def _end_broken_channels(self, client: Any, streams: dict[str, str]) -> bool:
+        """Find the keys an XREAD of *streams* fails on; end their channels.
+        False if there is no such key (the error is not about one key)."""
+        try:
+            return self._find_and_end_broken(client, streams)
+        except self._redis.RedisError:
+            return False  # the next XREAD tells what is wrong
+
+    def _find_and_end_broken(self, client: Any, streams: dict[str, str]) -> bool:
+        keys = list(streams)
+        with client.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.type(key)
+            types = pipe.execute(raise_on_error=False)
+        if all(isinstance(kind, Exception) for kind in types):
+            return False  # Redis refuses everything (BUSY with a script, say), not one key
+        broken = {
+            key: ("wrong_type", f"it holds a {_text(kind)}, not a stream")
+            for key, kind in zip(keys, types, strict=True)
+            if not isinstance(kind, Exception) and _text(kind) not in ("stream", "none")
+        }
+        if not broken:
+            # Not a type: another error for one key alone (an ACL that denies
+            # it, say). Ask each key alone; no BLOCK, and positions stay.
+            with client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.xread({key: streams[key]}, count=1)
+                answers = pipe.execute(raise_on_error=False)
+            pairs = zip(keys, answers, strict=True)
+            broken = {key: ("error", str(answer)) for key, answer in pairs if isinstance(answer, Exception)}
+            if len(broken) == len(keys) > 1:
+                return False  # every key fails: Redis itself, not a key
+        for key, (reason, why) in broken.items():
+            self._end_channel(key[len(self.prefix) :], reason, why)
+        return bool(broken)
+
+    def _end_channel(self, channel: str, reason: str, why: str) -> None:
+        with self._lock:
+            subs = self._subscriptions.pop(channel, set())
+            self._positions.pop(channel, None)
+        self.reader_stats.ended += 1
+        self._throttled.warning(
+            f"end:{channel}", "channel %r cannot be read: key %r %s; ending its %d streams with stream-error",
+            channel, self._key(channel), why, len(subs),
+        )  # fmt: skip
+        data = json.dumps({"channel": channel, "reason": reason})
+        end_subscriptions(subs, Event(data, event=STREAM_ERROR).encoded)
+
+
+def _wait(backoff: float) -> float:
+    """Sleep about *backoff* seconds (jittered); return the next, longer one."""
+    _sleep(backoff * (0.5 + random.random()))
+    return min(backoff * 2, 5.0)
+
+
+def _text(value: bytes | str) -> str:
+    """A reply as Redis gave it (bytes, or str with decode_responses)."""
+    return value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)
