@@ -7,6 +7,8 @@ import json
 import logging
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -17,7 +19,7 @@ from gevent.pywsgi import WSGIServer
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
 from tests.conftest import ROOT, RedisServer, ServerProcess
-from tests.helpers import StreamClient, wait_until
+from tests.helpers import StreamClient, parse, wait_until
 from wsgi_eventsource import BrokerUnavailable, RedisBroker
 
 pytestmark = pytest.mark.server
@@ -259,3 +261,134 @@ def test_a_redis_error_reply_is_a_503_not_a_500(serve: Callable[..., WSGIServer]
     assert StreamClient(port, "/events/clash").headers["content-type"].startswith("text/event-stream")  # soft
     broker.close()
     redis.Redis.from_url(redis_url).delete("wsgi-eventsource:clash")
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"max_connections": 0}, "max_connections"),
+        ({"max_connections": 2.5}, "max_connections"),
+        ({"max_connections": True}, "max_connections"),
+        ({"pool_timeout": 0}, "pool_timeout"),
+        ({"pool_timeout": "10"}, "pool_timeout"),
+    ],
+)
+def test_bad_pool_options_are_refused_at_construction(options: dict[str, Any], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        RedisBroker("redis://x", **options)
+
+
+def _replayed(broker: RedisBroker, channel: str, last_event_id: str) -> list[Any]:
+    subscription, preamble = broker.subscribe(channel, last_event_id)
+    broker.unsubscribe(subscription)
+    return parse(preamble).events
+
+
+def test_replay_never_reaches_further_back_than_history(redis_url: str) -> None:
+    """Issue 8 (10): Redis trims with MAXLEN ~ (whole nodes of 100 entries),
+    so a client 15 events back with history=10 got all 15 replayed, although
+    MemoryBroker never replays more than history."""
+    broker = RedisBroker(redis_url, history=10)
+    ids = [broker.publish("exact", f"m{i}") for i in range(150)]
+    events = _replayed(broker, "exact", ids[-16])  # 15 events back
+    assert events[0].type == "stream-reset"
+    assert json.loads(events[0].data)["reason"] == "expired"
+    assert [e.last_event_id for e in events[1:]] == ids[-10:]
+    assert events[0].last_event_id == ids[-11]  # the id the replay continues from
+    assert [e.last_event_id for e in _replayed(broker, "exact", ids[-6])] == ids[-5:]
+    assert [e.last_event_id for e in _replayed(broker, "exact", ids[-11])] == ids[-10:]  # exactly history back
+    assert [e.id for e in broker.history_of("exact")] == ids[-10:]
+    broker.close()
+
+
+def test_max_age_is_measured_on_redis_clock_not_the_apps(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 8 (10): the MINID cutoff and the replay cutoff came from the
+    app's clock, compared with ids made by Redis's: an app host one hour
+    ahead trimmed and hid every event at once."""
+    broker = RedisBroker(redis_url, max_age=60)
+    real = time.time_ns
+    monkeypatch.setattr(time, "time_ns", lambda: real() + 3600 * 10**9)  # this host is an hour ahead
+    ids = [broker.publish("clock", f"m{i}") for i in range(3)]
+    assert [e.id for e in broker.history_of("clock")] == ids
+    assert [e.last_event_id for e in _replayed(broker, "clock", ids[0])] == ids[1:]
+    broker.close()
+
+
+def test_a_password_in_the_query_is_never_shown(caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 8 (10): ``?password=`` in the URL showed in repr, errors and logs."""
+    server = RedisServer()
+    try:
+        admin = redis.Redis(port=server.port)
+        admin.config_set("requirepass", "hunter2")
+        admin.close()
+        broker = RedisBroker(f"redis://127.0.0.1:{server.port}/0?password=hunter2&db=0", block=0.2)
+        assert "hunter2" not in repr(broker)
+        assert "password=***&db=0" in repr(broker)
+        subscription, _ = broker.subscribe("c", None)  # the reader starts and connects
+        wait_until(lambda: broker._reader_client_id is not None, 5)
+        with caplog.at_level(logging.WARNING, logger="wsgi_eventsource"):
+            server.kill()
+            with pytest.raises(BrokerUnavailable) as raised:
+                broker.publish("c", "x")
+            wait_until(lambda: "cannot be reached" in caplog.text, 5)
+        assert "hunter2" not in str(raised.value)
+        assert "password=***" in str(raised.value)
+        assert "hunter2" not in caplog.text
+        assert "password=***" in caplog.text
+        broker.unsubscribe(subscription)
+        broker.close()
+    finally:
+        server.stop()
+    unix = RedisBroker("unix:///run/redis.sock?db=1&password=hunter2")
+    assert "hunter2" not in repr(unix)
+    assert "password=***" in repr(unix)
+
+
+def test_two_threads_never_build_two_clients(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 8 (10): ``_ensure_client`` was an unlocked check-then-act: OS
+    threads that raced both built a client (and reset the broker's state)."""
+    broker = RedisBroker(redis_url)
+    connect, built = broker._connect, []
+
+    def slow_connect() -> Any:
+        built.append(threading.get_ident())
+        time.sleep(0.05)  # widen the window the race needs
+        return connect()
+
+    monkeypatch.setattr(broker, "_connect", slow_connect)
+    barrier, clients = threading.Barrier(8), []
+
+    def race() -> None:
+        barrier.wait(5)
+        clients.append(broker._ensure_client())
+
+    threads = [threading.Thread(target=race) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert len(clients) == 8
+    assert len(built) == 1
+    assert len({id(c) for c in clients}) == 1
+    broker.close()
+
+
+def test_max_age_with_a_redis_older_than_6_2_is_a_clear_error(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 8 (10): max_age needs XTRIM MINID (Redis 6.2); with an older
+    Redis every publish failed with a bare syntax error. Now the message
+    names both versions, and check() says it at start."""
+    for recent_enough in (RedisBroker(redis_url, max_age=5), RedisBroker(redis_url)):
+        recent_enough.check()  # the real one (7.x)
+        recent_enough.close()
+    monkeypatch.setattr(redis.Redis, "info", lambda self, *args, **kwargs: {"redis_version": "6.0.16"})
+    old = RedisBroker(redis_url, max_age=5)
+    for attempt in (old.check, lambda: old.publish("c", "x"), lambda: old.subscribe("c", None)):
+        with pytest.raises(BrokerUnavailable, match=r"max_age .* needs Redis 6\.2 or later.* is 6\.0\.16"):
+            attempt()
+    assert old.channel_counts() == {}
+    old.close()
+    without_max_age = RedisBroker(redis_url)
+    without_max_age.publish("c", "without max_age 6.0 will do")
+    without_max_age.close()
+    with pytest.raises(BrokerUnavailable, match="cannot be reached"):
+        RedisBroker("redis://127.0.0.1:1/0").check()
