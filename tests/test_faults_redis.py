@@ -118,7 +118,6 @@ from gevent import monkey
 monkey.patch_all()
 import sys
 import gevent
-import gevent.subprocess
 from gevent.monkey import get_original
 from wsgi_eventsource import RedisBroker
 
@@ -132,6 +131,10 @@ def publish(n):
         errors.append(repr(exc))
     done.append(1)
 start = get_original("_thread", "start_new_thread")
+# As in a worker, the main hub (and gevent's loop module) exists before any
+# thread starts: hubs first made in several threads at once can deadlock in
+# gevent's import of its loop.
+gevent.get_hub()
 for _ in range(4):
     start(publish, (100,))
 gevent.joinall([gevent.spawn(publish, 100) for _ in range(50)], timeout=60)

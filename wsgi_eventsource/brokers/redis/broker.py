@@ -3,16 +3,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import weakref
 from typing import Any
-
-from gevent.monkey import get_original, is_module_patched
 
 from ...connection import os_lock, thread_hub
 from ...encoding import Data
-from ...errors import BrokerUnavailable
 from ..base import (
     DEFAULT_HISTORY,
     Broker,
@@ -25,17 +20,12 @@ from ..base import (
     validate_channel,
 )
 from . import scripts
-from .reader import ReaderStats, RedisReader, _text, _Throttled
-from .urls import check_redis_url, shown_url
+from .clients import RedisClients
+from .reader import RedisReader
+from .support import ReaderStats, Throttled, text
+from .urls import check_redis_url
 
 __all__ = ["RedisBroker"]
-
-# Real thread-local storage even under monkey-patching (where
-# threading.local is greenlet-local).
-_ThreadLocal: type[Any] = get_original("_thread", "_local")
-
-#: The oldest Redis the broker works with, and the oldest with XTRIM MINID.
-_MIN_VERSION, _MIN_VERSION_MAX_AGE = (5, 0), (6, 2)
 
 
 def _import_redis() -> Any:
@@ -46,7 +36,7 @@ def _import_redis() -> Any:
     return redis
 
 
-class RedisBroker(RedisReader, Broker):
+class RedisBroker(RedisReader, RedisClients, Broker):
     """Channels in Redis streams, shared by every process that uses the same Redis.
 
     :param url: a ``redis://`` (or ``rediss://``, ``unix://``) URL.
@@ -103,19 +93,11 @@ class RedisBroker(RedisReader, Broker):
         self.pool_timeout = pool_timeout
         self.stats = BrokerStats()
         self.reader_stats = ReaderStats()
-        self._throttled = _Throttled()
+        self._throttled = Throttled()
         self._closed = False
-        # Under monkey-patching a gevent socket belongs to the hub of the
-        # thread that made it, so each OS thread gets its own client (pool);
-        # without it one client serves every thread.
-        self._local = _ThreadLocal()
-        self._client: Any = None
-        self._server_checked = False
-        self._client_lock = os_lock()
+        self._init_clients()
         self._reset_process_state()
         self._pid = os.getpid()
-        # A lock held by another thread at a fork stays held in the child.
-        os.register_at_fork(after_in_child=_after_fork_in_child(self))
         # Called with the client of the calling thread each time (as bytes,
         # a Script needs no client to compute its SHA).
         script = self._redis.commands.core.Script
@@ -137,105 +119,6 @@ class RedisBroker(RedisReader, Broker):
     def __repr__(self) -> str:
         return f"<RedisBroker {self._shown_url!r} history={self.history}>"
 
-    # -- Redis access ------------------------------------------------------------
-
-    @property
-    def _shown_url(self) -> str:
-        """The URL for messages and logs: never the password."""
-        return shown_url(self.url)
-
-    def _connect(self) -> Any:
-        """A client for publish and subscribe: a bounded pool that waits for a free connection."""
-        redis = self._redis
-        pool = redis.BlockingConnectionPool.from_url(
-            self.url,
-            max_connections=self.max_connections,
-            timeout=self.pool_timeout,
-            socket_connect_timeout=2,
-            socket_timeout=5,
-            health_check_interval=0,
-            retry_on_timeout=False,
-        )
-        return redis.Redis(connection_pool=pool)
-
-    def _connect_reader(self) -> Any:
-        """The reader's own client; it is used by one thread in sequence, so one connection."""
-        return self._redis.Redis.from_url(
-            self.url,
-            socket_connect_timeout=2,
-            # Above the reader's XREAD BLOCK, or every idle read times out.
-            socket_timeout=self.block + 5,
-            health_check_interval=0,
-            retry_on_timeout=False,
-        )
-
-    def _ensure_client(self) -> Any:
-        pid = os.getpid()
-        if self._pid != pid:
-            with self._client_lock:
-                if self._pid != pid:
-                    # A fresh client after fork: never share sockets with the
-                    # parent, nor its subscriptions and reader positions (a
-                    # channel the parent read would look read here).
-                    self._client = None
-                    self._local = _ThreadLocal()
-                    self._reset_process_state()
-                    self._pid = pid
-        if is_module_patched("socket"):
-            client = getattr(self._local, "client", None)
-            if client is None:
-                client = self._local.client = self._connect()
-            return client
-        client = self._client
-        if client is None:
-            with self._client_lock:  # checked again: two threads must not both build one
-                if self._client is None:
-                    self._client = self._connect()
-                client = self._client
-        return client
-
-    def _checked_client(self) -> Any:
-        """The client, once Redis is known to be recent enough (asked once)."""
-        client = self._ensure_client()
-        if not self._server_checked:
-            version = _text(client.info("server").get("redis_version", "0"))
-            numbers = tuple(int(part) for part in version.split(".")[:2] if part.isdigit())
-            needed, why = _MIN_VERSION, "streams"
-            if self.max_age is not None:
-                needed, why = _MIN_VERSION_MAX_AGE, "max_age (XTRIM MINID)"
-            if numbers < needed:
-                raise BrokerUnavailable(
-                    f"{why} needs Redis {needed[0]}.{needed[1]} or later; the Redis at {self._shown_url} is {version}"
-                )
-            self._server_checked = True
-        return client
-
-    def check(self) -> None:
-        """Connect now and check the server; for a start-up check.
-
-        :raises BrokerUnavailable: Redis cannot be reached, or is too old for
-            the options given (the message names its version).
-
-        .. versionadded:: 0.1
-        """
-        try:
-            self._checked_client().ping()
-        except self._redis.RedisError as exc:
-            raise self._unavailable(exc) from None
-
-    def _unavailable(self, exc: Exception) -> BrokerUnavailable:
-        # Any Redis failure, not only a lost connection: READONLY after a
-        # failover, OOM, a key of another type under our prefix. Publishers
-        # and subscribers get 503 (try again), the log gets the details.
-        if isinstance(exc, self._redis.ConnectionError) and str(exc) == "No connection available.":
-            return BrokerUnavailable(
-                f"no connection to Redis at {self._shown_url} was free within pool_timeout={self.pool_timeout:g} s "
-                f"(max_connections={self.max_connections})"
-            )
-        if isinstance(exc, (self._redis.ConnectionError, self._redis.TimeoutError)):
-            return BrokerUnavailable(f"Redis at {self._shown_url} cannot be reached: {exc}")
-        return BrokerUnavailable(f"Redis at {self._shown_url} answered with an error: {exc}")
-
     # -- publishing ------------------------------------------------------------------
 
     def publish(self, channel: str, data: Data, *, event: str | None = None, retry: int | None = None) -> str:
@@ -249,7 +132,7 @@ class RedisBroker(RedisReader, Broker):
         except self._redis.RedisError as exc:
             raise self._unavailable(exc) from None
         self.stats.published += 1
-        return _text(event_id)
+        return text(event_id)
 
     # -- subscribing -------------------------------------------------------------------
 
@@ -258,7 +141,7 @@ class RedisBroker(RedisReader, Broker):
         entries = []
         cutoff = None if self.max_age is None else now - int(self.max_age * 1000)
         for raw_id, flat in raw:
-            event_id = _text(raw_id)
+            event_id = text(raw_id)
             fields = dict(zip(flat[::2], flat[1::2], strict=True))
             prev, body = fields.get(b"p"), fields.get(b"b")
             if prev is None or body is None or not body.endswith(b"\n\n"):
@@ -270,14 +153,14 @@ class RedisBroker(RedisReader, Broker):
             created = int(event_id.split("-", 1)[0])
             if cutoff is not None and created < cutoff:
                 continue
-            entries.append(Entry(event_id, _text(prev), body, created))
+            entries.append(Entry(event_id, text(prev), body, created))
         return entries
 
     def _snapshot(self, client: Any, channel: str, last_event_id: str | None) -> tuple[str, list[Entry]]:
         """The channel's current id and what to plan a replay from (at most ``history`` entries)."""
         after = last_event_id if parse_id(last_event_id) is not None else ""
         current, now, raw = self._snapshot_script(keys=[self._key(channel)], args=[self.history, after], client=client)
-        return _text(current), self._entries(channel, raw, int(now))
+        return text(current), self._entries(channel, raw, int(now))
 
     def subscribe(self, channel: str, last_event_id: str | None) -> tuple[Subscription, bytes]:
         validate_channel(channel)
@@ -291,7 +174,7 @@ class RedisBroker(RedisReader, Broker):
                 new_channel = channel not in self._positions
             if new_channel:
                 keep = self._keep_alive_ms
-                start = _text(self._current_script(keys=[self._key(channel)], args=[keep or ""], client=client))
+                start = text(self._current_script(keys=[self._key(channel)], args=[keep or ""], client=client))
                 with self._lock:
                     self._positions.setdefault(channel, start)
                 self._start_reader()
@@ -300,7 +183,7 @@ class RedisBroker(RedisReader, Broker):
                 current = (
                     start
                     if new_channel
-                    else _text(self._current_script(keys=[self._key(channel)], args=[""], client=client))
+                    else text(self._current_script(keys=[self._key(channel)], args=[""], client=client))
                 )
                 history: list[Entry] = []
             else:
@@ -344,25 +227,4 @@ class RedisBroker(RedisReader, Broker):
     def close(self) -> None:
         """Stop the reader and close the connections."""
         self._closed = True
-        client = self._client if self._client is not None else getattr(self._local, "client", None)
-        if client is not None:
-            reader = self._reader_client_id
-            if reader is not None:
-                # If this fails the reader ends by itself within `block` seconds.
-                with contextlib.suppress(self._redis.RedisError):
-                    client.client_unblock(reader)
-            client.close()
-            client.connection_pool.disconnect()
-
-
-def _after_fork_in_child(broker: RedisBroker) -> Any:
-    """A fork hook that gives *broker* (if it still exists) locks nobody holds."""
-    ref = weakref.ref(broker)
-
-    def reset() -> None:
-        alive = ref()
-        if alive is not None:
-            alive._client_lock = os_lock()
-            alive._lock = os_lock()
-
-    return reset
+        self._close_clients()

@@ -36,13 +36,14 @@ import json
 import logging
 import random
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from gevent.monkey import get_original
 
 from ...encoding import Event
 from ..base import Subscription, end_subscriptions, fan_out_batch, parse_id, stream_reset_event
+from .broken import find_broken_keys
+from .support import ReaderStats, Throttled
 
 if TYPE_CHECKING:
     from _thread import LockType as Lock
@@ -50,7 +51,7 @@ if TYPE_CHECKING:
 
     from ..base import BrokerStats
 
-__all__ = ["STREAM_ERROR", "ReaderStats", "RedisReader"]
+__all__ = ["STREAM_ERROR", "RedisReader"]
 
 logger = logging.getLogger("wsgi_eventsource")
 
@@ -65,40 +66,6 @@ _sleep: Callable[[float], None] = get_original("time", "sleep")
 _COUNT = 1000
 #: Keys per KEEP_ALIVE call.
 _KEEP_ALIVE_BATCH = 1000
-
-
-@dataclass
-class ReaderStats:
-    """What this process's Redis reader has met, for tests and operators."""
-
-    #: Entries skipped because they are not the broker's (no ``p``/``b``).
-    skipped: int = 0
-    #: ``stream-reset`` events sent for gaps seen live.
-    resets: int = 0
-    #: Channels ended because their key could not be read.
-    ended: int = 0
-    #: Times the read loop failed unexpectedly and was restarted.
-    restarts: int = 0
-
-
-class _Throttled:
-    """Log a warning at most once per *every* seconds per kind; say how many
-    were left out (a broken key or a hand-made entry repeats for ever)."""
-
-    def __init__(self, every: float = 10.0) -> None:
-        self.every = every
-        self._last: dict[str, tuple[float, int]] = {}
-
-    def warning(self, kind: str, message: str, *args: object) -> None:
-        now = time.monotonic()
-        last, left_out = self._last.get(kind, (-self.every, 0))
-        if now - last < self.every:
-            self._last[kind] = (last, left_out + 1)
-            return
-        self._last[kind] = (now, 0)
-        if left_out:
-            message += f" (and {left_out} more like it in the last {self.every:g} s)"
-        logger.warning(message, *args)
 
 
 class RedisReader:
@@ -118,15 +85,13 @@ class RedisReader:
     _reader_client_id: int | None
     _closed: bool
     _pid: int
-    _throttled: _Throttled
+    _throttled: Throttled
     _keep_alive_script: Any
 
-    @property
-    def _shown_url(self) -> str:
-        raise NotImplementedError
-
-    def _connect_reader(self) -> Any:
-        raise NotImplementedError
+    # From RedisClients (after this class in RedisBroker's bases, so stubs
+    # here would hide them): the URL to show, the reader's own client.
+    _shown_url: str
+    _connect_reader: Callable[[], Any]
 
     def _key(self, channel: str) -> str:
         return self.prefix + channel
@@ -315,29 +280,7 @@ class RedisReader:
             return False  # the next XREAD tells what is wrong
 
     def _find_and_end_broken(self, client: Any, streams: dict[str, str]) -> bool:
-        keys = list(streams)
-        with client.pipeline(transaction=False) as pipe:
-            for key in keys:
-                pipe.type(key)
-            types = pipe.execute(raise_on_error=False)
-        if all(isinstance(kind, Exception) for kind in types):
-            return False  # Redis refuses everything (BUSY with a script, say), not one key
-        broken = {
-            key: ("wrong_type", f"it holds a {_text(kind)}, not a stream")
-            for key, kind in zip(keys, types, strict=True)
-            if not isinstance(kind, Exception) and _text(kind) not in ("stream", "none")
-        }
-        if not broken:
-            # Not a type: another error for one key alone (an ACL that denies
-            # it, say). Ask each key alone; no BLOCK, and positions stay.
-            with client.pipeline(transaction=False) as pipe:
-                for key in keys:
-                    pipe.xread({key: streams[key]}, count=1)
-                answers = pipe.execute(raise_on_error=False)
-            pairs = zip(keys, answers, strict=True)
-            broken = {key: ("error", str(answer)) for key, answer in pairs if isinstance(answer, Exception)}
-            if len(broken) == len(keys) > 1:
-                return False  # every key fails: Redis itself, not a key
+        broken = find_broken_keys(client, streams)
         for key, (reason, why) in broken.items():
             self._end_channel(key[len(self.prefix) :], reason, why)
         return bool(broken)
@@ -359,8 +302,3 @@ def _wait(backoff: float) -> float:
     """Sleep about *backoff* seconds (jittered); return the next, longer one."""
     _sleep(backoff * (0.5 + random.random()))
     return min(backoff * 2, 5.0)
-
-
-def _text(value: bytes | str) -> str:
-    """A reply as Redis gave it (bytes, or str with decode_responses)."""
-    return value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)
