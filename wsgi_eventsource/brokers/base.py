@@ -55,7 +55,9 @@ __all__ = [
 DEFAULT_HISTORY = 1000
 #: The longest channel name accepted, in characters.
 CHANNEL_MAX_LENGTH = 200
-#: The event type sent to a client whose ``Last-Event-ID`` is not in history.
+#: The event type sent to a client whose ``Last-Event-ID`` is not in history
+#: (reason ``"unknown"`` or ``"expired"``), or live, before the events after a
+#: gap the broker saw (RedisBroker: ``"overrun"``, ``"restarted"``).
 STREAM_RESET = "stream-reset"
 
 # Letters, digits and "-_.:@~+=,!" in segments separated by single "/": enough

@@ -43,8 +43,10 @@ class RedisBroker(RedisReader, RedisClients, Broker):
     :param history: events replayed at most per channel (Redis keeps a few
         more, since it trims with ``MAXLEN ~``; replay never reaches them).
     :param max_age: if set, events older than this many seconds are trimmed
-        at the next publish and never replayed, and a channel nobody publishes
-        to or reads expires from Redis. Needs Redis 6.2 or later.
+        at the next publish and never replayed, and the key of a channel
+        nobody reads expires ``2 * max_age`` after its last event (so a client
+        that saw it and comes back within ``max_age`` more is not reset).
+        Needs Redis 6.2 or later.
     :param prefix: prepended to the channel name to make the Redis key.
     :param block: seconds one ``XREAD`` waits for new events before the reader
         looks for newly subscribed channels.
@@ -127,7 +129,7 @@ class RedisBroker(RedisReader, RedisClients, Broker):
         max_age_ms = "" if self.max_age is None else max(1, int(self.max_age * 1000))
         try:
             client = self._checked_client()
-            args = [self.history, body, max_age_ms]
+            args = [self.history, body, max_age_ms, self._key_ttl_ms or ""]
             event_id = self._publish_script(keys=[self._key(channel)], args=args, client=client)
         except self._redis.RedisError as exc:
             raise self._unavailable(exc) from None

@@ -24,9 +24,12 @@ It must never die and never skip events silently:
   the gap drops it, as it drops every event at or before its floor.
 - If the loop ever exits by an exception anyway, it is logged and restarted.
 
-With ``max_age``, keys expire; the reader keeps the keys of subscribed
-channels alive (``KEEP_ALIVE``), so that a stream's last-generated-id
-survives a silence and the next event follows without a false reset.
+With ``max_age``, keys expire (``2 * max_age`` after the last publish); the
+reader keeps the keys of subscribed channels alive (``KEEP_ALIVE``, every
+``min(max_age / 3, 10 s)`` but at most every 0.2 s), so that a stream's
+last-generated-id survives a silence and the next event follows without a
+false reset. History age is still enforced by ``MINID`` at publish and by
+the replay's cutoff, both on Redis's clock.
 """
 
 from __future__ import annotations
@@ -104,13 +107,22 @@ class RedisReader:
         return max(0.2, min(self.max_age / 3, 10.0))
 
     @property
+    def _key_ttl_ms(self) -> int | None:
+        """With ``max_age``, how long a key outlives its last publish: twice
+        ``max_age``. Its entries are all too old to replay after ``max_age``,
+        but its last id lets a client that saw the last event, and comes back
+        within another ``max_age``, be told it missed nothing (no false
+        ``stream-reset``). After that, an old id gets a reset."""
+        return None if self.max_age is None else max(1, int(2 * self.max_age * 1000))
+
+    @property
     def _keep_alive_ms(self) -> int | None:
-        """The TTL the reader gives subscribed keys: longer than ``max_age``
-        and than three refresh intervals."""
-        interval = self.keep_alive_interval
-        if interval is None or self.max_age is None:
+        """The TTL the reader gives subscribed keys: at least the publish
+        TTL, and three refresh intervals."""
+        interval, ttl = self.keep_alive_interval, self._key_ttl_ms
+        if interval is None or ttl is None:
             return None
-        return int(max(self.max_age, 3 * interval) * 1000)
+        return max(ttl, int(3 * interval * 1000))
 
     # -- the thread and its supervisor ---------------------------------------------------
 

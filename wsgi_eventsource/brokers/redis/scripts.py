@@ -32,11 +32,12 @@ local function extend(key, ttl)
 end
 """
 
-#: KEYS[1]: the stream. ARGV: maxlen, body, max_age in ms ('' for none).
-#: Returns the new id. Field "p" is the id this entry follows (the stream's
-#: last-generated-id), "b" the encoded body. With max_age, entries older than
-#: it are trimmed and the key expires max_age after the last publish (while
-#: no reader keeps it alive), so a channel nobody uses costs nothing.
+#: KEYS[1]: the stream. ARGV: maxlen, body, max_age in ms ('' for none), the
+#: key's TTL in ms. Returns the new id. Field "p" is the id this entry follows
+#: (the stream's last-generated-id), "b" the encoded body. With max_age,
+#: entries older than it are trimmed and the key expires a TTL after the last
+#: publish (unless a reader keeps it alive), so a channel nobody uses costs
+#: nothing.
 PUBLISH = (
     _HELPERS
     + """
@@ -47,7 +48,8 @@ if ARGV[3] ~= '' then
   redis.call('XTRIM', KEYS[1], 'MINID', '~', string.format('%d-0', now_ms() - age))
   -- PTTL is -1 for a key XADD just made; PEXPIRE GT would treat that as
   -- infinite, so compare here. A longer TTL (a reader's) is kept.
-  if redis.call('PTTL', KEYS[1]) < age then redis.call('PEXPIRE', KEYS[1], age) end
+  local ttl = tonumber(ARGV[4])
+  if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
 end
 return id
 """
