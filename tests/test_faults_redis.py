@@ -235,6 +235,8 @@ def test_a_reader_that_fails_is_restarted(
     assert broker._reader_started
     assert broker.reader_stats.restarts == 1
     assert "restarting it" in caplog.text
+    broker.close()
+    wait_until(lambda: not broker._reader_started, 5, message="a reader that ended is not marked started")
 
 
 # -- 3. gaps while the reader is cut off ------------------------------------------------------------

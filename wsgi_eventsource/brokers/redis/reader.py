@@ -235,13 +235,17 @@ class RedisReader:
                 subs = list(self._subscriptions.get(channel, ()))
             if position is None or not raw_entries:
                 continue  # nobody here reads it any more
-            after = parse_id(position) or (0, 0)
+            after: tuple[int, int] | None = parse_id(position) or (0, 0)
             expected = position.encode("ascii")
             delivered = 0
             for raw_id, fields in raw_entries:
                 key = parse_id(raw_id.decode("ascii"))
-                if key is None or key <= after:
-                    continue  # read before (a resubscribe moved the position on meanwhile)
+                if key is None:
+                    continue  # Redis makes none such
+                if after is not None:
+                    if key <= after:
+                        continue  # read before (a resubscribe moved the position on meanwhile)
+                    after = None  # entries come in order: no comparisons from now on
                 prev, body = fields.get(b"p"), fields.get(b"b")
                 if prev is None or body is None or not body.endswith(b"\n\n"):
                     self.reader_stats.skipped += 1
