@@ -246,6 +246,7 @@ class RedisReader:
                     if key <= after:
                         continue  # read before (a resubscribe moved the position on meanwhile)
                     after = None  # entries come in order: no comparisons from now on
+                    moved.append((channel, position, raw_entries[-1][0].decode("ascii")))
                 prev, body = fields.get(b"p"), fields.get(b"b")
                 if prev is None or body is None or not body.endswith(b"\n\n"):
                     self.reader_stats.skipped += 1
@@ -260,7 +261,6 @@ class RedisReader:
                 batch.append((subs, key, b"id: " + raw_id + b"\n" + body))
                 expected = raw_id
                 delivered += 1
-            moved.append((channel, position, raw_entries[-1][0].decode("ascii")))
             self.stats.delivered += len(subs) * delivered
         with self._lock:
             for channel, position, last in moved:
@@ -275,8 +275,8 @@ class RedisReader:
         base_key = parse_id(base)
         overrun = base_key is not None and base_key > (parse_id(position) or (0, 0))
         self.reader_stats.resets += 1
-        logger.warning(
-            "channel %r: events after %s were lost before the reader read them (%s); sending stream-reset",
+        self._throttled.warning(
+            "reset", "channel %r: events after %s were lost before the reader read them (%s); sending stream-reset",
             channel, position, "trimmed" if overrun else "the stream started over",
         )  # fmt: skip
         wire = stream_reset_event(channel, position, "overrun" if overrun else "restarted", base)
