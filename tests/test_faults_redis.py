@@ -173,11 +173,12 @@ def test_a_foreign_entry_does_not_stop_delivery(
     first = broker.publish("one", "before")
     assert one.events(1)[0].last_event_id == first
     admin.xadd(KEY + "one", {"hand": "made"})
+    admin.xadd(KEY + "one", {"p": "not\nan id", "b": "data: sneaky\n\n"})  # the fields, but no id
     after = broker.publish("one", "after"), broker.publish("other", "after")
     assert [e.last_event_id for e in one.events(2, timeout=3)] == [first, after[0]]
     assert other.events(1, timeout=3)[0].last_event_id == after[1]
     assert [e.type for e in one.parser.events] == ["message", "message"]  # read past, no reset
-    assert broker.reader_stats.skipped == 1
+    assert broker.reader_stats.skipped == 2
 
     late = StreamClient(port, "/one", headers={"Last-Event-ID": first})
     assert late.status == 200

@@ -146,7 +146,7 @@ class RedisBroker(RedisReader, RedisClients, Broker):
             event_id = text(raw_id)
             fields = dict(zip(flat[::2], flat[1::2], strict=True))
             prev, body = fields.get(b"p"), fields.get(b"b")
-            if prev is None or body is None or not body.endswith(b"\n\n"):
+            if prev is None or body is None or not body.endswith(b"\n\n") or parse_id(text(prev)) is None:
                 self.reader_stats.skipped += 1
                 self._throttled.warning(
                     "foreign-replay", "channel %r: skipped entry %s in replay: it has no event", channel, event_id

@@ -248,7 +248,14 @@ class RedisReader:
                     after = None  # entries come in order: no comparisons from now on
                     moved.append((channel, position, raw_entries[-1][0].decode("ascii")))
                 prev, body = fields.get(b"p"), fields.get(b"b")
-                if prev is None or body is None or not body.endswith(b"\n\n"):
+                foreign = prev is None or body is None or not body.endswith(b"\n\n")
+                if not foreign and prev != expected:
+                    reset = self._reset(channel, expected, prev, key)
+                    if reset is None:
+                        foreign = True  # its "p" is no id: not ours either
+                    else:
+                        batch.append((subs, *reset))
+                if foreign:
                     self.reader_stats.skipped += 1
                     self._throttled.warning(
                         "foreign", "channel %r: skipped entry %s, which has no event (not published by us)",
@@ -256,8 +263,6 @@ class RedisReader:
                     )  # fmt: skip
                     expected = raw_id
                     continue
-                if prev != expected:
-                    batch.append((subs, *self._reset(channel, expected, prev, key)))
                 batch.append((subs, key, b"id: " + raw_id + b"\n" + body))
                 expected = raw_id
                 delivered += 1
@@ -268,12 +273,17 @@ class RedisReader:
                     self._positions[channel] = last
         fan_out_batch(batch)
 
-    def _reset(self, channel: str, expected: bytes, prev: bytes, key: tuple[int, int]) -> tuple[tuple[int, int], bytes]:
+    def _reset(
+        self, channel: str, expected: bytes, prev: bytes, key: tuple[int, int]
+    ) -> tuple[tuple[int, int], bytes] | None:
         """The key and wire of a live ``stream-reset``: entries between
-        *expected* (what the reader read last) and *prev* are gone."""
-        position, base = expected.decode("ascii"), prev.decode("ascii")
+        *expected* (what the reader read last) and *prev* are gone. ``None``
+        if *prev* is not an id (the entry is not the broker's)."""
+        position, base = expected.decode("ascii"), prev.decode("ascii", "replace")
         base_key = parse_id(base)
-        overrun = base_key is not None and base_key > (parse_id(position) or (0, 0))
+        if base_key is None:
+            return None
+        overrun = base_key > (parse_id(position) or (0, 0))
         self.reader_stats.resets += 1
         self._throttled.warning(
             "reset", "channel %r: events after %s were lost before the reader read them (%s); sending stream-reset",
@@ -283,7 +293,7 @@ class RedisReader:
         # Keyed so that a subscriber whose replay reached *base* (it has
         # everything up to the gap) drops it. After a restart every id
         # before this entry is meaningless: all but those that replayed it get it.
-        return (base_key if overrun and base_key is not None else key), wire
+        return (base_key if overrun else key), wire
 
     # -- broken keys -------------------------------------------------------------------------------
 
