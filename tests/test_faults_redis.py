@@ -16,10 +16,12 @@ import gevent.subprocess
 import pytest
 import redis
 from gevent.pywsgi import WSGIServer
+from werkzeug.test import EnvironBuilder
 
 from tests.conftest import ServerProcess
 from tests.helpers import ParsedEvent, StreamClient, wait_until
-from wsgi_eventsource import BrokerUnavailable, RedisBroker
+from wsgi_eventsource import BrokerUnavailable, Connection, RedisBroker
+from wsgi_eventsource.brokers.base import Subscription
 
 pytestmark = pytest.mark.server
 
@@ -359,3 +361,16 @@ def _oldest(admin: redis.Redis, key: str) -> tuple[str, dict[bytes, bytes]]:
     entries: Any = admin.xrange(key, count=1)
     raw_id, fields = entries[0]
     return raw_id.decode("ascii"), fields
+
+
+def test_a_channel_ended_while_a_subscribe_is_under_way_ends_that_stream_too() -> None:
+    """Issue 8 (2): a subscription the reader ends before the subscriber app
+    has attached its connection (the key broke during the subscribe) must
+    still send the stream-error and end, not stay open with nothing to read."""
+    subscription = Subscription("bad", gevent.get_hub())
+    subscription.deliver((1, 0), b"id: 1-0\ndata: before\n\n")
+    subscription.end(b"event: stream-error\ndata: {}\n\n")
+    conn = Connection(EnvironBuilder(path="/bad").get_environ(), max_pending=1000)
+    subscription.attach(conn)
+    assert conn.closed
+    assert conn._take() == b"id: 1-0\ndata: before\n\nevent: stream-error\ndata: {}\n\n"
