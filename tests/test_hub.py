@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, VENV_BIN, ServerProcess, call
+from tests.conftest import ROOT, VENV_BIN, ServerProcess, call, free_port
 from tests.helpers import StreamClient, wait_until
 from wsgi_eventsource import MemoryBroker, cli
 from wsgi_eventsource.hub import Hub
@@ -349,3 +349,34 @@ def test_several_workers_with_redis_deliver_to_subscribers_of_every_worker(hub_s
     sent = [json.loads(post(server.port, "multi", f"e{i}".encode())[1])["id"] for i in range(3)]
     for c in clients:
         assert [e.last_event_id for e in c.events(3)] == sent
+
+
+def test_serve_stops_at_start_when_redis_is_too_old_for_max_age(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 8 (10): max_age needs Redis 6.2; the hub said nothing at start and
+    every publish failed later. (A 6.0 server is simulated by its INFO answer.)"""
+    import redis
+
+    served: list[Any] = []
+    monkeypatch.setattr(cli, "serve", served.append)
+    cli.main(["serve", "--redis", redis_url, "--max-age", "30", "--redis-max-connections", "7"])
+    assert served, "a recent Redis must be accepted"
+    hub = cli.make_hub_factory(served[0])()
+    assert hub.broker.max_connections == 7
+    monkeypatch.setattr(redis.Redis, "info", lambda self, *args, **kwargs: {"redis_version": "6.0.16"})
+    with pytest.raises(SystemExit, match=r"max_age .* needs Redis 6\.2 or later.* is 6\.0\.16"):
+        cli.main(["serve", "--redis", redis_url, "--max-age", "30"])
+    assert len(served) == 1
+
+
+def test_serve_starts_with_a_warning_when_redis_does_not_answer_yet(hub_server: Serve) -> None:
+    """A Redis that is not up yet is no reason not to start: streams are
+    refused softly until it answers."""
+    server = hub_server("--redis", f"redis://127.0.0.1:{free_port()}/0")
+    assert "does not answer yet; starting anyway" in "".join(server.log)
+    client = StreamClient(server.port, "/events/early")
+    assert client.status == 200
+    client.read_to_end(timeout=5)
+    assert client.parser.reconnection_time is not None
+    assert get(server.port, "/healthz")[0] == 503

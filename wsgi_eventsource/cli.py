@@ -161,6 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
         "gunicorn's own default is 1000)",
     )
     option("redis", _redis_url, None, "Redis URL (redis://host:6379/0) to share channels between workers and hosts")
+    option(
+        "redis-max-connections",
+        _positive_int,
+        50,
+        "Redis connections per worker for publish and subscribe (a reconnect storm waits up to 10 s for a free one "
+        "instead of being refused); the reader has one more",
+    )
     option("history", _positive_int, 1000, "events kept per channel for Last-Event-ID replay")
     option("max-age", _positive_float, None, "if set, seconds an event stays replayable (history is also cut by age)")
     option("keepalive", _positive_float, 15.0, "seconds between keepalive comments on idle streams")
@@ -274,7 +281,9 @@ def make_hub_factory(args: argparse.Namespace) -> Callable[[], Any]:
         if args.redis:
             from .brokers.redis import RedisBroker
 
-            broker = RedisBroker(args.redis, history=args.history, max_age=args.max_age)
+            broker = RedisBroker(
+                args.redis, history=args.history, max_age=args.max_age, max_connections=args.redis_max_connections
+            )
         else:
             broker = MemoryBroker(history=args.history, max_age=args.max_age)
         return Hub(
@@ -289,6 +298,31 @@ def make_hub_factory(args: argparse.Namespace) -> Callable[[], Any]:
         )
 
     return factory
+
+
+def check_redis(args: argparse.Namespace) -> None:
+    """At start, before any worker: a Redis that answers but cannot serve these
+    options (too old for ``--max-age``) stops the hub with the reason; one that
+    does not answer yet is only a warning (streams are refused softly and
+    publishes get 503 until it does)."""
+    from .brokers.redis import RedisBroker
+    from .errors import BrokerUnavailable
+
+    broker = RedisBroker(args.redis, history=args.history, max_age=args.max_age, max_connections=1)
+    try:
+        if not broker.ping():
+            print(
+                f"wsgi-eventsource: warning: Redis at {broker._shown_url} does not answer yet; starting anyway "
+                "(streams are refused softly, publishes get 503, until it does)",
+                file=sys.stderr,
+            )
+            return
+        try:
+            broker.check()
+        except BrokerUnavailable as exc:
+            sys.exit(f"wsgi-eventsource: {exc}")
+    finally:
+        broker.close()
 
 
 def serve(args: argparse.Namespace) -> None:
@@ -341,4 +375,6 @@ def main(argv: Sequence[str] | None = None) -> None:
                 f"{args.worker_connections}: streams would take every slot, and publishes, /healthz and /stats "
                 f"would hang (the default leaves {connection_reserve(args.worker_connections)} free)"
             )
+        if args.redis:
+            check_redis(args)
         serve(args)
