@@ -57,7 +57,7 @@ def _json_body(rng: random.Random) -> bytes:
             ("[" * depth + "]" * depth).encode()
             if rng.random() < 0.5
             else b'{"data": ' + b"[" * depth + b"]" * depth + b"}"
-        )  # noqa: E501
+        )
     if roll < 0.10:
         return bytes(rng.randrange(256) for _ in range(rng.randrange(64)))
     if roll < 0.15:
