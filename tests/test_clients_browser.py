@@ -9,8 +9,18 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import StreamClient
 from tests.test_browser import browser  # the fixture
-from tests.test_clients_node import CLOSED, OPEN, RestartableHub, count_of, publish_through_a_restart, restartable_hub
+from tests.test_clients_node import (
+    CLOSED,
+    HUB_REFUSALS_ARE_HARD,
+    OPEN,
+    RestartableHub,
+    count_of,
+    publish_through_a_restart,
+    restartable_hub,
+    start_hub,
+)
 
 pytestmark = pytest.mark.server
 __all__ = ["browser", "restartable_hub"]
@@ -108,3 +118,28 @@ def test_chromium_resumes_after_a_hub_restart_with_nothing_lost_or_repeated(
     assert [e["data"] for e in events][3:6] == [f"while down {n}" for n in range(3)]
     assert CLOSED not in states(page)
     assert len(log_of(page, "open")) >= 2
+
+
+@HUB_REFUSALS_ARE_HARD
+def test_chromium_comes_back_after_the_hub_refused_it_over_max_connections(browser: Any) -> None:
+    """Issue 8 (4): a stream over ``--max-connections`` is refused softly, so
+    Chromium waits and comes back by itself once a slot is free."""
+    hub = start_hub("--max-connections", "1")
+    try:
+        held = StreamClient(hub.port, "/events/held")
+        held.wait_for(lambda c: c.raw)  # the only slot is taken
+        page = browser.new_page()
+        page.goto(f"http://127.0.0.1:{hub.port}/healthz")
+        page.evaluate(WATCH, "/events/chromium-max")
+        page.wait_for_function("window.log.some(l => l.kind === 'error')", timeout=10_000)
+        held.reset()  # an RST: the hub notices at its next keepalive (2 s)
+        # Fails at once if the browser gave up; the refusal's hint is spread around 5 s.
+        page.wait_for_function(
+            "(() => { if (window.source.readyState === EventSource.CLOSED) return 'closed';"
+            " return window.source.readyState === EventSource.OPEN; })()",
+            timeout=20_000,
+        )
+        assert CLOSED not in states(page), log_of(page)
+        assert states(page)[-1] == OPEN
+    finally:
+        hub.stop()

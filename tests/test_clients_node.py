@@ -20,7 +20,7 @@ import gevent
 import gevent.subprocess
 import pytest
 
-from tests.conftest import ROOT, VENV_BIN, ServerProcess, free_port
+from tests.conftest import ROOT, VENV_BIN, RedisServer, ServerProcess, free_port
 from tests.helpers import StreamClient, wait_until
 from wsgi_eventsource import RedisBroker
 
@@ -234,3 +234,59 @@ def test_node_eventsource_resumes_after_a_hub_restart_with_nothing_lost_or_repea
         assert CLOSED not in clients.states(i)
         # At least one reconnect; streams opened while the hub was stopping were refused softly.
         assert len(clients.of(i, "open")) >= 2
+
+
+# -- the hub's own refusals (soft in the other branch of issue 8) ----------------------------
+
+HUB_REFUSALS_ARE_HARD = pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="issue 8 (4): the hub still answers a refused stream with 503; once its refusals are soft "
+    "(the apps/hub branch), this passes: remove the marker",
+)
+
+
+def served_again(clients: NodeClients, i: int = 0) -> bool:
+    """Client *i* has a stream again after being refused; fails at once if it gave up."""
+    if CLOSED in clients.states(i):
+        raise AssertionError(f"client {i} gave up for good (readyState CLOSED): {clients.lines[-3:]}")
+    return len(clients.of(i, "open")) >= 1 and clients.states(i)[-1] == OPEN
+
+
+def start_hub(*options: str) -> ServerProcess:
+    command = [os.path.join(VENV_BIN, "wsgi-eventsource"), "serve", "--port", "0", "--keepalive", "2", *options]
+    return ServerProcess(command, ready_pattern=r"Listening at: http://127\.0\.0\.1:(\d+)", stop_signal=signal.SIGINT)
+
+
+@HUB_REFUSALS_ARE_HARD
+def test_node_eventsource_comes_back_after_the_hub_refused_it_over_max_connections(node: Any) -> None:
+    """Issue 8 (4): a stream over ``--max-connections`` is refused softly, so
+    the client waits and comes back by itself once a slot is free."""
+    hub = start_hub("--max-connections", "1")
+    try:
+        held = StreamClient(hub.port, "/events/held")
+        held.wait_for(lambda c: c.raw)  # the only slot is taken
+        clients = node(f"http://127.0.0.1:{hub.port}/events/node-max")
+        clients.wait(lambda: len(clients.of(0, "error")) >= 1, "a refusal")
+        held.reset()  # an RST: the hub notices at its next keepalive (2 s)
+        # The refusal's retry hint is spread around 5 s: allow for two of them.
+        clients.wait(lambda: served_again(clients), "a stream", timeout=20)
+    finally:
+        hub.stop()
+
+
+@HUB_REFUSALS_ARE_HARD
+def test_node_eventsource_comes_back_after_the_hub_refused_it_with_redis_down(node: Any) -> None:
+    """Issue 8 (4): a stream refused because Redis is down is refused softly,
+    so the client keeps trying and is served once Redis is back."""
+    redis = RedisServer()
+    redis.stop()  # down from the start; started again on the same port below
+    hub = start_hub("--redis", redis.url)
+    try:
+        clients = node(f"http://127.0.0.1:{hub.port}/events/node-redis-down")
+        clients.wait(lambda: len(clients.of(0, "error")) >= 1, "a refusal")
+        redis.start()
+        clients.wait(lambda: served_again(clients), "a stream", timeout=20)
+    finally:
+        hub.stop()
+        redis.stop()
