@@ -44,6 +44,8 @@ class Tally:
     gave_up: int = 0
     network_errors: int = 0
     streams: int = 0
+    #: Clients connected and waiting at their gate (see SSEClient.gate).
+    at_gate: int = 0
 
 
 class SSEClient:
@@ -70,9 +72,17 @@ class SSEClient:
         self._greenlet: gevent.Greenlet[[], None] | None = None
         self._sock: socket.socket | None = None
         self._stopping = False
+        #: If set, the next connection waits for it between connect and
+        #: request: many clients then send their requests in one instant.
+        self.gate: gevent.event.Event | None = None
 
     def start(self) -> None:
         self._greenlet = gevent.spawn(self._run)
+
+    def drop(self) -> None:
+        """Cut the connection (as a network blip does); it reconnects by itself."""
+        if self._sock is not None:
+            self._sock.close()
 
     def stop(self) -> None:
         self._stopping = True
@@ -99,6 +109,10 @@ class SSEClient:
     def _stream(self) -> None:
         sock = socket.create_connection(("127.0.0.1", self.port), timeout=60)
         self._sock = sock
+        if self.gate is not None:
+            gate, self.gate = self.gate, None
+            self.tally.at_gate += 1
+            gate.wait(60)
         headers = f"GET /events/{self.channel} HTTP/1.0\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n"
         if self.last_event_id:
             headers += f"Last-Event-ID: {self.last_event_id}\r\n"

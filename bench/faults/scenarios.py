@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import gevent
+import gevent.event
 
 from .clients import Ledger, Publisher, SSEClient, Tally, arrival, http_request, publish
 from .fuzz import publish_requests, subscribe_requests
@@ -30,6 +31,7 @@ SHUTDOWN_RETRY = 1000
 @dataclass(frozen=True)
 class Sizes:
     storm_clients: int = 5000
+    burst_clients: int = 1000
     clients: int = 400
     channels: int = 8
     rate: float = 40.0
@@ -41,8 +43,8 @@ class Sizes:
     patience: float = 15.0
 
 
-QUICK = Sizes(storm_clients=300, clients=60, channels=4, rate=20.0, freeze_s=2.0, fuzz=150, churn_channels=3000,
-              slow_seconds=3.0, patience=5.0)  # fmt: skip
+QUICK = Sizes(storm_clients=300, burst_clients=300, clients=60, channels=4, rate=20.0, freeze_s=2.0, fuzz=150,
+              churn_channels=3000, slow_seconds=3.0, patience=5.0)  # fmt: skip
 
 
 @dataclass
@@ -182,6 +184,36 @@ def crash_storm(sizes: Sizes) -> Row:
     return _storm(
         f"reconnect storm: {sizes.storm_clients} clients, a worker killed -9 (Redis, 2 workers)", sizes, fault
     )
+
+
+def reconnect_burst(sizes: Sizes) -> Row:
+    """A network blip: *burst_clients* streams of ONE worker cut at once; all
+    of them re-subscribe with Last-Event-ID in the same instant (connected
+    first, then every request sent in one go)."""
+    n = sizes.burst_clients
+    row = Row(f"reconnect burst: {n} clients re-subscribe at one instant with Last-Event-ID (Redis, 1 worker)")
+    redis = Redis()
+    hub = Hub("--redis", redis.url, "--worker-connections", str(n + 1000))
+    try:
+        channels = channels_of("burst", sizes.channels)
+        with attached(hub, n, channels, sizes.rate, sizes.patience) as (clients, ledger, tally):
+            gevent.sleep(1)
+            gate = gevent.event.Event()
+            for client in clients:
+                client.gate = gate
+                client.drop()
+            deadline = time.monotonic() + 30
+            while tally.at_gate < n and time.monotonic() < deadline:
+                gevent.sleep(0.05)
+            row.notes.append(f"{tally.at_gate} requests sent at once")
+            moment = time.monotonic()
+            gate.set()
+            row.recovery_s = recovery(clients, ledger, moment, sizes.patience)
+            row.notes.append(f"still subscribed at the end: {sum(c.open for c in clients)}/{len(clients)}")
+        return account(row, clients, ledger, tally)
+    finally:
+        hub.close()
+        redis.stop()
 
 
 def _storm(name: str, sizes: Sizes, fault: Callable[[Hub], None]) -> Row:
@@ -451,6 +483,7 @@ def churn(sizes: Sizes, broker: str) -> Row:
 SCENARIOS: dict[str, Callable[[Sizes], Row]] = {
     "storm": reconnect_storm,
     "crash-storm": crash_storm,
+    "burst": reconnect_burst,
     "redis-kill": redis_killed,
     "redis-freeze": redis_frozen,
     "reader-kill": reader_killed,
