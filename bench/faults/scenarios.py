@@ -238,12 +238,14 @@ def _storm(name: str, sizes: Sizes, fault: Callable[[Hub], None]) -> Row:
         redis.stop()
 
 
-def _redis_fault(name: str, sizes: Sizes, fault: Callable[[Redis, Hub], float], *, persist: bool = False) -> Row:
+def _redis_fault(
+    name: str, sizes: Sizes, fault: Callable[[Redis, Hub, Ledger], float], *options: str, persist: bool = False
+) -> Row:
     """A hub on Redis with clients and a publisher; *fault* does its harm and
     returns the moment it ended (recovery is measured from there)."""
     row = Row(name)
     redis = Redis(persist=persist)
-    hub = Hub("--redis", redis.url, "--shutdown-retry", str(SHUTDOWN_RETRY))
+    hub = Hub("--redis", redis.url, "--shutdown-retry", str(SHUTDOWN_RETRY), *options)
     try:
         with attached(hub, sizes.clients, channels_of("r", sizes.channels), sizes.rate, sizes.patience / 2) as (
             clients,
@@ -251,7 +253,7 @@ def _redis_fault(name: str, sizes: Sizes, fault: Callable[[Redis, Hub], float], 
             tally,
         ):
             gevent.sleep(1)
-            ended = fault(redis, hub)
+            ended = fault(redis, hub, ledger)
             row.recovery_s = recovery(clients, ledger, ended, sizes.patience)
             gevent.sleep(1)
         if "Traceback" in hub.log():
@@ -263,7 +265,7 @@ def _redis_fault(name: str, sizes: Sizes, fault: Callable[[Redis, Hub], float], 
 
 
 def redis_killed(sizes: Sizes) -> Row:
-    def fault(redis: Redis, hub: Hub) -> float:
+    def fault(redis: Redis, hub: Hub, ledger: Ledger) -> float:
         redis.kill()
         gevent.sleep(2)
         redis.start()
@@ -273,7 +275,7 @@ def redis_killed(sizes: Sizes) -> Row:
 
 
 def redis_frozen(sizes: Sizes) -> Row:
-    def fault(redis: Redis, hub: Hub) -> float:
+    def fault(redis: Redis, hub: Hub, ledger: Ledger) -> float:
         redis.signal(signal.SIGSTOP)
         gevent.sleep(sizes.freeze_s)
         redis.signal(signal.SIGCONT)
@@ -283,7 +285,7 @@ def redis_frozen(sizes: Sizes) -> Row:
 
 
 def reader_killed(sizes: Sizes) -> Row:
-    def fault(redis: Redis, hub: Hub) -> float:
+    def fault(redis: Redis, hub: Hub, ledger: Ledger) -> float:
         admin = redis.client()
         for _ in range(3):
             for entry in admin.client_list():
@@ -299,7 +301,7 @@ def reader_killed(sizes: Sizes) -> Row:
 
 
 def foreign_entry(sizes: Sizes) -> Row:
-    def fault(redis: Redis, hub: Hub) -> float:
+    def fault(redis: Redis, hub: Hub, ledger: Ledger) -> float:
         admin = redis.client()
         admin.xadd("wsgi-eventsource:r/0", {"written": "by hand"})
         admin.close()
@@ -309,7 +311,7 @@ def foreign_entry(sizes: Sizes) -> Row:
 
 
 def wrong_type_key(sizes: Sizes) -> Row:
-    def fault(redis: Redis, hub: Hub) -> float:
+    def fault(redis: Redis, hub: Hub, ledger: Ledger) -> float:
         # A channel with subscribers (so the reader reads it) becomes a string.
         admin = redis.client()
         admin.delete("wsgi-eventsource:r/0")
@@ -323,6 +325,32 @@ def wrong_type_key(sizes: Sizes) -> Row:
     row = _redis_fault("a wrong-type key (DEL + SET on a subscribed channel's key)", sizes, fault)
     row.notes.extend(hub_notes)
     return row
+
+
+def lagging_reader(sizes: Sizes) -> Row:
+    """The hub's reader falls behind by more than ``history`` events: its
+    worker is frozen (SIGSTOP) while events go straight to Redis, where
+    ``MAXLEN ~`` trims past the reader's position."""
+    history = 50
+    burst = 300 * sizes.channels  # 300 a channel: past MAXLEN ~ 50 (which keeps up to ~150)
+
+    def fault(redis: Redis, hub: Hub, ledger: Ledger) -> float:
+        from wsgi_eventsource import RedisBroker
+
+        broker = RedisBroker(redis.url, history=history)
+        worker = hub.workers[0]
+        os.kill(worker, signal.SIGSTOP)
+        try:
+            for i in range(burst):
+                channel = f"r/{i % sizes.channels}"
+                ledger.record(channel, broker.publish(channel, f"{time.time_ns()} while the reader lags {i}"))
+        finally:
+            os.kill(worker, signal.SIGCONT)
+            broker.close()
+        return time.monotonic()
+
+    name = f"a lagging reader: its worker frozen while {burst} events go to Redis (--history {history})"
+    return _redis_fault(name, sizes, fault, "--history", str(history))
 
 
 def slow_clients(sizes: Sizes) -> Row:
@@ -489,6 +517,7 @@ SCENARIOS: dict[str, Callable[[Sizes], Row]] = {
     "reader-kill": reader_killed,
     "foreign-entry": foreign_entry,
     "wrong-type": wrong_type_key,
+    "lagging-reader": lagging_reader,
     "slow-clients": slow_clients,
     "fuzz": fuzzed,
     "churn-redis": lambda sizes: churn(sizes, "Redis"),
