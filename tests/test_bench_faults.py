@@ -40,6 +40,8 @@ M, R = "message", "stream-reset"
         pytest.param([(M, "10-0"), (M, "11-0")], "9-0", False, (3, 0, 0, 0), id="tail-never-arrived"),
         pytest.param([(M, "10-0"), (M, "11-0")], "9-0", True, (0, 0, 0, 0), id="gave-up-tail-not-counted"),
         pytest.param([(M, "13-0"), (M, "14-0")], "12-0", False, (0, 0, 0, 0), id="starts-where-it-subscribed"),
+        pytest.param([(M, i) for i in PUBLISHED] + [("stream-error", "14-0")], "9-0", False, (0, 0, 0, 0),
+                     id="other-event-types-are-not-duplicates"),
         pytest.param([(M, "10-0"), (M, "99-0"), (M, "11-0")] + [(M, i) for i in PUBLISHED[2:]], "9-0", False,
                      (0, 0, 0, 0), id="foreign-id-ignored"),
     ],

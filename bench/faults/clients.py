@@ -194,6 +194,8 @@ class Ledger:
                 resets += 1
                 reset_pending = True
                 continue
+            if kind != "message":
+                continue  # not a published event (an error event, say): see other_events
             if event_id in seen:
                 duplicated += 1
                 continue
@@ -212,6 +214,11 @@ class Ledger:
         if not client.closed:
             lost += len(expected) - position  # never arrived, though it stayed subscribed
         return lost, duplicated, resets, announced
+
+    @staticmethod
+    def other_events(client: SSEClient) -> Counter[str]:
+        """Events of a type the publisher never sends (nor stream-reset), by type."""
+        return Counter(kind for kind, _, _ in client.received if kind not in ("message", STREAM_RESET))
 
     def first_after(self, channel: str, moment: float) -> str | None:
         for event_id in self.published.get(channel, []):
