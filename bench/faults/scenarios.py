@@ -467,9 +467,11 @@ def fuzzed(sizes: Sizes) -> Row:
         row.notes.append(f"publish statuses {dict(sorted(publishes.items()))}")
         row.notes.append(f"subscribe statuses {dict(sorted(subscribes.items()))}")
         row.notes.append(f"500s: {len(fives)}; no answer: {publishes[0] + subscribes[0]}")
-        for request in fives[:3]:
-            head, _, body = request.partition(b"\r\n\r\n")
-            row.notes.append(f"a 500 for {head.split(b' ')[1][:40]!r} with {len(body)} bytes {body[:30]!r}...")
+        kinds: Counter[bytes] = Counter()
+        for request in fives:
+            kinds[request.partition(b"\r\n\r\n")[2][:24]] += 1
+        for start, count in kinds.most_common(4):
+            row.notes.append(f"{count} x 500 for a body starting {start!r}")
         return row
     finally:
         hub.close()
