@@ -13,7 +13,6 @@ from tests.helpers import StreamClient
 from tests.test_browser import browser  # the fixture
 from tests.test_clients_node import (
     CLOSED,
-    HUB_REFUSALS_ARE_HARD,
     OPEN,
     RestartableHub,
     count_of,
@@ -120,7 +119,6 @@ def test_chromium_resumes_after_a_hub_restart_with_nothing_lost_or_repeated(
     assert len(log_of(page, "open")) >= 2
 
 
-@HUB_REFUSALS_ARE_HARD
 def test_chromium_comes_back_after_the_hub_refused_it_over_max_connections(browser: Any) -> None:
     """Issue 8 (4): a stream over ``--max-connections`` is refused softly, so
     Chromium waits and comes back by itself once a slot is free."""

@@ -236,14 +236,7 @@ def test_node_eventsource_resumes_after_a_hub_restart_with_nothing_lost_or_repea
         assert len(clients.of(i, "open")) >= 2
 
 
-# -- the hub's own refusals (soft in the other branch of issue 8) ----------------------------
-
-HUB_REFUSALS_ARE_HARD = pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="issue 8 (4): the hub still answers a refused stream with 503; once its refusals are soft "
-    "(the apps/hub branch), this passes: remove the marker",
-)
+# -- the hub's own refusals (soft since issue 8) --------------------------------------------
 
 
 def served_again(clients: NodeClients, i: int = 0) -> bool:
@@ -258,7 +251,6 @@ def start_hub(*options: str) -> ServerProcess:
     return ServerProcess(command, ready_pattern=r"Listening at: http://127\.0\.0\.1:(\d+)", stop_signal=signal.SIGINT)
 
 
-@HUB_REFUSALS_ARE_HARD
 def test_node_eventsource_comes_back_after_the_hub_refused_it_over_max_connections(node: Any) -> None:
     """Issue 8 (4): a stream over ``--max-connections`` is refused softly, so
     the client waits and comes back by itself once a slot is free."""
@@ -275,7 +267,6 @@ def test_node_eventsource_comes_back_after_the_hub_refused_it_over_max_connectio
         hub.stop()
 
 
-@HUB_REFUSALS_ARE_HARD
 def test_node_eventsource_comes_back_after_the_hub_refused_it_with_redis_down(node: Any) -> None:
     """Issue 8 (4): a stream refused because Redis is down is refused softly,
     so the client keeps trying and is served once Redis is back."""
