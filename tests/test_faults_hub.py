@@ -375,6 +375,29 @@ def test_deeply_nested_json_is_a_400_not_a_500(serve: Callable[..., WSGIServer])
     assert broker.history_of("x") == []
 
 
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        pytest.param("application/json", b'{"data": "x", "\\udcff": 1}', id="json-key"),
+        pytest.param("application/json", b'{"data": "x", "event": "\\ud800"}', id="json-event"),
+        pytest.param("application/x-www-form-urlencoded", b"data=x&%ED%B3%BF=1", id="form-key"),
+    ],
+)
+def test_a_lone_surrogate_in_a_publish_is_a_400_not_a_500(
+    serve: Callable[..., WSGIServer], content_type: str, body: bytes
+) -> None:
+    """Found by the fault suite's fuzzer: a JSON key that is a lone surrogate
+    escape ("\\udcff") was named in the 400's message, which then could not
+    be encoded as UTF-8: a 500."""
+    broker = MemoryBroker()
+    port = serve(broker.publisher_app()).server_port
+    client = StreamClient(port, "/x", method="POST", body=body, headers={"Content-Type": content_type})
+    assert client.status == 400
+    message = client.read_body().decode("utf-8")
+    assert message.strip()
+    assert broker.history_of("x") == []
+
+
 class FakeResource(types.SimpleNamespace):
     """The resource module of a system whose hard limit is unlimited, and whose
     setrlimit refuses RLIM_INFINITY (and, with *refuse*, anything)."""

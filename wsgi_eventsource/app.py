@@ -109,7 +109,9 @@ def plain_response(
     start_response: StartResponse, status: str, text: str, headers: Iterable[tuple[str, str]] = ()
 ) -> list[bytes]:
     """Answer with a short ``text/plain`` body."""
-    body = text.encode("utf-8")
+    # A message may name what the client sent, which can be a lone surrogate
+    # (a JSON "\udcff" key): escape it rather than fail with a 500.
+    body = text.encode("utf-8", "backslashreplace")
     start_response(
         status,
         [
