@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import gevent
+import gevent.event
 import gevent.subprocess
 import pytest
 import redis
@@ -224,11 +225,11 @@ def test_a_reader_that_fails_is_restarted(
     broker = broker_of()
     dispatch, calls = broker._dispatch, []
 
-    def fails_once(response: list[Any]) -> None:
+    def fails_once(response: list[Any], client: Any = None) -> None:
         calls.append(response)
         if len(calls) == 1:
             raise RuntimeError("injected failure")
-        dispatch(response)
+        dispatch(response, client)
 
     monkeypatch.setattr(broker, "_dispatch", fails_once)
     port = serve(broker.subscriber_app(keepalive=0.2)).server_port
@@ -252,8 +253,8 @@ class StalledReader:
         self.stalled, self.gate = threading.Event(), threading.Event()
         dispatch = broker._dispatch
 
-        def dispatch_then_stall(response: list[Any]) -> None:
-            dispatch(response)
+        def dispatch_then_stall(response: list[Any], client: Any = None) -> None:
+            dispatch(response, client)
             if not self.stalled.is_set():
                 self.stalled.set()
                 self.gate.wait(30)
@@ -313,6 +314,77 @@ def test_entries_that_follow_on_get_no_reset(
     client.wait_for(lambda c: c.parser.last_event_id == ids[-1], timeout=5)
     assert [e.last_event_id for e in client.parser.events] == ids
     assert broker.reader_stats.resets == 0
+
+
+def test_a_gap_right_before_a_foreign_entry_is_announced(
+    serve: Callable[..., WSGIServer],
+    broker_of: Callable[..., RedisBroker],
+    admin: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review of issue 8 (3): a foreign entry names no predecessor, and the
+    reader took it as following its position: a trim gap right before one
+    (an XADD by hand with MAXLEN) lost every event in it with no reset."""
+    broker = broker_of(history=5)
+    reader = StalledReader(broker, monkeypatch)
+    port = serve(broker.subscriber_app(keepalive=0.2)).server_port
+    client = connected(port, "/hidden")
+    seen = broker.publish("hidden", "seen")
+    assert client.events(1)[0].last_event_id == seen
+    wait_until(reader.stalled.is_set, 5)
+    for i in range(200):
+        broker.publish("hidden", f"lost {i}")
+    added = admin.xadd(KEY + "hidden", {"note": "by hand"}, maxlen=1, approximate=False)
+    foreign = added.decode() if isinstance(added, bytes) else str(added)
+    after = broker.publish("hidden", "after")
+    reader.gate.set()
+    client.wait_for(lambda c: c.parser.last_event_id == after, timeout=5)
+    types = [(e.type, e.last_event_id) for e in client.parser.events]
+    assert types == [("message", seen), ("stream-reset", foreign), ("message", after)]
+    reset = json.loads(client.parser.events[1].data)
+    assert reset == {"channel": "hidden", "lastEventId": seen, "reason": "overrun"}
+
+
+def test_two_first_subscribes_of_a_channel_start_where_the_reader_reads(
+    broker_of: Callable[..., RedisBroker], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review of issue 8: two subscribes of a channel nobody here read yet each
+    took its own CURRENT; when the later one set the reader's position, the
+    earlier one's client was told an older id and never got the event in
+    between (no reset). Forced here by holding the first subscribe after its
+    CURRENT answered, as a busy worker's hub does."""
+    broker = broker_of()
+    broker.publish("pair", "before")
+    current = broker._current_script
+    calls: list[bytes] = []
+    first_answered, go_on = gevent.event.Event(), gevent.event.Event()
+
+    def held_current(*args: Any, **kwargs: Any) -> Any:
+        answer = current(*args, **kwargs)
+        calls.append(answer)
+        if len(calls) == 1:
+            first_answered.set()
+            go_on.wait(10)
+        return answer
+
+    monkeypatch.setattr(broker, "_current_script", held_current)
+    results: dict[str, tuple[Subscription, bytes]] = {}
+    s1 = gevent.spawn(lambda: results.setdefault("s1", broker.subscribe("pair", None)))
+    assert first_answered.wait(5)
+    between = broker.publish("pair", "published between the two CURRENTs")
+    s2 = gevent.spawn(lambda: results.setdefault("s2", broker.subscribe("pair", None)))
+    wait_until(lambda: "s2" in results, 5)
+    go_on.set()
+    gevent.joinall([s1, s2], timeout=5, raise_error=True)
+    last = broker.publish("pair", "after")
+    for name, (subscription, preamble) in results.items():
+        start = preamble.decode().removeprefix("id: ").strip()
+        wait_until(lambda sub=subscription: any(last.encode() in w for _, w in sub.buffer or ()), 5)
+        got = [w.split(b"\n")[0].decode().removeprefix("id: ") for _, w in subscription.buffer or ()]
+        got = [i for i in got if subscription.floor is None or tuple(map(int, i.split("-"))) > subscription.floor]
+        # What the client is told, then what it is sent: nothing in between is missing.
+        stream_ids = [i.decode() for i, _ in broker._ensure_client().xrange(KEY + "pair")]
+        assert stream_ids[stream_ids.index(start) + 1 :] == got, (name, start, got, between)
 
 
 # -- 7. keys that expire -------------------------------------------------------------------------------

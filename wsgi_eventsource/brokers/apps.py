@@ -152,7 +152,7 @@ class SubscriberApp:
             # reconnects by itself when a 200 event stream ends.
             _log_unavailable(exc)
             return self.source.refuse(
-                start_response, "broker_unavailable", "the event broker cannot be reached; reconnect shortly"
+                start_response, "broker_unavailable", "the event broker is unavailable; reconnect shortly"
             )
         stream = None
         try:

@@ -178,7 +178,17 @@ class RedisBroker(RedisReader, RedisClients, Broker):
                 keep = self._keep_alive_ms
                 start = text(self._current_script(keys=[self._key(channel)], args=[keep or ""], client=client))
                 with self._lock:
-                    self._positions.setdefault(channel, start)
+                    if subscription in self._subscriptions.get(channel, ()):
+                        # Another subscribe of this new channel may have
+                        # set the reader's position first, from an older or
+                        # a newer CURRENT: this subscriber starts where the
+                        # reader reads from, or it would skip what lies
+                        # between the two. (Everything the reader handed out
+                        # since is in its buffer: it listened first.)
+                        start = self._positions.setdefault(channel, start)
+                    # else the reader ended the channel meanwhile (a broken
+                    # key) and this subscription with it: no position for
+                    # a channel nobody here reads.
                 self._start_reader()
                 self._wake_reader(client)
             if last_event_id is None:

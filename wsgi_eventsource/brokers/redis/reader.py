@@ -207,7 +207,7 @@ class RedisReader:
                         backoff = _wait(backoff)
                     continue
                 if response:
-                    self._dispatch(response)
+                    self._dispatch(response, client)
         finally:
             self._reader_client_id = None
             if client is not None:
@@ -221,10 +221,11 @@ class RedisReader:
         except self._redis.ResponseError as exc:  # OOM, say: XREAD still works, and it is retried
             self._throttled.warning("keep-alive", "the Redis reader could not refresh key TTLs (%s)", exc)
 
-    def _dispatch(self, response: list[Any]) -> None:
+    def _dispatch(self, response: list[Any], client: Any = None) -> None:
         """Hand one XREAD answer to the subscribers, in order: per channel, a
         ``stream-reset`` if the entries do not follow the reader's position,
-        then one shared wire per entry."""
+        then one shared wire per entry. (*client*, the reader's, checks a
+        foreign first entry: see :meth:`_position_kept`.)"""
         batch: list[tuple[list[Subscription], tuple[int, int], bytes]] = []
         moved: list[tuple[str, str, str]] = []
         prefix = len(self.prefix)
@@ -238,6 +239,7 @@ class RedisReader:
             after: tuple[int, int] | None = parse_id(position) or (0, 0)
             expected = position.encode("ascii")
             delivered = 0
+            first = False
             for raw_id, fields in raw_entries:
                 key = parse_id(raw_id.decode("ascii"))
                 if key is None:
@@ -246,9 +248,20 @@ class RedisReader:
                     if key <= after:
                         continue  # read before (a resubscribe moved the position on meanwhile)
                     after = None  # entries come in order: no comparisons from now on
+                    first = True
                     moved.append((channel, position, raw_entries[-1][0].decode("ascii")))
                 prev, body = fields.get(b"p"), fields.get(b"b")
                 foreign = prev is None or body is None or not body.endswith(b"\n\n")
+                if first and foreign and not self._position_kept(client, channel, position):
+                    # A foreign entry names no predecessor, so the chain
+                    # cannot show a gap right before it: the position itself
+                    # tells. Trimming removes the oldest entries first, so
+                    # if the reader's last entry is still there nothing after
+                    # it was trimmed; if it is gone, assume the worst.
+                    self.reader_stats.resets += 1
+                    wire = stream_reset_event(channel, position, "overrun", raw_id.decode("ascii"))
+                    batch.append((subs, key, wire))
+                first = False
                 if not foreign and prev != expected:
                     reset = self._reset(channel, expected, prev, key)
                     if reset is None:
@@ -272,6 +285,15 @@ class RedisReader:
                 if self._positions.get(channel) == position:
                     self._positions[channel] = last
         fan_out_batch(batch)
+
+    def _position_kept(self, client: Any, channel: str, position: str) -> bool:
+        """True if the entry at *position* is still in the channel's stream."""
+        if client is None or parse_id(position) in (None, (0, 0)):
+            return False
+        try:
+            return bool(client.xrange(self._key(channel), min=position, max=position, count=1))
+        except self._redis.RedisError:
+            return False  # cannot tell: a reset is safe, a silent gap is not
 
     def _reset(
         self, channel: str, expected: bytes, prev: bytes, key: tuple[int, int]
