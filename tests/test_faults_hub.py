@@ -636,3 +636,44 @@ def test_memory_broker_does_not_warn_under_preload_with_one_worker(gunicorn: Cal
     StreamClient(two.port, "/events/pre").wait_for(lambda c: b"id: " in c.raw)
     wait_until(lambda: "multi-process" in "".join(two.log), 10)
     assert sys.executable  # the same interpreter runs gunicorn (see the fixture)
+
+
+def test_subscribes_waiting_on_redis_count_against_max_connections(hub_server: Serve, redis_url: str) -> None:
+    """Review of issue 8 (6): the cap counted open streams only, so while
+    Redis stalled (here CLIENT PAUSE) every waiting subscribe passed the check
+    and 100 streams opened under --max-connections 5, into the reserve that
+    publishes and health checks need."""
+    import redis
+
+    server = hub_server("--redis", redis_url, "--max-connections", "5", "--keepalive", "1")
+    warm = StreamClient(server.port, "/events/warm")  # the broker is connected, the reader runs
+    warm.wait_for(lambda c: b"id: " in c.raw, timeout=5)
+    warm.close()
+
+    def stats() -> Any:
+        answer = StreamClient(server.port, "/stats", timeout=5)
+        try:
+            return json.loads(answer.read_body())
+        finally:
+            answer.close()
+
+    wait_until(lambda: stats()["connections"]["total"] == 0, 10, 0.1)
+    admin = redis.Redis.from_url(redis_url)
+    admin.execute_command("CLIENT", "PAUSE", "1500", "ALL")
+    try:
+        # All at once (a client waits for its answer's headers when it is made).
+        connecting = [
+            gevent.spawn(StreamClient, server.port, "/events/storm", headers={"Last-Event-ID": "1-0"}, timeout=10)
+            for _ in range(100)
+        ]
+        gevent.joinall(connecting, timeout=15, raise_error=True)
+    finally:
+        admin.close()
+    clients = [g.value for g in connecting]
+    for client in clients:
+        client.wait_for(lambda c: b"\n\n" in c.raw, timeout=10)
+    opened = [c for c in clients if b"retry:" not in c.raw]
+    assert 1 <= len(opened) <= 5, f"{len(opened)} streams opened under --max-connections 5"
+    numbers = stats()
+    assert numbers["connections"]["total"] <= 5
+    assert numbers["refused"]["over_max_connections"] >= 95

@@ -194,6 +194,7 @@ class Hub:
         self.cors_origin = cors_origin
         self.max_connections = max_connections
         self.started = time.time()
+        self._opening = 0  # stream requests past the max_connections check, not yet streams
         self.cors_headers: list[tuple[str, str]] = []
         if cors_origin:
             self.cors_headers.append(("Access-Control-Allow-Origin", cors_origin))
@@ -232,16 +233,21 @@ class Hub:
 
     def _subscribe(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         source = self.subscriber.source
-        if (
-            self.max_connections is not None
-            and environ.get("REQUEST_METHOD") == "GET"
-            and source.connection_count >= self.max_connections
-        ):
+        if self.max_connections is None or environ.get("REQUEST_METHOD") != "GET":
+            return self.subscriber(environ, start_response)
+        # Subscribes still waiting on the broker (a Redis stall, a pool wait,
+        # a reconnect storm) count too: each becomes a stream, and left
+        # uncounted a storm would pass the check all at once.
+        if source.connection_count + self._opening >= self.max_connections:
             # Soft: a 503 would make a browser give up for good. The stream
             # headers (and so the CORS headers) are the subscriber app's.
             why = f"this server holds its maximum of {self.max_connections} streams; reconnect later"
             return source.refuse(start_response, "over_max_connections", why)
-        return self.subscriber(environ, start_response)
+        self._opening += 1
+        try:
+            return self.subscriber(environ, start_response)
+        finally:
+            self._opening -= 1
 
     def _publish(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         if environ.get("REQUEST_METHOD") == "POST":
