@@ -659,7 +659,7 @@ def test_subscribes_waiting_on_redis_count_against_max_connections(hub_server: S
 
     wait_until(lambda: stats()["connections"]["total"] == 0, 10, 0.1)
     admin = redis.Redis.from_url(redis_url)
-    admin.execute_command("CLIENT", "PAUSE", "1500", "ALL")
+    admin.client_pause(1500, all=True)
     try:
         # All at once (a client waits for its answer's headers when it is made).
         connecting = [
