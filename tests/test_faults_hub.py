@@ -314,6 +314,57 @@ def test_a_forked_child_sweeps_with_its_own_thread() -> None:
         broker.close()
 
 
+def test_a_forked_child_delivers_even_if_a_thread_was_delivering_at_the_fork() -> None:
+    """Review of issue 8: a fork reset the lock but not the "a publisher is
+    delivering" flag. Forked while a thread of the parent delivered (a
+    --preload master publishing), every publish in the child left delivery to
+    a thread that does not exist there: live events were never delivered."""
+    broker = MemoryBroker()
+    broker._delivering = True  # as a parent thread leaves it, mid-delivery, at the fork
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            subscription, _ = broker.subscribe("forked", None)
+            broker.publish("forked", "live")
+            code = 0 if [w for _, w in subscription.buffer or ()] else 3
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+class CountingLock:
+    """The broker's lock, counting how often it is taken and what it guards."""
+
+    def __init__(self, lock: Any) -> None:
+        self.lock, self.holds = lock, 0
+
+    def __enter__(self) -> None:
+        self.lock.acquire()
+        self.holds += 1
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.release()
+
+
+def test_the_sweeper_lets_go_of_the_lock_between_batches() -> None:
+    """Review of issue 8 (7): one sweep walked every channel holding the
+    broker's OS lock (up to 140 ms for 100,000 subscribed channels), which
+    every publish and subscribe of the worker waits for. It now takes the lock
+    once per batch of SWEEP_BATCH channels."""
+    broker = MemoryBroker(max_age=30)
+    try:
+        for n in range(5000):  # five batches of 1,000
+            broker.subscribe(f"held/{n}", None)
+        counting = CountingLock(broker._lock)
+        broker._lock = counting  # type: ignore[assignment]
+        assert broker.sweep() == 0
+        assert counting.holds >= 5
+    finally:
+        broker.close()
+
+
 def test_a_subscriber_connected_through_the_expiry_gets_the_next_event_without_reset(
     serve: Callable[..., WSGIServer],
 ) -> None:
