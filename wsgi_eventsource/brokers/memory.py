@@ -112,6 +112,7 @@ class MemoryBroker(Broker):
         # The lock whose release tells the sweeper thread to stop; None while
         # there is no sweeper (none started yet, closed, or a forked child).
         self._stop_sweeping: Lock | None = None
+        self._sweeper_done: Lock | None = None
         self.stats = BrokerStats()
         _brokers.add(self)
 
@@ -139,18 +140,19 @@ class MemoryBroker(Broker):
         with self._lock:
             if self._stop_sweeping is not None:
                 return
-            stop = _allocate_lock()
+            stop, done = _allocate_lock(), _allocate_lock()
             stop.acquire()
-            self._stop_sweeping = stop
+            done.acquire()  # released by the thread as it ends
+            self._stop_sweeping, self._sweeper_done = stop, done
         assert self.max_age is not None
         interval = max(self.max_age / 2, MIN_SWEEP_INTERVAL)
-        _start_thread(_sweep_until_stopped, (weakref.ref(self), stop, interval))
+        _start_thread(_sweep_until_stopped, (weakref.ref(self), stop, done, interval))
 
     def _after_fork_in_child(self) -> None:
         # Only the forking thread lives on in the child: the sweeper is gone,
         # and it or a publishing thread may have held the lock at the fork.
         self._lock = os_lock()
-        self._stop_sweeping = None
+        self._stop_sweeping = self._sweeper_done = None
         # A thread of the parent may have been delivering at the fork: its
         # flag would make every publish here leave delivery to nobody.
         self._delivering = False
@@ -201,12 +203,15 @@ class MemoryBroker(Broker):
         return len(self._tombstones)
 
     def close(self) -> None:
-        """Stop the sweeper thread (if any). The broker stays usable; a later
-        publish starts a new one."""
+        """Stop the sweeper thread (if any) and wait (a second at most) until
+        it has ended. The broker stays usable; a later publish starts a new one."""
         with self._lock:
             stop, self._stop_sweeping = self._stop_sweeping, None
+            done, self._sweeper_done = self._sweeper_done, None
         if stop is not None:
             stop.release()
+        if done is not None and done.acquire(True, 1.0):
+            done.release()
 
     def _channel(self, name: str) -> _Channel:
         channel = self._channels.get(name)
@@ -299,15 +304,19 @@ class MemoryBroker(Broker):
             return {name: len(state.subscribers) for name, state in self._channels.items() if state.subscribers}
 
 
-def _sweep_until_stopped(ref: weakref.ref[MemoryBroker], stop: Lock, interval: float) -> None:
+def _sweep_until_stopped(ref: weakref.ref[MemoryBroker], stop: Lock, done: Lock, interval: float) -> None:
     """The sweeper thread: holds only a weak reference, so a broker nobody
-    uses any more is collected (and the thread ends at its next wake-up)."""
-    while not stop.acquire(True, interval):
-        broker = ref()
-        if broker is None:
-            return
-        try:
-            broker.sweep()
-        except Exception:  # never let the thread die silently: log, go on
-            logger.exception("MemoryBroker sweep failed")
-        del broker
+    uses any more is collected (and the thread ends at its next wake-up).
+    Releases *done* as it ends."""
+    try:
+        while not stop.acquire(True, interval):
+            broker = ref()
+            if broker is None:
+                return
+            try:
+                broker.sweep()
+            except Exception:  # never let the thread die silently: log, go on
+                logger.exception("MemoryBroker sweep failed")
+            del broker
+    finally:
+        done.release()
