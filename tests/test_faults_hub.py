@@ -259,33 +259,35 @@ def test_short_lived_channels_are_freed_after_max_age() -> None:
     assert rss[-1] - rss[0] < 20 * 1024, f"RSS KiB after each round: {rss}"
 
 
-def os_threads() -> int:
-    return len(os.listdir("/proc/self/task"))
-
-
 def test_the_sweeper_is_one_thread_started_lazily_and_ended_by_close_or_collection() -> None:
     """Issue 8 (7): the sweeper is one OS thread per broker with max_age,
     started at the first publish, ended by close() and when the broker is
     collected (it holds only a weak reference)."""
     import gc
 
-    before = os_threads()
+    def alive(native_id: int | None) -> bool:
+        return native_id is not None and os.path.exists(f"/proc/self/task/{native_id}")
+
     broker = MemoryBroker(max_age=0.25)
-    assert os_threads() == before  # nothing until the first publish
     broker.publish("a", "x")
+    wait_until(lambda: alive(broker.sweeper_native_id), 5, message="a sweeper at the first publish")
+    first = broker.sweeper_native_id
     broker.publish("b", "x")
-    assert os_threads() == before + 1
+    assert broker.sweeper_native_id == first  # one thread, not one per publish
     broker.close()
-    wait_until(lambda: os_threads() == before, 5, message="the sweeper ends with close()")
+    wait_until(lambda: not alive(first), 5, message="the sweeper ends with close()")
     collected = MemoryBroker(max_age=0.25)
     collected.publish("c", "x")
-    assert os_threads() == before + 1
+    wait_until(lambda: alive(collected.sweeper_native_id), 5, message="a sweeper at the first publish")
+    second = collected.sweeper_native_id
     del collected
     gc.collect()
-    wait_until(lambda: os_threads() == before, 5, message="the sweeper ends with its broker")
+    wait_until(lambda: not alive(second), 5, message="the sweeper ends with its broker")
+    never = MemoryBroker(max_age=0.25)
+    never.subscribe("idle", None)
     kept = MemoryBroker()  # no max_age: history is the point, nothing is swept
     kept.publish("kept", "x")
-    assert os_threads() == before
+    assert never.sweeper_native_id is None and kept.sweeper_native_id is None  # nothing until a publish
     assert kept.sweep() == 0
     assert [e.body for e in kept.history_of("kept")] == [b"data: x\n\n"]
 

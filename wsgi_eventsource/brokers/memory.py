@@ -38,6 +38,7 @@ logger = logging.getLogger("wsgi_eventsource")
 # when nothing else happens (no request, no greenlet switch) after a burst.
 _start_thread: Callable[..., int] = get_original("_thread", "start_new_thread")
 _allocate_lock: Callable[[], Lock] = get_original("_thread", "allocate_lock")
+_native_id: Callable[[], int] = get_original("_thread", "get_native_id")
 #: The sweeper never wakes more often than this (seconds).
 MIN_SWEEP_INTERVAL = 0.25
 #: Channels the sweeper looks at per hold of the broker's lock.
@@ -113,6 +114,8 @@ class MemoryBroker(Broker):
         # there is no sweeper (none started yet, closed, or a forked child).
         self._stop_sweeping: Lock | None = None
         self._sweeper_done: Lock | None = None
+        #: The sweeper thread's native id (as in ``/proc/self/task``), once it runs.
+        self.sweeper_native_id: int | None = None
         self.stats = BrokerStats()
         _brokers.add(self)
 
@@ -308,6 +311,10 @@ def _sweep_until_stopped(ref: weakref.ref[MemoryBroker], stop: Lock, done: Lock,
     """The sweeper thread: holds only a weak reference, so a broker nobody
     uses any more is collected (and the thread ends at its next wake-up).
     Releases *done* as it ends."""
+    broker = ref()
+    if broker is not None:
+        broker.sweeper_native_id = _native_id()
+    del broker
     try:
         while not stop.acquire(True, interval):
             broker = ref()
