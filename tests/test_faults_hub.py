@@ -278,7 +278,7 @@ def test_the_sweeper_is_one_thread_started_lazily_and_ended_by_close_or_collecti
     wait_until(lambda: not alive(first), 5, message="the sweeper ends with close()")
     collected = MemoryBroker(max_age=0.25)
     collected.publish("c", "x")
-    wait_until(lambda: alive(collected.sweeper_native_id), 5, message="a sweeper at the first publish")
+    wait_until(lambda b=collected: alive(b.sweeper_native_id), 5, message="a sweeper at the first publish")
     second = collected.sweeper_native_id
     del collected
     gc.collect()
@@ -287,7 +287,8 @@ def test_the_sweeper_is_one_thread_started_lazily_and_ended_by_close_or_collecti
     never.subscribe("idle", None)
     kept = MemoryBroker()  # no max_age: history is the point, nothing is swept
     kept.publish("kept", "x")
-    assert never.sweeper_native_id is None and kept.sweeper_native_id is None  # nothing until a publish
+    assert never.sweeper_native_id is None  # nothing until a publish
+    assert kept.sweeper_native_id is None
     assert kept.sweep() == 0
     assert [e.body for e in kept.history_of("kept")] == [b"data: x\n\n"]
 
