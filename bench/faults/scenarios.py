@@ -327,8 +327,9 @@ def wrong_type_key(sizes: Sizes) -> Row:
         admin.delete("wsgi-eventsource:r/0")
         admin.set("wsgi-eventsource:r/0", "a string, not a stream")
         admin.close()
-        status, _ = _status_only(hub.port, b"GET /events/r/0 HTTP/1.0\r\n\r\n")
-        hub_notes.append(f"a new subscribe to that channel: {status}")
+        status, body = _status_only(hub.port, b"GET /events/r/0 HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        soft = " (a soft refusal)" if status == 200 and "retry:" in body else ""
+        hub_notes.append(f"a new subscribe to that channel: {status}{soft}")
         return time.monotonic()
 
     hub_notes: list[str] = []
