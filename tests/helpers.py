@@ -267,3 +267,16 @@ def wait_until(predicate: object, timeout: float = 10.0, interval: float = 0.01,
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s: {message or predicate}")
         gevent.sleep(interval)
+
+
+def fork() -> int:
+    """``os.fork()``, without the DeprecationWarning Python 3.12 gives for
+    forking a process that runs other threads (``filterwarnings = error``
+    would make it fail the test): these tests fork on purpose, knowing which
+    threads run, to check what the child gets."""
+    import os
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r".*multi-threaded.*fork", DeprecationWarning)
+        return os.fork()

@@ -17,7 +17,7 @@ import pytest
 from gevent.pywsgi import WSGIServer
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
-from tests.helpers import ParsedEvent, StreamClient, wait_until
+from tests.helpers import ParsedEvent, StreamClient, fork, wait_until
 from wsgi_eventsource import (
     Broker,
     InvalidChannel,
@@ -603,7 +603,7 @@ def test_memory_broker_does_not_warn_after_a_fork_alone(tmp_path: Any) -> None:
     broker = MemoryBroker()
     broker.publish("before", "x")
     log_file = tmp_path / "child.log"
-    pid = os.fork()
+    pid = fork()
     if pid == 0:  # the child: publish, and write what was logged
         try:
             handler = logging.FileHandler(log_file)

@@ -345,6 +345,24 @@ def test_a_gap_right_before_a_foreign_entry_is_announced(
     assert reset == {"channel": "hidden", "lastEventId": seen, "reason": "overrun"}
 
 
+def test_a_foreign_first_entry_of_a_new_channel_is_no_gap(
+    serve: Callable[..., WSGIServer], broker_of: Callable[..., RedisBroker], admin: redis.Redis
+) -> None:
+    """Second review of issue 8 (3): the check above took a channel that did
+    not exist when its subscriber came (position 0-0) as trimmed, and sent a
+    false stream-reset when its first entry was foreign. Redis 7 records what
+    was ever deleted from a stream (max-deleted-entry-id): nothing, here."""
+    broker = broker_of()
+    port = serve(broker.subscriber_app(keepalive=0.2)).server_port
+    client = connected(port, "/fresh")
+    assert b"id: 0-0" in client.raw
+    admin.xadd(KEY + "fresh", {"note": "by hand"})
+    after = broker.publish("fresh", "after")
+    client.wait_for(lambda c: c.parser.last_event_id == after, timeout=5)
+    assert [(e.type, e.last_event_id) for e in client.parser.events] == [("message", after)]
+    assert broker.reader_stats.resets == 0
+
+
 def test_two_first_subscribes_of_a_channel_start_where_the_reader_reads(
     broker_of: Callable[..., RedisBroker], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -419,6 +437,28 @@ def test_a_subscriber_keeps_its_channel_alive_through_silence(
     assert admin.exists(KEY + "quiet") == 1
     event_id = broker.publish("quiet", "after the silence")
     assert [(e.type, e.last_event_id) for e in client.events(1, timeout=3)] == [("message", event_id)]
+    assert broker.reader_stats.resets == 0
+
+
+def test_the_reader_refreshes_the_ttl_of_subscribed_keys(
+    serve: Callable[..., WSGIServer], broker_of: Callable[..., RedisBroker], admin: redis.Redis
+) -> None:
+    """Issue 8 (7), the refresh itself (the test above passes on the TTL a
+    subscribe sets, 3 s, without it): while a channel has subscribers, its
+    key's TTL goes back up, at least once a second or so; it would otherwise
+    only fall until the key expires (with max_age=3, in 6 s)."""
+    broker = broker_of(max_age=3)
+    port = serve(broker.subscriber_app(keepalive=0.2)).server_port
+    broker.publish("kept", "first")
+    connected(port, "/kept")
+    seen = [admin.pttl(KEY + "kept")]
+    assert seen[0] > 0
+
+    def went_up() -> bool:
+        seen.append(admin.pttl(KEY + "kept"))
+        return seen[-1] > seen[-2]
+
+    wait_until(went_up, 5.5, 0.05, message="the TTL only fell")
     assert broker.reader_stats.resets == 0
 
 

@@ -288,13 +288,20 @@ class RedisReader:
         fan_out_batch(batch)
 
     def _position_kept(self, client: Any, channel: str, position: str) -> bool:
-        """True if the entry at *position* is still in the channel's stream."""
-        if client is None or parse_id(position) in (None, (0, 0)):
+        """True if nothing after *position* was trimmed from the channel's
+        stream: the entry at *position* is still there, or, for a stream that
+        did not exist when its subscriber came (position ``0-0``), nothing
+        was ever removed from it (Redis 7: ``entries-added`` is its length)."""
+        key = parse_id(position)
+        if client is None or key is None:
             return False
         try:
-            return bool(client.xrange(self._key(channel), min=position, max=position, count=1))
+            if key != (0, 0):
+                return bool(client.xrange(self._key(channel), min=position, max=position, count=1))
+            info = client.xinfo_stream(self._key(channel))
         except self._redis.RedisError:
             return False  # cannot tell: a reset is safe, a silent gap is not
+        return bool(info.get("entries-added") == info.get("length"))
 
     def _reset(
         self, channel: str, expected: bytes, prev: bytes, key: tuple[int, int]
