@@ -313,3 +313,28 @@ def nginx(tmp_path: Any) -> Iterator[Callable[..., Nginx]]:
     yield start
     for server in started:
         server.stop()
+
+
+#: Starts ``wsgi-eventsource serve`` with the given options (see ``hub_server``).
+Serve = Callable[..., ServerProcess]
+
+
+@pytest.fixture
+def hub_server() -> Iterator[Serve]:
+    """Start ``wsgi-eventsource serve`` (the console script) on a free port."""
+    started: list[ServerProcess] = []
+
+    def start(*args: str, env: dict[str, str] | None = None, module: bool = False) -> ServerProcess:
+        command = [sys.executable, "-m", "wsgi_eventsource"] if module else [os.path.join(VENV_BIN, "wsgi-eventsource")]
+        server = ServerProcess(
+            [*command, "serve", "--port", "0", *args],
+            env=env,
+            ready_pattern=r"Listening at: http://127\.0\.0\.1:(\d+)",
+            stop_signal=signal.SIGINT,
+        )
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import sys
 import time
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import gevent
@@ -19,7 +18,7 @@ import pytest
 from gevent.pywsgi import WSGIServer
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
-from tests.conftest import VENV_BIN, ServerProcess, call, free_port
+from tests.conftest import Serve, ServerProcess, call, free_port
 from tests.helpers import StreamClient, fork, wait_until
 from wsgi_eventsource import MemoryBroker, RedisBroker, cli
 from wsgi_eventsource.hub import Hub
@@ -29,28 +28,8 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.server
 
-Serve = Callable[..., ServerProcess]
 #: EventSource's default refusal_retry (ms), spread over [R/2, 3R/2].
 REFUSAL_RETRY = 5000
-
-
-@pytest.fixture
-def hub_server() -> Iterator[Serve]:
-    """Start ``wsgi-eventsource serve`` (the console script) on a free port."""
-    started: list[ServerProcess] = []
-
-    def start(*args: str) -> ServerProcess:
-        server = ServerProcess(
-            [os.path.join(VENV_BIN, "wsgi-eventsource"), "serve", "--port", "0", *args],
-            ready_pattern=r"Listening at: http://127\.0\.0\.1:(\d+)",
-            stop_signal=signal.SIGINT,
-        )
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
 
 
 def assert_soft_refusal(client: StreamClient, why: str) -> None:

@@ -8,40 +8,16 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, VENV_BIN, ServerProcess, call, free_port
+from tests.conftest import ROOT, VENV_BIN, Serve, call, free_port
 from tests.helpers import StreamClient, wait_until
 from wsgi_eventsource import MemoryBroker, cli
 from wsgi_eventsource.hub import Hub
 
 pytestmark = pytest.mark.server
-
-Serve = Callable[..., ServerProcess]
-
-
-@pytest.fixture
-def hub_server() -> Iterator[Serve]:
-    """Start ``wsgi-eventsource serve`` (the console script) on a free port."""
-    started: list[ServerProcess] = []
-
-    def start(*args: str, env: dict[str, str] | None = None, module: bool = False) -> ServerProcess:
-        command = [sys.executable, "-m", "wsgi_eventsource"] if module else [os.path.join(VENV_BIN, "wsgi-eventsource")]
-        server = ServerProcess(
-            [*command, "serve", "--port", "0", *args],
-            env=env,
-            ready_pattern=r"Listening at: http://127\.0\.0\.1:(\d+)",
-            stop_signal=signal.SIGINT,
-        )
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
 
 
 def get(port: int, path: str, **kwargs: Any) -> tuple[int, dict[str, str], bytes]:
