@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 from .apps import PublisherApp, SubscriberApp
 from .base import CHANNEL_MAX_LENGTH, DEFAULT_HISTORY, STREAM_RESET, Broker, validate_channel
+from .cursor import cursor_channel, encode_cursor, parse_cursor
 from .memory import MemoryBroker
+from .multiplex import Multiplex
 
 if TYPE_CHECKING:
     from .redis import RedisBroker
@@ -22,9 +24,13 @@ __all__ = [
     "STREAM_RESET",
     "Broker",
     "MemoryBroker",
+    "Multiplex",
     "PublisherApp",
     "RedisBroker",
     "SubscriberApp",
+    "cursor_channel",
+    "encode_cursor",
+    "parse_cursor",
     "validate_channel",
 ]
 

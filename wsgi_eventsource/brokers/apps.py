@@ -1,4 +1,5 @@
-"""The channel WSGI apps: subscribe with ``GET /<channel>``, publish with
+"""The channel WSGI apps: subscribe with ``GET /<channel>`` (or to many
+channels on one stream with ``GET /?channel=a&channel=b``), publish with
 ``POST /<channel>``. The channel is ``PATH_INFO`` below the mount point, so
 
 ::
@@ -8,7 +9,8 @@
         "/publish": broker.publisher_app(authorize=is_admin),
     })
 
-serves ``/eventsource/<channel>`` and ``/publish/<channel>``.
+serves ``/eventsource/<channel>``, ``/eventsource/?channel=<channel>&...``
+and ``/publish/<channel>``.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from ..app import EventSource, HeadersLike, plain_response
 from ..connection import Connection, last_event_id
 from ..encoding import Data
 from ..errors import BrokerUnavailable, InvalidChannel, InvalidEvent
-from .base import Broker, validate_channel
+from .base import Broker, Subscription, validate_channel
+from .multiplex import Multiplex
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -77,6 +80,42 @@ def _unavailable(start_response: StartResponse, exc: BrokerUnavailable) -> list[
     )
 
 
+def _channels_or_error(
+    environ: WSGIEnvironment, start_response: StartResponse, max_channels: int
+) -> tuple[str, ...] | list[bytes]:
+    """The channels named by ``?channel=`` (each once, in order), or the
+    error response to return."""
+    try:
+        names = _query_of(environ).get("channel", [])
+    except ValueError as exc:
+        return plain_response(start_response, "400 Bad Request", f"{exc}\n")
+    if not names:
+        return plain_response(
+            start_response,
+            "400 Bad Request",
+            "No channel: use /<channel>, or ?channel=<channel> (repeated for several) for one stream of many\n",
+        )
+    channels = tuple(dict.fromkeys(names))
+    if len(channels) > max_channels:
+        return plain_response(
+            start_response,
+            "400 Bad Request",
+            f"{len(channels)} channels are listed; one stream takes at most {max_channels} (max_channels)\n",
+        )
+    for name in channels:
+        try:
+            validate_channel(name)
+        except InvalidChannel as exc:
+            hint = " (a '+' in a query string is a space: write %2B)" if " " in name else ""
+            return plain_response(start_response, "400 Bad Request", f"{exc}{hint}\n")
+    return channels
+
+
+def _names_channels_in_query(environ: WSGIEnvironment) -> bool:
+    query: str = environ.get("QUERY_STRING", "")
+    return "channel" in query and any(name == "channel" for name, _ in parse_qsl(query, keep_blank_values=True))
+
+
 def _channel_or_error(environ: WSGIEnvironment, start_response: StartResponse) -> str | list[bytes]:
     """The channel named by ``PATH_INFO``, or the error response to return."""
     path: str = environ.get("PATH_INFO", "")
@@ -96,9 +135,18 @@ def _channel_or_error(environ: WSGIEnvironment, start_response: StartResponse) -
 
 class SubscriberApp:
     """``GET /<channel>``: the channel's events as an event stream.
+    ``GET /?channel=a&channel=b`` (path empty or ``/`` below the mount): the
+    events of every channel listed, on one stream, each with its ``data`` and
+    ``event`` type as published and a cursor for the whole subscription as
+    its ``id``; see :mod:`wsgi_eventsource.brokers.multiplex`.
 
     A client that sends ``Last-Event-ID`` (or ``?lastEventId=``) first gets what
     it missed, then live events; see :mod:`wsgi_eventsource.brokers.base`.
+
+    A multiplexed request names 1 to *max_channels* channels (one listed
+    twice counts once); none, a bad name or too many answers ``400`` with
+    what is wrong, and so does a path channel together with ``?channel=``.
+    ``authorize`` is asked for every channel: one ``False`` answers ``403``.
 
     When the broker cannot be reached, or the server is shutting down, the
     request is refused *softly* (:meth:`EventSource.refuse`): a ``200`` event
@@ -109,10 +157,13 @@ class SubscriberApp:
     :param authorize: ``authorize(environ, channel) -> bool``; ``False``
         answers ``403``. Without it every channel is open to everyone.
     :param headers: extra response headers, as for :class:`EventSource`.
+    :param max_channels: the most channels one multiplexed stream may name.
     :param options: other :class:`EventSource` options (``keepalive``,
         ``retry``, ``max_pending``, ``shutdown_retry``, ...).
 
     .. versionadded:: 0.1
+    .. versionchanged:: 0.1
+        Multiplexed streams and ``max_channels``.
     """
 
     def __init__(
@@ -121,32 +172,53 @@ class SubscriberApp:
         *,
         authorize: Authorize | None = None,
         headers: HeadersLike | None = None,
+        max_channels: int = 64,
         **options: Any,
     ) -> None:
         if "authorize" in options:
             raise TypeError("pass authorize(environ, channel) as subscriber_app(authorize=...)")
         if authorize is not None and not callable(authorize):
             raise TypeError("authorize must be callable or None")
+        if not isinstance(max_channels, int) or isinstance(max_channels, bool) or max_channels < 1:
+            raise ValueError(f"max_channels must be a positive int, not {max_channels!r}")
         self.broker = broker
         self.authorize = authorize
+        self.max_channels = max_channels
         self.source = EventSource(_no_handler, headers=headers, **options)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         if environ.get("REQUEST_METHOD") != "GET":
             return self.source(environ, start_response)  # 405, or a CORS preflight
-        channel = _channel_or_error(environ, start_response)
-        if not isinstance(channel, str):
-            return channel
-        if self.authorize is not None and not self.authorize(environ, channel):
-            return plain_response(start_response, "403 Forbidden", "Forbidden\n")
+        channels: tuple[str, ...] | str | list[bytes]
+        if environ.get("PATH_INFO", "") in ("", "/"):
+            channels = _channels_or_error(environ, start_response, self.max_channels)
+        elif _names_channels_in_query(environ):
+            return plain_response(
+                start_response,
+                "400 Bad Request",
+                "Name the channel in the path (/<channel>) or with ?channel= (without a path), not both\n",
+            )
+        else:
+            channels = _channel_or_error(environ, start_response)
+        if isinstance(channels, list):
+            return channels
+        if self.authorize is not None:
+            for channel in (channels,) if isinstance(channels, str) else channels:
+                if not self.authorize(environ, channel):
+                    return plain_response(start_response, "403 Forbidden", "Forbidden\n")
         _warn_if_multiprocess(self.broker, environ)
         if self.source.shutting_down:
             # Before subscribing: nothing to undo. open_stream ends the stream
             # at once with the (spread) shutdown retry hint and counts it.
             return self.source.open_stream(environ, start_response, None)
+        subscription: Subscription | Multiplex
         try:
             # An empty id (a polyfill's "?lastEventId=") means "none yet".
-            subscription, preamble = self.broker.subscribe(channel, last_event_id(environ) or None)
+            cursor = last_event_id(environ) or None
+            if isinstance(channels, str):
+                subscription, preamble = self.broker.subscribe(channels, cursor)
+            else:
+                subscription, preamble = self.broker.subscribe_many(channels, cursor)
         except BrokerUnavailable as exc:
             # A soft refusal: a browser gives up for good on a 503, but
             # reconnects by itself when a 200 event stream ends.
@@ -158,12 +230,18 @@ class SubscriberApp:
         try:
             stream = self.source.open_stream(environ, start_response, None, preamble=preamble)
             conn = stream.connection
-            subscription.attach(conn)
-            conn.on_close(partial(self.broker.unsubscribe, subscription))
+            if isinstance(subscription, Multiplex):
+                subscription.attach(conn)  # unsubscribes when conn closes
+            else:
+                subscription.attach(conn)
+                conn.on_close(partial(self.broker.unsubscribe, subscription))
         except BaseException:
             # start_response (or anything before the stream is handed over)
             # raised: the server will never close this stream, so undo here.
-            self.broker.unsubscribe(subscription)  # idempotent
+            if isinstance(subscription, Multiplex):
+                subscription.close()  # idempotent
+            else:
+                self.broker.unsubscribe(subscription)  # idempotent
             if stream is not None:
                 stream.close()
             raise

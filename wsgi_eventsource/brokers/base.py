@@ -22,7 +22,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..connection import _thread_ident
 from ..encoding import Data, Event, encode_id
@@ -33,8 +33,8 @@ if TYPE_CHECKING:
     from gevent.hub import Hub
 
     from ..app import HeadersLike
-    from ..connection import Connection
     from .apps import PublisherApp, SubscriberApp
+    from .multiplex import Multiplex
 
 __all__ = [
     "CHANNEL_MAX_LENGTH",
@@ -44,6 +44,7 @@ __all__ = [
     "BrokerStats",
     "Entry",
     "ReplayPlan",
+    "Sink",
     "Subscription",
     "parse_id",
     "plan_replay",
@@ -192,15 +193,26 @@ def preamble(channel: str, last_event_id: str | None, plan: ReplayPlan) -> bytes
     return b"".join(parts)
 
 
-def stream_reset_event(channel: str, last_event_id: str, reason: str, event_id: str) -> bytes:
+def stream_reset_event(channel: str, last_event_id: str | None, reason: str, event_id: str) -> bytes:
     """A ``stream-reset`` event: events after *last_event_id* were missed.
 
     Its data is JSON ``{"channel", "lastEventId", "reason"}``; its ``id`` is
     *event_id*, the id the events that follow it continue from, so a client
-    that reconnects right after it is not told again.
+    that reconnects right after it is not told again. (``lastEventId`` is
+    ``null`` for a channel a multiplexed stream's cursor did not name.)
     """
     data = json.dumps({"channel": channel, "lastEventId": last_event_id, "reason": reason})
     return Event(data, event=STREAM_RESET, id=event_id).encoded
+
+
+class Sink(Protocol):
+    """Where a :class:`Subscription` sends its events once attached: a
+    :class:`~wsgi_eventsource.Connection`, or one channel of a
+    :class:`~wsgi_eventsource.brokers.multiplex.Multiplex`."""
+
+    def _enqueue_here(self, data: bytes) -> bool: ...
+
+    def close(self) -> None: ...
 
 
 class Subscription:
@@ -215,7 +227,7 @@ class Subscription:
 
     def __init__(self, channel: str, hub: Hub) -> None:
         self.channel = channel
-        self.conn: Connection | None = None
+        self.conn: Sink | None = None
         self.buffer: list[tuple[tuple[int, int], bytes]] | None = []
         self.floor: tuple[int, int] | None = None
         #: The last event of a stream that :meth:`end` ended before it was attached.
@@ -235,7 +247,7 @@ class Subscription:
         elif self.buffer is not None:
             self.buffer.append((key, wire))
 
-    def attach(self, conn: Connection) -> None:
+    def attach(self, conn: Sink) -> None:
         """Go live on *conn*: flush what was buffered meanwhile."""
         buffered, self.buffer = self.buffer, None
         self.conn = conn
@@ -341,20 +353,49 @@ class Broker(ABC):
         :raises BrokerUnavailable: the backing store cannot be reached.
         """
 
-    @abstractmethod
     def subscribe(self, channel: str, last_event_id: str | None) -> tuple[Subscription, bytes]:
         """Register a subscription (buffering until attached) and return it
-        with the preamble to send first (a bare id, or reset and replay)."""
+        with the preamble to send first (a bare id, or reset and replay).
+
+        Then ``subscription.attach(conn)`` once the stream is open, and
+        ``conn.on_close(lambda: broker.unsubscribe(subscription))``.
+
+        :raises InvalidChannel: the channel name is not valid.
+        :raises BrokerUnavailable: the backing store cannot be reached.
+        """
+        subscription, plan = self._subscribe_planned(channel, last_event_id)
+        return subscription, preamble(channel, last_event_id, plan)
+
+    def subscribe_many(self, channels: Iterable[str], cursor: str | None) -> tuple[Multiplex, bytes]:
+        """Register one stream's subscription to several channels; return it
+        with the preamble to send first.
+
+        *cursor* is the client's ``Last-Event-ID`` (``None`` for a new
+        client): see :mod:`wsgi_eventsource.brokers.multiplex` for the frame
+        format and the cursor. Then ``multiplex.attach(conn)`` once the
+        stream is open; it unsubscribes every channel when *conn* closes.
+
+        :raises InvalidChannel: a channel name is not valid, or none is given.
+        :raises BrokerUnavailable: the backing store cannot be reached
+            (nothing stays subscribed).
+        """
+        from .multiplex import Multiplex
+
+        return Multiplex.open(self, channels, cursor)
+
+    @abstractmethod
+    def _subscribe_planned(self, channel: str, last_event_id: str | None) -> tuple[Subscription, ReplayPlan]:
+        """:meth:`subscribe`, returning the replay plan instead of its bytes."""
 
     @staticmethod
     def _planned(
         subscription: Subscription, last_event_id: str | None, current_id: str, history: Sequence[Entry]
-    ) -> tuple[Subscription, bytes]:
-        """The end of :meth:`subscribe` for every broker: plan the replay, set
-        the hand-off floor, and return the subscription with its preamble."""
+    ) -> tuple[Subscription, ReplayPlan]:
+        """The end of :meth:`_subscribe_planned` for every broker: plan the
+        replay, set the hand-off floor, and return the subscription with the plan."""
         plan = plan_replay(last_event_id, current_id, history)
         subscription.floor = parse_id(plan.position)
-        return subscription, preamble(subscription.channel, last_event_id, plan)
+        return subscription, plan
 
     @abstractmethod
     def unsubscribe(self, subscription: Subscription) -> None:
@@ -368,18 +409,25 @@ class Broker(ABC):
         self,
         authorize: Callable[[WSGIEnvironment, str], bool] | None = None,
         headers: HeadersLike | None = None,
+        *,
+        max_channels: int = 64,
         **options: Any,
     ) -> SubscriberApp:
-        """A WSGI app: ``GET /<channel>`` streams the channel's events.
+        """A WSGI app: ``GET /<channel>`` streams the channel's events, and
+        ``GET /?channel=a&channel=b`` the events of every channel listed (at
+        most *max_channels*), multiplexed on one stream.
 
         The channel is ``PATH_INFO`` below the mount point. ``authorize(environ,
-        channel) -> bool`` is asked first; without it, **every channel is open
-        to everyone**. Other keyword *options* go to :class:`EventSource`
-        (``keepalive``, ``retry``, ``max_pending``, ...).
+        channel) -> bool`` is asked first, for every channel; without it,
+        **every channel is open to everyone**. Other keyword *options* go to
+        :class:`EventSource` (``keepalive``, ``retry``, ``max_pending``, ...).
+
+        .. versionchanged:: 0.1
+            ``max_channels`` and multiplexed streams.
         """
         from .apps import SubscriberApp
 
-        return SubscriberApp(self, authorize=authorize, headers=headers, **options)
+        return SubscriberApp(self, authorize=authorize, headers=headers, max_channels=max_channels, **options)
 
     def publisher_app(
         self,

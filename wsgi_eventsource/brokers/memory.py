@@ -20,6 +20,7 @@ from .base import (
     Broker,
     BrokerStats,
     Entry,
+    ReplayPlan,
     Subscription,
     check_history,
     encode_body,
@@ -280,7 +281,7 @@ class MemoryBroker(Broker):
                 self._delivering = False
             raise
 
-    def subscribe(self, channel: str, last_event_id: str | None) -> tuple[Subscription, bytes]:
+    def _subscribe_planned(self, channel: str, last_event_id: str | None) -> tuple[Subscription, ReplayPlan]:
         _validate_channel(channel)
         subscription = Subscription(channel, thread_hub())
         with self._lock:

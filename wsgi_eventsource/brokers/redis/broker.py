@@ -13,6 +13,7 @@ from ..base import (
     Broker,
     BrokerStats,
     Entry,
+    ReplayPlan,
     Subscription,
     check_history,
     encode_body,
@@ -164,7 +165,7 @@ class RedisBroker(RedisReader, RedisClients, Broker):
         current, now, raw = self._snapshot_script(keys=[self._key(channel)], args=[self.history, after], client=client)
         return text(current), self._entries(channel, raw, int(now))
 
-    def subscribe(self, channel: str, last_event_id: str | None) -> tuple[Subscription, bytes]:
+    def _subscribe_planned(self, channel: str, last_event_id: str | None) -> tuple[Subscription, ReplayPlan]:
         validate_channel(channel)
         subscription = Subscription(channel, thread_hub())
         try:

@@ -1,0 +1,186 @@
+"""Many channels on one stream, with one cursor that resumes every channel.
+
+``GET /?channel=chat/lobby&channel=notify/alice`` (see
+:class:`~wsgi_eventsource.brokers.apps.SubscriberApp`) streams the events of
+every channel listed. Each event keeps the ``data`` and ``event`` type it was
+published with; its ``id`` is the stream's *cursor* (see
+:mod:`~wsgi_eventsource.brokers.cursor`) with the event's channel first::
+
+    id: chat/lobby*1764579475123-0;notify/alice*1764579000000-3
+    event: message
+    data: hello
+
+so a native ``EventSource`` tells the channel from ``event.lastEventId`` (the
+text before the first ``*``), and reconnects with a ``Last-Event-ID`` that
+resumes every channel exactly: each channel replays what was published after
+its own position, as a single-channel stream does. A channel whose position is
+unknown, malformed or too old gets one ``stream-reset`` event (its JSON data
+names the ``"channel"``), then its history; the others replay normally. A new
+client gets a bare ``id:`` line with the starting cursor first.
+
+Underneath, a :class:`Multiplex` is one ordinary :class:`Subscription` per
+channel (so replay, the replay-to-live hand-off, resets and broker stats work
+exactly as for one channel) whose events pass through it to the one
+connection, which only rewrites their ``id:`` line. The encoded body of an
+event is still shared by every subscriber.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from ..encoding import encode_id
+from ..errors import InvalidChannel
+from .base import Subscription, stream_reset_event, validate_channel
+from .cursor import CHANNEL_SEPARATOR, ENTRY_SEPARATOR, parse_cursor
+
+if TYPE_CHECKING:
+    from ..connection import Connection
+    from .base import Broker, ReplayPlan
+
+__all__ = ["Multiplex"]
+
+_STAR = CHANNEL_SEPARATOR.encode("ascii")
+_SEMICOLON = ENTRY_SEPARATOR.encode("ascii")
+
+
+class Multiplex:
+    """One stream's subscription to several channels (from
+    :meth:`Broker.subscribe_many`).
+
+    ``multiplex.attach(conn)`` sends the channels' events to *conn* and
+    unsubscribes them all when it closes; :meth:`close` does that at once.
+    """
+
+    __slots__ = ("_ended", "_entries", "broker", "channels", "conn", "subscriptions")
+
+    def __init__(self, broker: Broker, channels: tuple[str, ...]) -> None:
+        #: The broker the channels are subscribed on.
+        self.broker = broker
+        #: The channels, each once, in the order they were asked for.
+        self.channels = channels
+        #: One subscription per channel, in the same order.
+        self.subscriptions: list[Subscription] = []
+        #: The connection the events go to, once attached.
+        self.conn: Connection | None = None
+        # The cursor, one ``b"<channel>*<id>"`` per channel; None for a
+        # channel whose replay has not been sent yet (a cursor without it
+        # makes a client that drops meanwhile start that channel over).
+        self._entries: list[bytes | None] = [None] * len(channels)
+        self._ended: set[int] = set()  # channels the broker ended (a broken key)
+
+    @classmethod
+    def open(cls, broker: Broker, channels: Iterable[str], cursor: str | None) -> tuple[Multiplex, bytes]:
+        """Subscribe to every channel; return the multiplex and its preamble.
+        See :meth:`Broker.subscribe_many`."""
+        if isinstance(channels, str):
+            raise InvalidChannel(f"channels must be a list of channel names, not the str {channels!r}")
+        unique = tuple(dict.fromkeys(validate_channel(name) for name in channels))
+        if not unique:
+            raise InvalidChannel("no channel to subscribe to")
+        multiplex = cls(broker, unique)
+        positions = None if cursor is None else parse_cursor(cursor, unique)
+        lasts: list[str | None] = []
+        plans: list[ReplayPlan] = []
+        try:
+            for channel in unique:
+                last = None if cursor is None else (positions or {}).get(channel)
+                # "" (no id) makes the broker plan a reset and the whole history.
+                asked = "" if cursor is not None and last is None else last
+                subscription, plan = broker._subscribe_planned(channel, asked)
+                multiplex.subscriptions.append(subscription)
+                lasts.append(last)
+                plans.append(plan)
+        except BaseException:
+            multiplex.close()
+            raise
+        return multiplex, multiplex._preamble(cursor is None, lasts, plans)
+
+    def _preamble(self, new_client: bool, lasts: list[str | None], plans: list[ReplayPlan]) -> bytes:
+        """The bytes sent before live events (see the module doc)."""
+        entries = self._entries
+        prefixes = [channel.encode("utf-8") + _STAR for channel in self.channels]
+        if new_client:
+            for index, plan in enumerate(plans):
+                entries[index] = prefixes[index] + plan.position.encode("ascii")
+            return encode_id(self._cursor())
+        for index, (last, plan) in enumerate(zip(lasts, plans, strict=True)):
+            if not plan.reset:
+                assert last is not None
+                entries[index] = prefixes[index] + last.encode("ascii")
+        parts = []
+        for index, (channel, last, plan) in enumerate(zip(self.channels, lasts, plans, strict=True)):
+            if plan.reset:
+                base = plan.entries[0].prev if plan.entries else plan.position
+                parts.append(self._rewrite(index, stream_reset_event(channel, last, plan.reason, base)))
+            parts.extend(self._rewrite(index, entry.wire) for entry in plan.entries)
+        stale = False
+        for index, plan in enumerate(plans):
+            position = prefixes[index] + plan.position.encode("ascii")
+            stale = stale or entries[index] != position
+            entries[index] = position
+        if stale:  # the replay did not end at a channel's position: say where it is
+            parts.append(encode_id(self._cursor()))
+        return b"".join(parts)
+
+    def _cursor(self) -> str:
+        """The whole cursor, for a bare ``id:`` line."""
+        return _SEMICOLON.join([entry for entry in self._entries if entry is not None]).decode("utf-8")
+
+    def _rewrite(self, index: int, wire: bytes) -> bytes:
+        """*wire* (an event of channel *index*, its ``id:`` line first) with
+        the stream's cursor as its id; the cursor moves to the event."""
+        if not wire.startswith(b"id: "):
+            return wire  # no id (a stream-error): the cursor stays
+        end = wire.index(b"\n")
+        entries = self._entries
+        own = self.channels[index].encode("utf-8") + _STAR + wire[4:end]
+        entries[index] = own
+        if len(entries) == 1:
+            return b"id: " + own + wire[end:]
+        others = [entry for i, entry in enumerate(entries) if i != index and entry is not None]
+        return b"id: " + _SEMICOLON.join([own, *others]) + wire[end:]
+
+    def attach(self, conn: Connection) -> None:
+        """Go live on *conn* (after the preamble): flush what each channel
+        buffered meanwhile, and unsubscribe them all when *conn* closes."""
+        self.conn = conn
+        conn.on_close(self.close)
+        for index, subscription in enumerate(self.subscriptions):
+            subscription.attach(_Channel(self, index))
+
+    def close(self) -> None:
+        """Unsubscribe from every channel (idempotent)."""
+        for subscription in self.subscriptions:
+            self.broker.unsubscribe(subscription)
+
+    def _deliver(self, index: int, wire: bytes) -> bool:
+        conn = self.conn
+        assert conn is not None  # channels are attached after the connection
+        return conn._enqueue_here(self._rewrite(index, wire))
+
+    def _end(self, index: int) -> None:
+        # The broker ended this channel (its stream-error was just sent): the
+        # others go on; the stream ends when none is left.
+        self.broker.unsubscribe(self.subscriptions[index])
+        self._ended.add(index)
+        if len(self._ended) == len(self.channels) and self.conn is not None:
+            self.conn.close()
+
+
+class _Channel:
+    """The :class:`~wsgi_eventsource.brokers.base.Sink` of one channel of a
+    :class:`Multiplex`."""
+
+    __slots__ = ("index", "multiplex")
+
+    def __init__(self, multiplex: Multiplex, index: int) -> None:
+        self.multiplex = multiplex
+        self.index = index
+
+    def _enqueue_here(self, data: bytes) -> bool:
+        return self.multiplex._deliver(self.index, data)
+
+    def close(self) -> None:
+        self.multiplex._end(self.index)
