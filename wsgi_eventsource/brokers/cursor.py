@@ -16,8 +16,8 @@ it, between that ``*`` and the first ``;``).
 
 Size: one entry is the name, 2 separators and an id of 15 characters today
 (13 digits of milliseconds, ``-``, a sequence number), so 64 channels of
-40-character names make a 3,711-byte cursor (``Last-Event-ID: `` makes the
-header line 3,726 bytes): within gunicorn's 8,190-byte header field limit and
+40-character names make a 3,647-byte cursor (``Last-Event-ID: `` makes the
+header line 3,662 bytes): within gunicorn's 8,190-byte header field limit and
 nginx's default 8 KiB ``large_client_header_buffers``.
 """
 
