@@ -59,6 +59,7 @@ def test_help_lists_every_option_and_the_environment_variables() -> None:
     for option in [
         "--host", "--port", "--workers", "--worker-connections", "--redis", "--history", "--keepalive",
         "--publish-token", "--cors-origin", "--max-connections", "--allowed-host", "--top-channels",
+        "--max-channels",
     ]:  # fmt: skip
         assert option in result.stdout
     assert "reserve of max(20, worker-connections/10)" in " ".join(result.stdout.split())
@@ -186,6 +187,20 @@ def test_python_m_and_environment_variables(hub_server: Serve) -> None:
     events = client.events(3)
     assert events[0].type == "stream-reset"
     assert [e.data for e in events[1:]] == ["m3", "m4"]  # history 2, from the environment
+
+
+def test_the_hub_multiplexes_and_max_channels_comes_from_the_command_line(hub_server: Serve) -> None:
+    """Issue 9: GET /events?channel=a&channel=b through the hub; --max-channels bounds it."""
+    server = hub_server("--max-channels", "2")
+    too_many = StreamClient(server.port, "/events?channel=a&channel=b&channel=c")
+    assert too_many.status == 400
+    assert b"3 channels are listed; one stream takes at most 2 (max_channels)" in too_many.read_body()
+    client = StreamClient(server.port, "/events?channel=a&channel=b&channel=a")  # a twice counts once
+    assert client.status == 200
+    client.wait_for(lambda c: c.parser.last_event_id.count("*") == 2)  # the bare starting cursor
+    assert post(server.port, "b", b"to b")[0] == 201
+    (event,) = client.events(1)
+    assert (event.data, event.last_event_id.partition("*")[0]) == ("to b", "b")
 
 
 def test_publish_token_is_required_when_set(hub_server: Serve) -> None:

@@ -207,6 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
         "channels /stats and /metrics show one by one (those with the most subscribers); "
         "/metrics also has a histogram of subscribers per channel over all of them",
     )
+    option(
+        "max-channels",
+        _positive_int,
+        64,
+        "channels one multiplexed stream (GET /events?channel=a&channel=b) may name; more answer 400",
+    )
     option("graceful-timeout", _positive_int, 30, "seconds gunicorn waits for a worker to stop")
     option("shutdown-retry", _milliseconds, 2000, "the retry hint (ms) streams get when a worker stops")
     option(
@@ -295,6 +301,7 @@ def make_hub_factory(args: argparse.Namespace) -> Callable[[], Any]:
             shutdown_retry=args.shutdown_retry,
             allowed_hosts=args.allowed_hosts,
             top_channels=args.top_channels,
+            max_channels=args.max_channels,
         )
 
     return factory

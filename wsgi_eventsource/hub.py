@@ -4,6 +4,8 @@
 
     GET  /                    the demo page
     GET  /events/<channel>    subscribe (an event stream)
+    GET  /events?channel=a&channel=b
+                              subscribe to several channels on one stream
     POST /publish/<channel>   publish (see PublisherApp for the body formats)
     GET  /healthz             200 "ok", or 503 when the broker is unreachable
     GET  /stats               JSON: connections, events, drops, refusals, uptime
@@ -158,6 +160,8 @@ class Hub:
         for at most this many channels (those with the most subscribers), so
         that the number of series stays bounded; ``/metrics`` adds a
         histogram of subscribers per channel over all of them.
+    :param max_channels: channels one multiplexed stream
+        (``GET /events?channel=a&channel=b``) may name at most.
 
     .. versionadded:: 0.1
     """
@@ -176,6 +180,7 @@ class Hub:
         shutdown_retry: int | None = 2000,
         allowed_hosts: Iterable[str] = (),
         top_channels: int = 10,
+        max_channels: int = 64,
     ) -> None:
         if max_connections is not None and max_connections < 1:
             raise ValueError(f"max_connections must be positive, not {max_connections!r}")
@@ -202,7 +207,7 @@ class Hub:
                 # Credentials only for a named origin: browsers refuse "*" with them.
                 self.cors_headers += [("Access-Control-Allow-Credentials", "true"), ("Vary", "Origin")]
         self.subscriber = broker.subscriber_app(
-            headers=self.cors_headers, keepalive=keepalive, shutdown_retry=shutdown_retry
+            headers=self.cors_headers, keepalive=keepalive, shutdown_retry=shutdown_retry, max_channels=max_channels
         )
         self.publisher = broker.publisher_app()  # refusals come first, in _publish, with a reason
         self._app = DispatcherMiddleware(self._root, {"/events": self._subscribe, "/publish": self._publish})
