@@ -345,10 +345,6 @@ def test_chromium_runs_the_readme_snippet_through_nginx_across_a_worker_restart(
     page.goto(page_url)
     page.wait_for_function("window.opens >= 1", timeout=10_000)
 
-    def rows() -> int:
-        count: int = page.evaluate("document.querySelectorAll('#events tbody tr').length")
-        return count
-
     def wait_for_rows(n: int, timeout: int = 15_000) -> None:
         page.wait_for_function(f"document.querySelectorAll('#events tbody tr').length >= {n}", timeout=timeout)
 
@@ -358,7 +354,7 @@ def test_chromium_runs_the_readme_snippet_through_nginx_across_a_worker_restart(
     killed_at = publisher.count()
     kill_the_worker(hub)
     page.wait_for_function("window.errors >= 1", timeout=10_000)  # the browser saw its stream die
-    page.wait_for_function("window.opens >= 2", timeout=15_000)  # and came back by itself (3 s later)
+    page.wait_for_function("window.opens >= 2", timeout=15_000)  # and came back by itself
     reconnected_at = publisher.count()
     wait_until(lambda: publisher.count() >= reconnected_at + 6, 10, message="publishes after the reconnect")
     published = publisher.stop()
@@ -372,7 +368,7 @@ def test_chromium_runs_the_readme_snippet_through_nginx_across_a_worker_restart(
         "#events tbody tr", "rows => rows.map(r => [...r.cells].map(c => c.textContent))"
     )
     expected = [*published, ("notify/alice", "message", "the end")]
-    assert per_channel([(c, t, d) for c, t, d in shown_rows]) == per_channel(expected)
+    assert per_channel([(c, t, d) for c, t, d in shown_rows]) == per_channel(expected)  # the DOM's rows
     assert len(shown_rows) == len(expected)  # nothing twice, nothing else (no stream-reset row)
     # The page names each event's channel; the data says where it was published.
     assert all(data.startswith(channel) for channel, _, data in shown_rows[:-1])
