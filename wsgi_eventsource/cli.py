@@ -347,6 +347,11 @@ def serve(args: argparse.Namespace) -> None:
         "loglevel": args.log_level,
         "accesslog": "-" if args.log_level == "debug" else None,
         "proc_name": "wsgi-eventsource",
+        # gunicorn's most (its default is 4094): a multiplexed stream's channel
+        # list is in the request line, and URLSearchParams writes each "/",
+        # ":", "@", ... of a name as 3 bytes (64 names of 40 characters with 8
+        # such characters each make 4,181 bytes). nginx's default buffer is 8 KiB.
+        "limit_request_line": 8190,
     }
     factory = make_hub_factory(args)
 
