@@ -412,6 +412,34 @@ def test_a_reconnect_gets_exactly_what_each_channel_missed_then_live(
     assert parse_cursor(events[4].last_event_id, channels) == {chat: missed[3][1], notify: live}
 
 
+def test_an_event_both_replayed_and_live_is_sent_once_per_channel(
+    serve: Callable[..., WSGIServer], make_broker: MakeBroker
+) -> None:
+    """The replay-to-live hand-off of every channel: live copies of events the
+    replay has (RedisBroker's reader, or a publisher in another thread, may
+    hand them over after the subscription was registered) are dropped."""
+    broker = make_broker()
+    a0, b0 = broker.publish("a", "a0"), broker.publish("b", "b0")
+    a1, b1 = broker.publish("a", "a1"), broker.publish("b", "b1")
+    source = EventSource(lambda conn, environ: None, keepalive=5)
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> Any:
+        multiplex, preamble = broker.subscribe_many(["a", "b"], encode_cursor([("a", a0), ("b", b0)]))
+        for subscription in multiplex.subscriptions:  # live copies, as fan_out delivers them
+            for entry in broker.history_of(subscription.channel):
+                key = parse_id(entry.id)
+                assert key is not None
+                subscription.deliver(key, entry.wire)
+        stream = source.open_stream(environ, start_response, None, preamble=preamble)
+        multiplex.attach(stream.connection)
+        return stream
+
+    client = open_stream(serve(app).server_port, "/")
+    a2 = broker.publish("a", "a2")
+    client.wait_for(lambda c: any(own_id(e) == a2 and channel_of(e) == "a" for e in c.parser.events))
+    assert [(channel_of(e), own_id(e)) for e in client.parser.events] == [("a", a1), ("b", b1), ("a", a2)]
+
+
 def test_an_up_to_date_cursor_replays_nothing(serve: Callable[..., WSGIServer], make_broker: MakeBroker) -> None:
     broker = make_broker()
     server = Server(serve, broker)
@@ -827,14 +855,98 @@ def test_a_broken_key_ends_only_its_channel_of_a_multiplexed_stream(
 
 
 @pytest.mark.server
-def test_a_broken_key_when_subscribing_leaves_nothing_subscribed(
+def test_a_reconnect_after_a_broken_key_still_gets_the_other_channels(
     serve: Callable[..., WSGIServer], redis_url: str
 ) -> None:
+    """Issue 9 (found in testing): after a channel's stream-error, the page's
+    EventSource reconnects (a worker restart, a network blip) with a cursor
+    that names the broken channel, and the whole multiplexed stream was
+    refused (softly, at every reconnect, until the key was fixed): one broken
+    key cut the page off from every channel. The other channels must go on."""
+    broker = RedisBroker(redis_url, block=0.2)
+    server = Server(serve, broker)
+    channels = ["fine", "clash"]
+    client = server.open(channels)
+    broker.publish("fine", "before")
+    client.events(1)
+    admin = redis.Redis.from_url(redis_url)
+    admin.delete("wsgi-eventsource:clash")
+    admin.set("wsgi-eventsource:clash", "not a stream")
+    client.wait_for(lambda c: any(e.type == "stream-error" for e in c.parser.events))
+    cursor = client.parser.last_event_id
+    client.reset()
+    wait_until(lambda: broker.subscriber_count() == 0, 5, message="the first stream unsubscribed")
+    again = StreamClient(server.port, server.path(channels), headers={"Last-Event-ID": cursor})
+    assert again.status == 200
+    assert "content-length" not in again.headers, "the whole stream was refused for one broken channel"
+    after = broker.publish("fine", "after")
+    again.wait_for(lambda c: any(own_id(e) == after for e in c.parser.events if channel_of(e) == "fine"))
+    assert [(e.type, json.loads(e.data)) for e in again.parser.events if e.type != "message"] == [
+        ("stream-error", {"channel": "clash", "reason": "error"})
+    ]
+    assert broker.channel_counts() == {"fine": 1}
+    assert "clash" not in again.parser.events[-1].last_event_id  # left out of this stream
+    admin.delete("wsgi-eventsource:clash")
+    admin.close()
+    broker.close()
+
+
+@pytest.mark.server
+def test_a_skipped_entry_at_the_end_of_a_channel_still_moves_the_cursor(
+    serve: Callable[..., WSGIServer], redis_url: str
+) -> None:
+    """The replay of a channel ends before the channel's position (its newest
+    entry is not one of the broker's: skipped): a bare id line then names
+    every channel at its position, so the client does not come back for it."""
+    broker = RedisBroker(redis_url, block=0.2)
+    server = Server(serve, broker)
+    a0 = broker.publish("a", "a0")
+    a1 = broker.publish("a", "a1")
+    b0 = broker.publish("b", "b0")
+    admin = redis.Redis.from_url(redis_url)
+    added = admin.xadd("wsgi-eventsource:a", {"by": "hand"})
+    foreign = added.decode() if isinstance(added, bytes) else added
+    admin.close()
+    client = server.open(["a", "b"], encode_cursor([("a", a0), ("b", b0)]))
+    client.wait_for(lambda c: parse_cursor(c.parser.last_event_id, ["a", "b"]) == {"a": foreign, "b": b0})
+    assert [(channel_of(e), own_id(e)) for e in client.parser.events] == [("a", a1)]
+    a2 = broker.publish("a", "a2")
+    assert own_id(client.events(2)[1]) == a2
+    broker.close()
+
+
+@pytest.mark.server
+def test_a_new_client_gets_a_stream_error_for_a_broken_channel_and_the_others(
+    serve: Callable[..., WSGIServer], redis_url: str
+) -> None:
+    """Issue 9 (found in testing): a page whose channels include one with a
+    broken key got no stream at all (a soft refusal, at every reconnect)."""
     admin = redis.Redis.from_url(redis_url)
     admin.set("wsgi-eventsource:clash", "not a stream")
     broker = RedisBroker(redis_url, block=0.2)
     server = Server(serve, broker)
-    client = StreamClient(server.port, server.path(["fine", "clash"]))  # "fine" subscribes first
+    client = server.open(["clash", "fine"])
+    client.wait_for(lambda c: c.parser.events)
+    (error,) = client.parser.events
+    assert (error.type, json.loads(error.data)) == ("stream-error", {"channel": "clash", "reason": "error"})
+    assert parse_cursor(client.parser.last_event_id, ["clash", "fine"]) == {"fine": "0-0"}
+    assert broker.channel_counts() == {"fine": 1}
+    event_id = broker.publish("fine", "hi")
+    assert (channel_of(client.events(2)[1]), own_id(client.events(2)[1])) == ("fine", event_id)
+    assert server.app.source.refused["broker_unavailable"] == 0
+    admin.delete("wsgi-eventsource:clash")
+    admin.close()
+    broker.close()
+
+
+@pytest.mark.server
+def test_a_stream_of_only_broken_channels_is_refused_softly(serve: Callable[..., WSGIServer], redis_url: str) -> None:
+    admin = redis.Redis.from_url(redis_url)
+    admin.set("wsgi-eventsource:clash", "not a stream")
+    admin.set("wsgi-eventsource:clash2", "not a stream either")
+    broker = RedisBroker(redis_url, block=0.2)
+    server = Server(serve, broker)
+    client = StreamClient(server.port, server.path(["clash", "clash2"]))
     assert client.status == 200
     assert client.headers["content-type"].startswith("text/event-stream")
     refusal = parse(client.read_body())  # a whole body (Content-Length), then the end
@@ -842,9 +954,38 @@ def test_a_broken_key_when_subscribing_leaves_nothing_subscribed(
     assert refusal.events == []
     assert server.app.source.refused["broker_unavailable"] == 1
     assert broker.subscriber_count() == 0
-    admin.delete("wsgi-eventsource:clash")
+    admin.delete("wsgi-eventsource:clash", "wsgi-eventsource:clash2")
     admin.close()
     broker.close()
+
+
+@pytest.mark.server
+def test_a_broker_failing_after_some_channels_subscribed_leaves_nothing_subscribed(
+    serve: Callable[..., WSGIServer], redis_url: str
+) -> None:
+    """A Redis user (ACL) that may use only the key of "fine", and not PING:
+    "fine" subscribes, "other" fails and the broker does not answer a ping
+    either, so the request is refused and "fine" must be unsubscribed."""
+    admin = redis.Redis.from_url(redis_url)
+    admin.acl_setuser(
+        "limited", enabled=True, passwords=["+secret"], keys=["wsgi-eventsource:fine"], commands=["+@all", "-ping"]
+    )
+    url = redis_url.replace("redis://", "redis://limited:secret@")
+    broker = RedisBroker(url, block=0.2)
+    try:
+        server = Server(serve, broker)
+        client = StreamClient(server.port, server.path(["fine", "other"]))
+        assert client.status == 200
+        refusal = parse(client.read_body())
+        assert refusal.reconnection_time is not None
+        assert refusal.events == []
+        assert server.app.source.refused["broker_unavailable"] == 1
+        assert broker.subscriber_count() == 0
+        assert broker.ping() is False
+    finally:
+        broker.close()
+        admin.acl_deluser("limited")
+        admin.close()
 
 
 @pytest.mark.server

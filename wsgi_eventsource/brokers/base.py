@@ -376,8 +376,10 @@ class Broker(ABC):
         stream is open; it unsubscribes every channel when *conn* closes.
 
         :raises InvalidChannel: a channel name is not valid, or none is given.
-        :raises BrokerUnavailable: the backing store cannot be reached
-            (nothing stays subscribed).
+        :raises BrokerUnavailable: the backing store cannot be reached, or
+            cannot serve any of the channels (nothing stays subscribed). A
+            channel it cannot serve while it serves others gets a
+            ``stream-error`` event in the preamble and is left out.
         """
         from .multiplex import Multiplex
 

@@ -18,6 +18,13 @@ unknown, malformed or too old gets one ``stream-reset`` event (its JSON data
 names the ``"channel"``), then its history; the others replay normally. A new
 client gets a bare ``id:`` line with the starting cursor first.
 
+A channel the broker cannot serve while it serves the others (a RedisBroker
+key of another type) gets a ``stream-error`` event, JSON ``{"channel": ...,
+"reason": ...}``, and is left out: live (the reader found the key broken)
+or when the stream opens (so a page with one broken channel still gets the
+others at every reconnect). Only when the broker answers nothing, or no
+channel can be served, is the stream refused (softly, by the app).
+
 Underneath, a :class:`Multiplex` is one ordinary :class:`Subscription` per
 channel (so replay, the replay-to-live hand-off, resets and broker stats work
 exactly as for one channel) whose events pass through it to the one
@@ -27,11 +34,12 @@ event is still shared by every subscriber.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from ..encoding import encode_id
-from ..errors import InvalidChannel
+from ..encoding import Event, encode_id
+from ..errors import BrokerUnavailable, InvalidChannel
 from .base import Subscription, stream_reset_event, validate_channel
 from .cursor import CHANNEL_SEPARATOR, ENTRY_SEPARATOR, parse_cursor
 
@@ -41,6 +49,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Multiplex"]
 
+#: The event type of a channel the broker cannot serve (RedisBroker's reader
+#: sends the same for a key it cannot read).
+STREAM_ERROR = "stream-error"
 _STAR = CHANNEL_SEPARATOR.encode("ascii")
 _SEMICOLON = ENTRY_SEPARATOR.encode("ascii")
 
@@ -58,7 +69,8 @@ class Multiplex:
     def __init__(self, broker: Broker, channels: tuple[str, ...]) -> None:
         #: The broker the channels are subscribed on.
         self.broker = broker
-        #: The channels, each once, in the order they were asked for.
+        #: The channels, each once, in the order they were asked for (less
+        #: any the broker could not serve: see :meth:`open`).
         self.channels = channels
         #: One subscription per channel, in the same order.
         self.subscriptions: list[Subscription] = []
@@ -79,23 +91,38 @@ class Multiplex:
         unique = tuple(dict.fromkeys(validate_channel(name) for name in channels))
         if not unique:
             raise InvalidChannel("no channel to subscribe to")
-        multiplex = cls(broker, unique)
         positions = None if cursor is None else parse_cursor(cursor, unique)
-        lasts: list[str | None] = []
-        plans: list[ReplayPlan] = []
+        opened: list[tuple[str, Subscription, str | None, ReplayPlan]] = []
+        refused: list[str] = []
         try:
             for channel in unique:
                 last = None if cursor is None else (positions or {}).get(channel)
                 # "" (no id) makes the broker plan a reset and the whole history.
                 asked = "" if cursor is not None and last is None else last
-                subscription, plan = broker._subscribe_planned(channel, asked)
-                multiplex.subscriptions.append(subscription)
-                lasts.append(last)
-                plans.append(plan)
+                try:
+                    subscription, plan = broker._subscribe_planned(channel, asked)
+                except BrokerUnavailable:
+                    # A broken key (say a string where the stream should
+                    # be) fails its channel alone, while the broker still
+                    # answers: only that channel is left out, or one bad
+                    # channel would refuse the page's stream at every
+                    # reconnect. The broker gone, or every channel broken:
+                    # raised (a soft refusal).
+                    if (channel == unique[-1] and not opened) or not _answers(broker):
+                        raise
+                    refused.append(channel)
+                    continue
+                opened.append((channel, subscription, last, plan))
         except BaseException:
-            multiplex.close()
+            for _, subscription, _, _ in opened:
+                broker.unsubscribe(subscription)
             raise
-        return multiplex, multiplex._preamble(cursor is None, lasts, plans)
+        multiplex = cls(broker, tuple(channel for channel, _, _, _ in opened))
+        multiplex.subscriptions = [subscription for _, subscription, _, _ in opened]
+        lasts = [last for _, _, last, _ in opened]
+        plans = [plan for _, _, _, plan in opened]
+        errors = b"".join(_stream_error(channel) for channel in refused)
+        return multiplex, multiplex._preamble(cursor is None, lasts, plans) + errors
 
     def _preamble(self, new_client: bool, lasts: list[str | None], plans: list[ReplayPlan]) -> bytes:
         """The bytes sent before live events (see the module doc)."""
@@ -167,6 +194,22 @@ class Multiplex:
         self._ended.add(index)
         if len(self._ended) == len(self.channels) and self.conn is not None:
             self.conn.close()
+
+
+def _answers(broker: Broker) -> bool:
+    """Whether *broker* (a RedisBroker: the others do not fail) answers now."""
+    ping = getattr(broker, "ping", None)
+    try:
+        return ping is not None and bool(ping())
+    except BrokerUnavailable:
+        return False
+
+
+def _stream_error(channel: str) -> bytes:
+    """The ``stream-error`` of a channel the broker cannot serve (as the
+    RedisBroker reader sends for a key it cannot read): no ``id``, so the
+    cursor stays; the channel is left out of this stream."""
+    return Event(json.dumps({"channel": channel, "reason": "error"}), event=STREAM_ERROR).encoded
 
 
 class _Channel:
