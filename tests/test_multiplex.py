@@ -440,6 +440,45 @@ def test_an_event_both_replayed_and_live_is_sent_once_per_channel(
     assert [(channel_of(e), own_id(e)) for e in client.parser.events] == [("a", a1), ("b", b1), ("a", a2)]
 
 
+def test_64_channels_of_40_characters_resume_with_their_3647_byte_cursor(
+    serve: Callable[..., WSGIServer], make_broker: MakeBroker
+) -> None:
+    """The default max_channels (64) of 40-character names: the cursor in the
+    ``Last-Event-ID`` header resumes every one (65 channels are a 400)."""
+    broker = make_broker()
+    server = Server(serve, broker)
+    channels = [f"t-{i:02d}/" + "r" * 32 + f"-{i:02d}" for i in range(64)]
+    for channel in channels:
+        broker.publish(channel, "before")
+    client = server.open(channels)
+    client.wait_for(lambda c: c.parser.last_event_id != "")
+    cursor = client.parser.last_event_id
+    assert len(cursor) == 3647
+    client.reset()
+    missed = {channel: broker.publish(channel, f"missed on {channel}") for channel in channels[::7]}
+    resumed = server.open(channels, cursor)
+    events = resumed.events(len(missed))
+    assert {channel_of(e): own_id(e) for e in events} == missed
+    assert not [e for e in events if e.type == "stream-reset"]
+    too_many = StreamClient(server.port, server.path([*channels, "one-more"]))
+    assert too_many.status == 400
+    assert "65 channels are listed; one stream takes at most 64" in too_many.read_body().decode()
+
+
+@pytest.mark.parametrize("empty", ["header", "query"])
+def test_an_empty_cursor_is_a_new_client(serve: Callable[..., WSGIServer], make_broker: MakeBroker, empty: str) -> None:
+    broker = make_broker()
+    server = Server(serve, broker)
+    a0 = broker.publish("a", "a0")
+    path = server.path(["a", "b"], cursor_in_query="" if empty == "query" else None)
+    client = StreamClient(server.port, path, headers={"Last-Event-ID": ""} if empty == "header" else {})
+    assert client.status == 200
+    client.wait_for(lambda c: c.parser.last_event_id != "")
+    start = broker.history_of("a")[0].prev  # where a started: b, never published to, is there still
+    assert parse_cursor(client.parser.last_event_id, ["a", "b"]) == {"a": a0, "b": start}
+    assert client.parser.events == []  # no reset, no replay
+
+
 def test_an_up_to_date_cursor_replays_nothing(serve: Callable[..., WSGIServer], make_broker: MakeBroker) -> None:
     broker = make_broker()
     server = Server(serve, broker)
