@@ -88,10 +88,12 @@ class Server:
         self, channels: Sequence[str], cursor: str | None = None, *, via: str = "header", slash: str = "/"
     ) -> StreamClient:
         """A multiplexed stream, its ``: ok`` comment received."""
-        return open_stream(self.port, self.path(channels, slash=slash, cursor_in_query=None), cursor, via=via)
+        return open_stream(self.port, self.path(channels, slash=slash), cursor, via=via)
 
 
 def open_stream(port: int, path: str, cursor: str | None = None, *, via: str = "header") -> StreamClient:
+    """A stream at *path* (with a query string), resuming from *cursor* sent
+    in the ``Last-Event-ID`` header or (``via="query"``) as ``?lastEventId=``."""
     headers = {}
     if cursor is not None and via == "header":
         headers["Last-Event-ID"] = cursor
@@ -132,17 +134,6 @@ def reset_data(event: ParsedEvent) -> dict[str, Any]:
 def summary(events: Sequence[ParsedEvent]) -> list[tuple[str, str, str]]:
     """(channel, type, data) of each event; a reset's data as its reason."""
     return [(channel_of(e), e.type, reset_data(e)["reason"] if e.type == "stream-reset" else e.data) for e in events]
-
-
-def current_positions(broker: Broker, channels: Sequence[str]) -> dict[str, str]:
-    """Each channel's newest id (for a channel without events: the id its first
-    event will follow)."""
-    positions = {}
-    for channel in channels:
-        history = broker.history_of(channel)
-        assert history, f"publish to {channel} first"
-        positions[channel] = history[-1].id
-    return positions
 
 
 # -- the URL, the frame, the first cursor ---------------------------------------------------
