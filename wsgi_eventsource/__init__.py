@@ -15,7 +15,14 @@ from .brokers import Broker, MemoryBroker, PublisherApp, SubscriberApp
 from .brokers.redis import RedisBroker
 from .connection import Connection
 from .encoding import Event, build_event, encode_comment, encode_event, encode_id, encode_retry
-from .errors import BrokerUnavailable, ConnectionClosed, EventSourceError, InvalidChannel, InvalidEvent
+from .errors import (
+    BrokerUnavailable,
+    ChannelUnavailable,
+    ConnectionClosed,
+    EventSourceError,
+    InvalidChannel,
+    InvalidEvent,
+)
 from .stream import Stream
 
 __version__ = "0.1.0"
@@ -23,6 +30,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Broker",
     "BrokerUnavailable",
+    "ChannelUnavailable",
     "Connection",
     "ConnectionClosed",
     "Event",

@@ -8,11 +8,19 @@ builtin it resembles, so callers may catch either::
      +-- InvalidEvent(ValueError)
      +-- InvalidChannel(ValueError)
      +-- BrokerUnavailable(ConnectionError)
+          +-- ChannelUnavailable
 """
 
 from __future__ import annotations
 
-__all__ = ["BrokerUnavailable", "ConnectionClosed", "EventSourceError", "InvalidChannel", "InvalidEvent"]
+__all__ = [
+    "BrokerUnavailable",
+    "ChannelUnavailable",
+    "ConnectionClosed",
+    "EventSourceError",
+    "InvalidChannel",
+    "InvalidEvent",
+]
 
 
 class EventSourceError(Exception):
@@ -46,3 +54,21 @@ class BrokerUnavailable(EventSourceError, ConnectionError):
 
     Nothing was published. The publisher app answers ``503`` with it.
     """
+
+
+class ChannelUnavailable(BrokerUnavailable):
+    """The broker answers, but cannot serve this one channel (a RedisBroker
+    key of another type under its prefix, or one a Redis ACL forbids).
+
+    A single-channel subscribe is refused softly, as for any
+    :class:`BrokerUnavailable`; a multiplexed stream leaves the channel out
+    with a ``stream-error`` event and serves the others.
+    """
+
+    def __init__(self, message: str, *, channel: str, reason: str) -> None:
+        super().__init__(message)
+        #: The channel that cannot be served.
+        self.channel = channel
+        #: ``"wrong_type"`` (the key is not a stream) or ``"error"`` (another
+        #: error for this key alone), as in the reader's ``stream-error``.
+        self.reason = reason

@@ -19,11 +19,13 @@ names the ``"channel"``), then its history; the others replay normally. A new
 client gets a bare ``id:`` line with the starting cursor first.
 
 A channel the broker cannot serve while it serves the others (a RedisBroker
-key of another type) gets a ``stream-error`` event, JSON ``{"channel": ...,
-"reason": ...}``, and is left out: live (the reader found the key broken)
-or when the stream opens (so a page with one broken channel still gets the
-others at every reconnect). Only when the broker answers nothing, or no
-channel can be served, is the stream refused (softly, by the app).
+key of another type, or one an ACL forbids: :class:`~wsgi_eventsource.ChannelUnavailable`)
+gets a ``stream-error`` event, JSON ``{"channel": ..., "reason": ...}``, and
+is left out: live (the reader found the key broken) or when the stream opens
+(so a page with one broken channel still gets the others at every
+reconnect). Only when the broker cannot be reached (any other
+:class:`BrokerUnavailable`), or no channel can be served, is the stream
+refused (softly, by the app).
 
 Underneath, a :class:`Multiplex` is one ordinary :class:`Subscription` per
 channel (so replay, the replay-to-live hand-off, resets and broker stats work
@@ -39,7 +41,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from ..encoding import Event, encode_id
-from ..errors import BrokerUnavailable, InvalidChannel
+from ..errors import ChannelUnavailable, InvalidChannel
 from .base import Subscription, stream_reset_event, validate_channel
 from .cursor import CHANNEL_SEPARATOR, ENTRY_SEPARATOR, parse_cursor
 
@@ -93,7 +95,7 @@ class Multiplex:
             raise InvalidChannel("no channel to subscribe to")
         positions = None if cursor is None else parse_cursor(cursor, unique)
         opened: list[tuple[str, Subscription, str | None, ReplayPlan]] = []
-        refused: list[str] = []
+        refused: list[ChannelUnavailable] = []
         try:
             for channel in unique:
                 last = None if cursor is None else (positions or {}).get(channel)
@@ -101,16 +103,15 @@ class Multiplex:
                 asked = "" if cursor is not None and last is None else last
                 try:
                     subscription, plan = broker._subscribe_planned(channel, asked)
-                except BrokerUnavailable:
+                except ChannelUnavailable as exc:
                     # A broken key (say a string where the stream should
-                    # be) fails its channel alone, while the broker still
-                    # answers: only that channel is left out, or one bad
-                    # channel would refuse the page's stream at every
-                    # reconnect. The broker gone, or every channel broken:
-                    # raised (a soft refusal).
-                    if (channel == unique[-1] and not opened) or not _answers(broker):
+                    # be) fails its channel alone: only that channel is
+                    # left out, or one bad channel would refuse the page's
+                    # stream at every reconnect. Every channel broken: raised
+                    # (a soft refusal), as is any other BrokerUnavailable.
+                    if channel == unique[-1] and not opened:
                         raise
-                    refused.append(channel)
+                    refused.append(exc)
                     continue
                 opened.append((channel, subscription, last, plan))
         except BaseException:
@@ -121,7 +122,7 @@ class Multiplex:
         multiplex.subscriptions = [subscription for _, subscription, _, _ in opened]
         lasts = [last for _, _, last, _ in opened]
         plans = [plan for _, _, _, plan in opened]
-        errors = b"".join(_stream_error(channel) for channel in refused)
+        errors = b"".join(_stream_error(exc.channel, exc.reason) for exc in refused)
         return multiplex, multiplex._preamble(cursor is None, lasts, plans) + errors
 
     def _preamble(self, new_client: bool, lasts: list[str | None], plans: list[ReplayPlan]) -> bytes:
@@ -196,20 +197,11 @@ class Multiplex:
             self.conn.close()
 
 
-def _answers(broker: Broker) -> bool:
-    """Whether *broker* (a RedisBroker: the others do not fail) answers now."""
-    ping = getattr(broker, "ping", None)
-    try:
-        return ping is not None and bool(ping())
-    except BrokerUnavailable:
-        return False
-
-
-def _stream_error(channel: str) -> bytes:
+def _stream_error(channel: str, reason: str) -> bytes:
     """The ``stream-error`` of a channel the broker cannot serve (as the
     RedisBroker reader sends for a key it cannot read): no ``id``, so the
     cursor stays; the channel is left out of this stream."""
-    return Event(json.dumps({"channel": channel, "reason": "error"}), event=STREAM_ERROR).encoded
+    return Event(json.dumps({"channel": channel, "reason": reason}), event=STREAM_ERROR).encoded
 
 
 class _Channel:

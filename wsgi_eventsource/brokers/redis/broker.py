@@ -8,6 +8,7 @@ from typing import Any
 
 from ...connection import os_lock, thread_hub
 from ...encoding import Data
+from ...errors import ChannelUnavailable
 from ..base import (
     DEFAULT_HISTORY,
     Broker,
@@ -203,11 +204,29 @@ class RedisBroker(RedisReader, RedisClients, Broker):
                 current, history = self._snapshot(client, channel, last_event_id)
         except self._redis.RedisError as exc:
             self.unsubscribe(subscription)
-            raise self._unavailable(exc) from None
+            raise self._channel_unavailable(channel, exc) or self._unavailable(exc) from None
         except BaseException:
             self.unsubscribe(subscription)
             raise
         return self._planned(subscription, last_event_id, current, history)
+
+    def _channel_unavailable(self, channel: str, exc: Exception) -> ChannelUnavailable | None:
+        """The error for a failure of this channel's key alone (Redis answers,
+        the key cannot be used), or None for any other failure."""
+        if not isinstance(exc, self._redis.ResponseError):
+            return None
+        message = str(exc)
+        if "WRONGTYPE" in message:
+            reason = "wrong_type"
+        elif isinstance(exc, self._redis.exceptions.NoPermissionError):  # an ACL ("NOPERM", read by redis-py)
+            reason = "error"
+        else:
+            return None  # BUSY, LOADING, OOM, READONLY, ...: all of Redis, not one key
+        return ChannelUnavailable(
+            f"channel {channel!r}: Redis answered for key {self._key(channel)!r}: {message}",
+            channel=channel,
+            reason=reason,
+        )
 
     def unsubscribe(self, subscription: Subscription) -> None:
         with self._lock:
