@@ -11,6 +11,7 @@
 """
 
 from .app import EventSource
+from .auth import TokenAuth
 from .brokers import Broker, MemoryBroker, PublisherApp, SubscriberApp
 from .brokers.redis import RedisBroker
 from .connection import Connection
@@ -22,6 +23,7 @@ from .errors import (
     EventSourceError,
     InvalidChannel,
     InvalidEvent,
+    Unauthorized,
 )
 from .stream import Stream
 
@@ -43,6 +45,8 @@ __all__ = [
     "RedisBroker",
     "Stream",
     "SubscriberApp",
+    "TokenAuth",
+    "Unauthorized",
     "__version__",
     "build_event",
     "encode_comment",

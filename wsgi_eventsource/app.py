@@ -7,6 +7,7 @@ import math
 import random
 import re
 import signal
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from types import FrameType
@@ -18,7 +19,7 @@ from gevent import GreenletExit
 
 from .connection import PIECE_SIZE, Connection
 from .encoding import encode_comment, encode_retry
-from .errors import ConnectionClosed
+from .errors import ConnectionClosed, Unauthorized
 from .stream import Stream
 
 if TYPE_CHECKING:
@@ -103,6 +104,40 @@ def spread_retry(milliseconds: int) -> int:
     """
     half = milliseconds // 2
     return random.randint(milliseconds - half, milliseconds + half)
+
+
+#: The WSGI environ key where an ``authorize`` callback (:class:`~wsgi_eventsource.auth.TokenAuth`)
+#: leaves the verified token's ``exp`` (POSIX seconds): :meth:`EventSource.open_stream`
+#: ends a stream opened with it then, with a spread ``retry:`` hint, so that
+#: access ends with the token and the page can refresh it before reconnecting.
+EXPIRES_KEY = "wsgi_eventsource.token_expires"
+#: The ``retry:`` hint (ms, spread) a stream gets when its token expires.
+EXPIRED_RETRY = 1000
+
+
+def unauthorized(
+    start_response: StartResponse, exc: Unauthorized, headers: Iterable[tuple[str, str]] = ()
+) -> list[bytes]:
+    """``401`` with ``WWW-Authenticate: Bearer`` (RFC 6750) and what is wrong."""
+    return plain_response(
+        start_response,
+        "401 Unauthorized",
+        f"Unauthorized: {exc.description}\n",
+        [("WWW-Authenticate", exc.challenge), *headers],
+    )
+
+
+def check_authorized(
+    authorize: Callable[..., bool], environ: WSGIEnvironment, start_response: StartResponse, *args: str
+) -> list[bytes] | None:
+    """Ask *authorize*; ``None`` if it allows the request, else the ``403``
+    (it said no) or ``401`` (it raised :class:`Unauthorized`) to return."""
+    try:
+        if authorize(environ, *args):
+            return None
+    except Unauthorized as exc:
+        return unauthorized(start_response, exc)
+    return plain_response(start_response, "403 Forbidden", "Forbidden\n")
 
 
 def plain_response(
@@ -261,8 +296,10 @@ class EventSource:
             return plain_response(
                 start_response, "405 Method Not Allowed", f"{method} is not allowed; use GET\n", [("Allow", _ALLOW)]
             )
-        if self.authorize is not None and not self.authorize(environ):
-            return plain_response(start_response, "403 Forbidden", "Forbidden\n")
+        if self.authorize is not None:
+            refusal = check_authorized(self.authorize, environ, start_response)
+            if refusal is not None:
+                return refusal
         return self.open_stream(environ, start_response, self.handler_cb)
 
     def open_stream(
@@ -305,6 +342,9 @@ class EventSource:
             self._sweeper.ref = True
         if handler_cb is not None:
             conn._handler = gevent.spawn(self._run_handler, handler_cb, conn, environ)
+        expires = environ.get(EXPIRES_KEY)
+        if isinstance(expires, (int, float)):
+            _end_when_expired(conn, float(expires))
         return Stream(conn, self.keepalive)
 
     @property
@@ -491,3 +531,17 @@ def _refusal_body(retry: int, why: str) -> bytes:
 
 def _seconds(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < math.inf
+
+
+def _end_when_expired(conn: Connection, expires: float) -> None:
+    """End *conn* at *expires* (POSIX seconds), after a spread ``retry:`` hint.
+    A loop timer in the stream's hub: nothing per stream without a token."""
+    timer = conn._hub.loop.timer(max(0.0, expires - time.time()))
+
+    def expire() -> None:
+        if not conn.closed:
+            conn._enqueue(encode_retry(spread_retry(EXPIRED_RETRY)))
+            conn.close()
+
+    timer.start(expire)
+    conn.on_close(timer.close)

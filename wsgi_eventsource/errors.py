@@ -8,7 +8,8 @@ builtin it resembles, so callers may catch either::
      +-- InvalidEvent(ValueError)
      +-- InvalidChannel(ValueError)
      +-- BrokerUnavailable(ConnectionError)
-          +-- ChannelUnavailable
+     |    +-- ChannelUnavailable
+     +-- Unauthorized
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ __all__ = [
     "EventSourceError",
     "InvalidChannel",
     "InvalidEvent",
+    "Unauthorized",
 ]
 
 
@@ -72,3 +74,26 @@ class ChannelUnavailable(BrokerUnavailable):
         #: ``"wrong_type"`` (the key is not a stream) or ``"error"`` (another
         #: error for this key alone), as in the reader's ``stream-error``.
         self.reason = reason
+
+
+class Unauthorized(EventSourceError):
+    """No usable token: answered with ``401`` and ``WWW-Authenticate: Bearer``.
+
+    :param error: the RFC 6750 error code (``"invalid_request"``,
+        ``"invalid_token"``), or ``None`` when the request carried no token
+        at all (then the challenge names no error, as RFC 6750 3.1 asks).
+    :param description: what is wrong, for the client (no secret in it).
+    """
+
+    def __init__(self, description: str, error: str | None = "invalid_token") -> None:
+        super().__init__(description)
+        self.error = error
+        self.description = description
+
+    @property
+    def challenge(self) -> str:
+        """The ``WWW-Authenticate`` header value."""
+        if self.error is None:
+            return 'Bearer realm="wsgi-eventsource"'
+        text = self.description.replace("\\", "").replace('"', "'")
+        return f'Bearer realm="wsgi-eventsource", error="{self.error}", error_description="{text}"'

@@ -26,7 +26,7 @@ from urllib.parse import parse_qsl
 from werkzeug.http import parse_options_header
 from werkzeug.wsgi import get_content_length, get_input_stream
 
-from ..app import EventSource, HeadersLike, plain_response
+from ..app import EventSource, HeadersLike, check_authorized, plain_response
 from ..connection import Connection, last_event_id
 from ..encoding import Data
 from ..errors import BrokerUnavailable, InvalidChannel, InvalidEvent
@@ -204,8 +204,9 @@ class SubscriberApp:
             return channels
         if self.authorize is not None:
             for channel in (channels,) if isinstance(channels, str) else channels:
-                if not self.authorize(environ, channel):
-                    return plain_response(start_response, "403 Forbidden", "Forbidden\n")
+                refusal = check_authorized(self.authorize, environ, start_response, channel)
+                if refusal is not None:
+                    return refusal
         _warn_if_multiprocess(self.broker, environ)
         if self.source.shutting_down:
             # Before subscribing: nothing to undo. open_stream ends the stream
@@ -301,8 +302,10 @@ class PublisherApp:
         channel = _channel_or_error(environ, start_response)
         if not isinstance(channel, str):
             return channel
-        if self.authorize is not None and not self.authorize(environ, channel):
-            return plain_response(start_response, "403 Forbidden", "Forbidden\n")
+        if self.authorize is not None:
+            refusal = check_authorized(self.authorize, environ, start_response, channel)
+            if refusal is not None:
+                return refusal
         _warn_if_multiprocess(self.broker, environ)
         body = self._read_body(environ)
         if body is None:
