@@ -28,6 +28,8 @@ def _ratio(ours: float | None, theirs: float | None, higher_is_better: bool) -> 
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
+    if not rows:
+        return ""  # a scenario not run: its section is left out
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
     line = "  ".join("=" * w for w in widths)
     out = [line, "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)), line]
@@ -68,7 +70,8 @@ def write_report(results: dict[str, Any], docs: Path, quick: bool = False) -> No
         rows.append(row)
     header = ["server", *[f"RSS/stream at {n:,}" for n in sizes], f"idle CPU at {sizes[-1]:,}" if sizes else "idle CPU",
               "theirs / ours (memory)"]  # fmt: skip
-    sections.append(("Idle streams: memory per stream", _table(header, rows)))
+    if sizes:
+        sections.append(("Idle streams: memory per stream", _table(header, rows)))
 
     # Fan-out latency.
     rows = []
@@ -111,7 +114,9 @@ def write_report(results: dict[str, Any], docs: Path, quick: bool = False) -> No
     ours_t = ours.get("throughput")
     for name in names:
         r = servers[name]["throughput"]
-        if not r or "error" in r:
+        if r is None:
+            continue
+        if "error" in r:
             rows.append([servers[name]["label"], "error", (r or {}).get("error", "")[:60], "", ""])
             continue
         rows.append([
@@ -124,7 +129,6 @@ def write_report(results: dict[str, Any], docs: Path, quick: bool = False) -> No
             _table(["server", "delivered", "events/s delivered", "p99 ms", "ours / theirs"], rows),
         )
     )
-
     scale = results.get("scale_out")
     if scale:
         text = (
@@ -136,6 +140,14 @@ def write_report(results: dict[str, Any], docs: Path, quick: bool = False) -> No
         )
         sections.append(("Scale-out", text))
 
+    sections += _multiplexed_sections(results)
+    if results.get("hot_path"):
+        sections.append(_hot_path_section(results["hot_path"]))
+
+    _write(results, sections, target)
+
+
+def _write(results: dict[str, Any], sections: list[tuple[str, str]], target: Path) -> None:
     machine = results["machine"]
     versions = ", ".join(f"{k} {v}" for k, v in machine.get("versions", {}).items())
     body = [
@@ -156,7 +168,8 @@ def write_report(results: dict[str, Any], docs: Path, quick: bool = False) -> No
         "",
     ]
     for title, content in sections:
-        body += [title, "-" * len(title), "", content, ""]
+        if content:
+            body += [title, "-" * len(title), "", content, ""]
     body += [
         ".. image:: bench-memory.png",
         "   :alt: Memory per idle stream against the number of streams.",
@@ -167,6 +180,105 @@ def write_report(results: dict[str, Any], docs: Path, quick: bool = False) -> No
     ]
     (target / "benchmarks.rst").write_text("\n".join(body))
     _plots(results, target)
+
+
+def _multiplexed_sections(results: dict[str, Any]) -> list[tuple[str, str]]:
+    """The multiplexed scenario: memory per stream and fan-out, single-channel
+    next to multiplexed, per server that has it."""
+    runs = {name: s["multiplexed"] for name, s in results["servers"].items() if s.get("multiplexed")}
+    if not runs:
+        return []
+    labels = {name: results["servers"][name]["label"] for name in runs}
+    first = next((r for r in runs.values() if "error" not in r), None)
+    if first is None:
+        return [("Multiplexed streams", "\n\n".join(f"{labels[n]}: failed: {r['error']}" for n, r in runs.items()))]
+    n, channels = first["clients"], first["channels"]
+    cost = results.get("subscription_cost") or {}
+    per_sub = _get(cost, "subscribe_one_bytes")
+
+    memory_rows, fan_rows, notes = [], [], []
+    for name, r in runs.items():
+        if "error" in r:
+            memory_rows.append([labels[name], "error", r["error"][:60], "", "", "", ""])
+            continue
+        m = r["memory"]
+        single, separate, many = (_get(m[k], "kib_per_stream") for k in ("single", "separate", "multiplexed"))
+        per_client = _get(m["separate"], "kib_per_client")
+        memory_rows.append([
+            labels[name], f"{_fmt(single)} KiB", f"{_fmt(separate)} KiB", f"{_fmt(per_client)} KiB",
+            f"{_fmt(many)} KiB", _ratio(many, single, True), _ratio(per_client, many, True),
+        ])  # fmt: skip
+        if name == "hub" and single and many and per_sub:
+            target = 1.3 * single + channels * per_sub / 1024
+            notes.append(
+                f"{labels[name]}: a multiplexed stream of {channels} channels takes {_fmt(many)} KiB, "
+                f"{_fmt(many - single)} KiB more than a single-channel stream ({_fmt(single)} KiB); one more "
+                f"channel's ``broker.subscribe()`` costs {_fmt(per_sub, 0)} bytes (tracemalloc), "
+                f"``subscribe_many()`` of {channels} channels {_fmt(_get(cost, 'subscribe_many_bytes'), 0)} bytes. "
+                f"The target, 1.3 x a single-channel stream + {channels} subscriptions = {_fmt(target)} KiB, is "
+                f"{'met' if many <= target else 'NOT met'}."
+            )
+        fans = r["fanout"]
+        p99_single = _get(fans.get("single"), "p99_ms")
+        for kind in ("single", "multiplexed"):
+            f = fans.get(kind)
+            if not f or "error" in f:
+                fan_rows.append([labels[name], kind, "error", (f or {}).get("error", "")[:60], "", "", "", ""])
+                continue
+            checks = sum(f.get(k, 0) for k in ("bad_data", "bad_order", "bad_id", "other_events"))
+            fan_rows.append([
+                labels[name], f"{kind} ({channels} channels)" if kind == "multiplexed" else "single channel",
+                f"{f['events']:,}/{f['expected']:,}",
+                f"ids {f['ids_checked']}: " + ("all right" if not checks and f["delivered_all"] else f"{checks} wrong"),
+                _fmt(f["p50_ms"]), _fmt(f["p99_ms"]), _fmt(f["max_ms"]), _ratio(p99_single, f["p99_ms"], False),
+            ])  # fmt: skip
+
+    intro = (
+        f"{n:,} clients, each with ONE stream of {channels} channels"
+        f" (``GET /events?channel=c0&...&channel=c{channels - 1}`` through the hub;"
+        " nchan: ``nchan_channel_id`` of the channels split on ``,``), against"
+        f" {n:,} single-channel streams and {n:,} x {channels} separate single-channel streams, each in a fresh"
+        " server of the same run. Fan-out: 20 events/s for 10 s on ``c0``; the load client checks every event at"
+        " every stream: its data names ``c0`` and numbers run 0, 1, 2, ... (nothing lost, twice or out of order),"
+        " no ``stream-reset`` or other event type, and its id: ``plain``, an event id greater than the one before;"
+        f" ``cursor:{channels}``, the cursor of {channels} entries with ``c0`` first and its own id greater than the"
+        " one before (nchan's ids are its own: data only)."
+    )
+    memory = _table(
+        ["server", f"single-channel, {n:,} streams", f"{n:,} x {channels} separate, per stream", "per client",
+         f"multiplexed x {channels}, per stream", "multiplexed / single", f"{channels} separate / multiplexed"],
+        memory_rows,
+    )  # fmt: skip
+    fan = _table(
+        ["server", "stream", "delivered", "every delivery checked", "p50 ms", "p99 ms", "max ms", "p99 / single"],
+        fan_rows,
+    )
+    return [
+        ("Multiplexed streams", "\n\n".join([intro, memory, *notes])),
+        (f"Multiplexed streams: fan-out on one of {channels} channels, 20 events/s for 10 s", fan),
+    ]
+
+
+def _hot_path_section(hot: dict[str, Any]) -> tuple[str, str]:
+    """The single-channel rows served by this checkout and by the one before."""
+    rows = []
+    for row in hot["rows"]:
+        for metric, numbers in row.items():
+            if metric in ("server", "row"):
+                continue
+            digits = 0 if metric == "delivered_per_second" else 1
+            rows.append([
+                row["server"], row["row"], metric.removesuffix("_ms") + (" ms" if metric.endswith("_ms") else ""),
+                _fmt(numbers["before"], digits), _fmt(numbers["after"], digits),
+                f"{numbers['after_over_before']:.2f}x" if numbers["after_over_before"] else "n/a",
+            ])  # fmt: skip
+    text = (
+        f"The single-channel rows served by this checkout's package (after) and by ``{hot['before']}``'s"
+        f" (before), the same harness, alternating, {hot['rounds']} rounds in one run; medians"
+        " (``python -m bench.run --compare-with DIR``)."
+    )
+    table = _table(["server", "row", "metric", "before", "after", "after / before"], rows)
+    return ("Single-channel hot path: before and after", f"{text}\n\n{table}")
 
 
 def _plots(results: dict[str, Any], target: Path) -> None:

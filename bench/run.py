@@ -11,7 +11,14 @@ client (bench/loadclient.c, C and epoll) is pinned to core 1. Scenarios:
   from publish to receive of every event at every subscriber;
 * throughput: 100 subscribers, the publisher flat out: events delivered per
   second, and their latency;
-* scale-out: the hub with ``--workers 2 --redis`` holding 20,000 streams.
+* scale-out: the hub with ``--workers 2 --redis`` holding 20,000 streams;
+* multiplexed (the hub and nchan): 1,000 clients each with ONE stream of 10
+  channels. Memory per stream against 1,000 single-channel streams and
+  1,000 x 10 separate single-channel streams; fan-out at 20 events/s on one
+  of the 10 channels, next to the same fan-out on single-channel streams,
+  the load client checking every event's data, order and id (the cursor,
+  the event's channel first); and what one more channel costs
+  (``broker.subscribe()``, measured with tracemalloc).
 
 Every scenario checks that every subscriber got every event. Results go to
 ``bench/results/latest.json``, ``docs/benchmarks.rst`` and two plots in
@@ -108,6 +115,15 @@ class Server:
     subscribe_path: str
     publish: str  # "trigger": POST /bench/publish; "nchan": the C client POSTs each event
     worker_depth: int = 1  # 0: the process itself is the worker; 1: its child
+    # The multiplexed scenario: one channel's stream ("{channel}"), and one
+    # stream of many ("{channels}": the channels' names, ",".join-ed; for
+    # the hub the path is built from MULTIPLEX_QUERY). None: not supported.
+    channel_path: str | None = None
+    multiplex_path: str | None = None
+    cursor_ids: bool = False  # its multiplexed ids are our cursor (checked); else only data is checked
+    # Another checkout's wsgi_eventsource package to serve with (the hot-path
+    # comparison, see hot_path()); None: this checkout's.
+    library: Path | None = None
     env: dict[str, str] = field(default_factory=dict)
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
@@ -117,11 +133,20 @@ class Server:
         self.port = free_port()
         self.tmp = tempfile.mkdtemp(prefix=f"bench-{self.name}-")
         command = [part.format(port=self.port, tmp=self.tmp) for part in self.command]
+        cwd = ROOT
+        if self.library is not None:
+            # gunicorn puts its working directory first on sys.path: one that
+            # holds this bench/ and the other checkout's package serves the
+            # same harness with the other library.
+            cwd = Path(self.tmp, "tree")
+            cwd.mkdir()
+            (cwd / "bench").symlink_to(ROOT / "bench")
+            (cwd / "wsgi_eventsource").symlink_to(self.library / "wsgi_eventsource")
         if self.name == "nchan":
             Path(self.tmp, "nginx.conf").write_text(NCHAN_CONF.format(port=self.port, tmp=self.tmp))
         self.process = subprocess.Popen(
             ["taskset", "-c", SERVER_CORE, *command],
-            cwd=ROOT,
+            cwd=cwd,
             env={**os.environ, **self.env},
             stdout=subprocess.DEVNULL,
             stderr=open(Path(self.tmp, "server.log"), "wb"),  # noqa: SIM115  # closed with the process
@@ -149,19 +174,31 @@ class Server:
                 self.process.wait(5)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
-    def trigger(self, count: int, rate: float, size: int) -> subprocess.Popen[bytes] | None:
+    def trigger(self, count: int, rate: float, size: int, channel: str | None = None) -> subprocess.Popen[bytes] | None:
+        """Start publishing; *channel* (the multiplexed scenario) also tags each event's data with it."""
         if self.publish == "trigger":
-            status = http(self.port, "POST", f"/bench/publish?count={count}&rate={rate}&size={size}")
+            to = "" if channel is None else f"&channel={channel}"
+            status = http(self.port, "POST", f"/bench/publish?count={count}&rate={rate}&size={size}{to}")
             assert status == 202, status
             return None
+        path, tag = ("/pub", []) if channel is None else (f"/pub/{channel}", [channel])
         return subprocess.Popen(
-            ["taskset", "-c", CLIENT_CORE, str(CLIENT), "pub", "127.0.0.1", str(self.port), "/pub",
-             str(count), str(rate), str(size)],
+            ["taskset", "-c", CLIENT_CORE, str(CLIENT), "pub", "127.0.0.1", str(self.port), path,
+             str(count), str(rate), str(size), *tag],
             stdout=subprocess.PIPE,
         )  # fmt: skip
 
+    def path_of(self, channels: list[str]) -> str:
+        """The stream path of one channel, or of several on one stream."""
+        if len(channels) == 1 and self.channel_path:
+            return self.channel_path.format(channel=channels[0])
+        assert self.multiplex_path is not None, f"{self.name} has no multiplexed streams"
+        if self.multiplex_path == MULTIPLEX_QUERY:
+            return "/events?" + "&".join(f"channel={c}" for c in channels)
+        return self.multiplex_path.format(channels=",".join(channels))
 
-NCHAN_CONF = """
+
+NCHAN_CONF = r"""
 load_module /usr/lib/nginx/modules/ngx_nchan_module.so;
 worker_processes 1;
 worker_rlimit_nofile 20000;
@@ -181,9 +218,20 @@ http {{
             nchan_publisher; nchan_channel_id bench;
             nchan_message_buffer_length 1000; nchan_message_timeout 120s;
         }}
+        # The multiplexed scenario: one channel, many on one stream, and a publisher per channel.
+        location ~ ^/sub/(\w+)$ {{ nchan_subscriber eventsource; nchan_channel_id $1; }}
+        location ~ ^/multi/([\w,]+)$ {{
+            nchan_subscriber eventsource; nchan_channel_id $1; nchan_channel_id_split_delimiter ",";
+        }}
+        location ~ ^/pub/(\w+)$ {{
+            nchan_publisher; nchan_channel_id $1;
+            nchan_message_buffer_length 1000; nchan_message_timeout 120s;
+        }}
     }}
 }}
 """
+#: Server.multiplex_path for the hub: ``/events?channel=c0&channel=c1...``.
+MULTIPLEX_QUERY = "query"
 
 GUNICORN = [PY, "-m", "gunicorn", "--worker-class", "gevent", "--workers", "1", "--worker-connections", "40000",
             "--bind", "127.0.0.1:{port}", "--backlog", "16384", "--log-level", "warning"]  # fmt: skip
@@ -194,7 +242,8 @@ def servers() -> list[Server]:
         Server("eventsource", "wsgi-eventsource EventSource (gunicorn -k gevent)",
                [*GUNICORN, "bench.servers.ours:eventsource_app"], "/events", "trigger"),
         Server("hub", "wsgi-eventsource hub, MemoryBroker (gunicorn -k gevent)",
-               [*GUNICORN, "bench.servers.ours:hub_app"], "/events/bench", "trigger"),
+               [*GUNICORN, "bench.servers.ours:hub_app"], "/events/bench", "trigger",
+               channel_path="/events/{channel}", multiplex_path=MULTIPLEX_QUERY, cursor_ids=True),
         Server("naive", "hand-written gevent app (gunicorn -k gevent)",
                [*GUNICORN, "bench.servers.naive_gevent:app"], "/events", "trigger"),
         Server("starlette", "sse-starlette (uvicorn, uvloop + httptools)",
@@ -202,14 +251,27 @@ def servers() -> list[Server]:
                 "--log-level", "warning", "--backlog", "16384", "--no-access-log"], "/events", "trigger",
                worker_depth=0),
         Server("nchan", "nchan (nginx module, C)", ["/usr/sbin/nginx", "-p", "{tmp}", "-c", "{tmp}/nginx.conf"],
-               "/events", "nchan"),
+               "/events", "nchan", channel_path="/sub/{channel}", multiplex_path="/multi/{channels}"),
     ]  # fmt: skip
 
 
-def subscribe(server: Server, connections: int, expected: int, timeout: float) -> subprocess.Popen[bytes]:
+def subscribe(
+    server: Server,
+    connections: int,
+    expected: int,
+    timeout: float,
+    *,
+    path: str | None = None,
+    check: tuple[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start the load client's *connections* streams at *path* and wait until
+    they are open. *check*: ``(channel, ids)``, check every event (see
+    ``loadclient.c``: the data names *channel*, in order; ids ``none``,
+    ``plain`` or ``cursor:N``)."""
+    checking = ["check", *check] if check else []
     client = subprocess.Popen(
-        ["taskset", "-c", CLIENT_CORE, str(CLIENT), "sub", "127.0.0.1", str(server.port), server.subscribe_path,
-         str(connections), str(expected), str(timeout)],
+        ["taskset", "-c", CLIENT_CORE, str(CLIENT), "sub", "127.0.0.1", str(server.port), path or server.subscribe_path,
+         str(connections), str(expected), str(timeout), *checking],
         stdout=subprocess.PIPE,
     )  # fmt: skip
     assert client.stdout is not None
@@ -273,6 +335,159 @@ def throughput(server: Server, n: int = 100, count: int = 20_000, size: int = 64
         result["delivered_all"] = result["events"] == result["expected"] and result["closed_early"] == 0
         result["delivered_per_second"] = round(result["events"] / result["span_s"]) if result["span_s"] else 0
         return result
+
+
+MULTIPLEX_CHECKS = ("bad_data", "bad_order", "bad_id", "other_events")
+
+
+def held(server: Server, groups: list[tuple[str, int]], settle: float = 2) -> dict[str, Any]:
+    """Server RSS with every group's streams open (one load client per
+    group: ``(path, streams)``), per stream and per client of the first group."""
+    with running(server):
+        base = rss_kib(server.worker)
+        clients = [subscribe(server, n, 0, settle + 30, path=path) for path, n in groups]
+        time.sleep(settle)
+        rss = rss_kib(server.worker)
+        for client in clients:
+            client.send_signal(signal.SIGTERM)
+            client.communicate(timeout=10)
+        streams, clients_n = sum(n for _, n in groups), groups[0][1]
+        return {"streams": streams, "rss_base_kib": base, "rss_kib": rss, "kib_per_stream": (rss - base) / streams,
+                "kib_per_client": (rss - base) / clients_n}  # fmt: skip
+
+
+def checked_fanout(
+    server: Server, path: str, channel: str, ids: str, *, n: int, rate: float, seconds: float, size: int = 64
+) -> dict[str, Any]:
+    """:func:`fanout` on *path*, published to *channel*, every event checked."""
+    count = int(rate * seconds)
+    with running(server):
+        client = subscribe(server, n, count, 20, path=path, check=(channel, ids))
+        publisher = server.trigger(count, rate, size, channel)
+        result = finish(client, seconds + 120)
+        if publisher is not None:
+            publisher.communicate(timeout=30)
+        result["ids_checked"] = ids
+        result["delivered_all"] = (
+            result["events"] == result["expected"] == result["checked"]
+            and result["closed_early"] == 0
+            and all(result[k] == 0 for k in MULTIPLEX_CHECKS)
+        )
+        return result
+
+
+def subscription_bytes(channels: int = 10, clients: int = 2000) -> dict[str, float]:
+    """What one more channel costs a stream in the broker, in bytes
+    (tracemalloc, a MemoryBroker in this process): ``broker.subscribe()``
+    of one channel, and ``subscribe_many()`` of *channels* per client."""
+    import tracemalloc
+
+    import gevent
+
+    from wsgi_eventsource import MemoryBroker
+
+    names = [f"c{k}" for k in range(channels)]
+
+    def measure(make: Any) -> float:
+        broker = MemoryBroker()
+        kept: list[Any] = []
+        for name in names:  # the channels exist before (as in the server: others subscribed)
+            kept.append(broker.subscribe(name, None))
+        gevent.sleep(0)
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        kept.extend(make(broker, i)[0] for i in range(clients))  # not the preamble: it is sent and freed
+        after = tracemalloc.get_traced_memory()[0]
+        tracemalloc.stop()
+        broker.close()
+        return (after - before) / clients
+
+    single = measure(lambda broker, i: broker.subscribe(names[i % channels], None))
+    many = measure(lambda broker, i: broker.subscribe_many(names, None))
+    return {"subscribe_one_bytes": round(single, 1), "subscribe_many_bytes": round(many, 1),
+            "subscribe_many_per_channel_bytes": round(many / channels, 1)}  # fmt: skip
+
+
+def multiplexed(
+    server: Server, n: int = 1000, channels: int = 10, rate: float = 20, seconds: float = 10
+) -> dict[str, Any]:
+    """The multiplexed scenario (see the module doc) on one server."""
+    names = [f"c{k}" for k in range(channels)]
+    one, many = server.path_of(names[:1]), server.path_of(names)
+    memory = {
+        "single": held(server, [(one, n)]),
+        "separate": held(server, [(server.path_of([name]), n) for name in names]),
+        "multiplexed": held(server, [(many, n)]),
+    }
+    fan = {
+        "single": checked_fanout(
+            server, one, names[0], "plain" if server.cursor_ids else "none", n=n, rate=rate, seconds=seconds
+        ),
+        "multiplexed": checked_fanout(
+            server,
+            many,
+            names[0],
+            f"cursor:{channels}" if server.cursor_ids else "none",
+            n=n,
+            rate=rate,
+            seconds=seconds,
+        ),
+    }
+    return {"clients": n, "channels": channels, "rate": rate, "memory": memory, "fanout": fan}
+
+
+def served_library(server: Server) -> str:
+    """Where the running server imported wsgi_eventsource from (``GET /bench/library``)."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(b"GET /bench/library HTTP/1.0\r\nHost: x\r\n\r\n")
+        answer = b""
+        while chunk := s.recv(4096):
+            answer += chunk
+    return answer.partition(b"\r\n\r\n")[2].decode().strip()
+
+
+def hot_path(
+    chosen: list[Server], before: Path, *, fanout_sizes: list[int], count: int, rounds: int, seconds: float
+) -> dict[str, Any]:
+    """The single-channel rows (fan-out and throughput) served by this
+    checkout's package ("after") and by *before*'s, alternating, *rounds*
+    times, with the same harness: the medians and their ratios."""
+    import statistics
+
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    libraries: dict[str, str] = {}
+    for round_ in range(rounds):
+        for server in chosen:
+            for variant, library in (("after", None), ("before", before)) if round_ % 2 == 0 else (
+                ("before", before), ("after", None)):  # fmt: skip
+                server.library = library
+                key = f"{server.name}/{variant}"
+                with running(server):
+                    libraries[key] = served_library(server)
+                for n in fanout_sizes:
+                    runs.setdefault(key, {}).setdefault(f"fanout {n}", []).append(
+                        _short(_attempt(fanout, server, n, 20, seconds))
+                    )
+                runs[key].setdefault("throughput", []).append(_short(_attempt(throughput, server, 100, count)))
+                print("hot path", round_, key, {k: v[-1].get("p99_ms") for k, v in runs[key].items()}, flush=True)
+        for server in chosen:
+            server.library = None
+
+    def median(results: list[dict[str, Any]], metric: str) -> float | None:
+        values = [r[metric] for r in results if "error" not in r and r.get("delivered_all")]
+        return statistics.median(values) if len(values) == len(results) else None
+
+    rows = []
+    for server in chosen:
+        after, before_runs = runs[f"{server.name}/after"], runs[f"{server.name}/before"]
+        for row in after:
+            metrics = ["p50_ms", "p99_ms"] if row.startswith("fanout") else ["delivered_per_second", "p99_ms"]
+            numbers: dict[str, Any] = {"server": server.name, "row": row}
+            for metric in metrics:
+                a, b = median(after[row], metric), median(before_runs[row], metric)
+                numbers[metric] = {"after": a, "before": b, "after_over_before": round(a / b, 3) if a and b else None}
+            rows.append(numbers)
+    return {"before": str(before), "rounds": rounds, "libraries": libraries, "rows": rows, "runs": runs}
 
 
 def scale_out(streams: int = 20_000, events: int = 10) -> dict[str, Any]:
@@ -348,7 +563,7 @@ def machine() -> dict[str, Any]:
     }  # fmt: skip
 
 
-def main(argv: list[str] | None = None) -> None:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes, every server and scenario")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes and short runs: checks the harness works")
@@ -356,8 +571,25 @@ def main(argv: list[str] | None = None) -> None:
         "--only", default="", help="comma-separated server names (eventsource,hub,naive,starlette,nchan)"
     )
     parser.add_argument("--skip-scale-out", action="store_true")
+    parser.add_argument(
+        "--scenarios", default="idle,fanout,throughput,multiplexed", help="comma-separated scenarios to run"
+    )
+    parser.add_argument("--fanout-sizes", default="", help="comma-separated subscriber counts for fan-out")
+    parser.add_argument("--throughput-count", type=int, default=0, help="events in the throughput scenario")
+    parser.add_argument(
+        "--compare-with",
+        default="",
+        help="a checkout of another commit (git worktree add): run only the single-channel fan-out and throughput"
+        " rows, served by its wsgi_eventsource and by this one's, alternating (see --rounds); results to --output",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of --compare-with")
+    parser.add_argument("--hot-path", default="", help="the --output of a --compare-with run, for the report")
     parser.add_argument("--output", default=str(ROOT / "bench" / "results" / "latest.json"))
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
 
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # inherited by servers and clients
@@ -366,21 +598,46 @@ def main(argv: list[str] | None = None) -> None:
     fanout_sizes = [100] if args.smoke else [200] if args.quick else [1000, 5000, 10000]
     throughput_count = 200 if args.smoke else 500 if args.quick else 20_000
     seconds = 1.0 if args.smoke else 10.0
+    multiplexed_clients = 50 if args.smoke else 200 if args.quick else 1000
+    if args.fanout_sizes:
+        fanout_sizes = [int(n) for n in args.fanout_sizes.split(",")]
+    throughput_count = args.throughput_count or throughput_count
+    scenarios = set(args.scenarios.split(","))
     args.quick = args.quick or args.smoke
     chosen = [s for s in servers() if not args.only or s.name in args.only.split(",")]
+
+    if args.compare_with:
+        compared = hot_path(
+            [s for s in chosen if s.name in ("eventsource", "hub")], Path(args.compare_with).resolve(),
+            fanout_sizes=fanout_sizes, count=throughput_count, rounds=args.rounds, seconds=seconds,
+        )  # fmt: skip
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps({"machine": machine(), "hot_path": compared}, indent=2))
+        for row in compared["rows"]:
+            print(row, flush=True)
+        return
 
     results: dict[str, Any] = {"machine": machine(), "quick": args.quick, "servers": {}}
     for server in chosen:
         entry: dict[str, Any] = {"label": server.label, "idle": [], "fanout": [], "throughput": None}
         results["servers"][server.name] = entry
-        for n in idle_sizes:
+        for n in idle_sizes if "idle" in scenarios else []:
             entry["idle"].append(_attempt(idle, server, n, *((0.5, 1.0) if args.smoke else ())))
             print(server.name, "idle", n, entry["idle"][-1], flush=True)
-        for n in fanout_sizes:
+        for n in fanout_sizes if "fanout" in scenarios else []:
             entry["fanout"].append(_attempt(fanout, server, n, 20, seconds))
             print(server.name, "fanout", n, _short(entry["fanout"][-1]), flush=True)
-        entry["throughput"] = _attempt(throughput, server, 100, throughput_count)
-        print(server.name, "throughput", _short(entry["throughput"]), flush=True)
+        if "throughput" in scenarios:
+            entry["throughput"] = _attempt(throughput, server, 100, throughput_count)
+            print(server.name, "throughput", _short(entry["throughput"]), flush=True)
+        if "multiplexed" in scenarios and server.multiplex_path:
+            entry["multiplexed"] = _attempt(multiplexed, server, multiplexed_clients, 10, 20, seconds)
+            print(server.name, "multiplexed", _short_multiplexed(entry["multiplexed"]), flush=True)
+    if "multiplexed" in scenarios:
+        results["subscription_cost"] = _attempt(subscription_bytes, 10)
+        print("subscription cost", results["subscription_cost"], flush=True)
+    if args.hot_path:
+        results["hot_path"] = json.loads(Path(args.hot_path).read_text())["hot_path"]
     if not args.skip_scale_out:
         results["scale_out"] = _attempt(scale_out, 2000 if args.quick else 20_000, 5 if args.quick else 10)
         print("scale-out", results["scale_out"], flush=True)
@@ -404,6 +661,12 @@ def _attempt(function: Any, *args: Any) -> dict[str, Any]:
 
 def _short(result: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in result.items() if k != "histogram"}
+
+
+def _short_multiplexed(result: dict[str, Any]) -> dict[str, Any]:
+    if "error" in result:
+        return result
+    return {**result, "fanout": {k: _short(v) for k, v in result["fanout"].items()}}
 
 
 if __name__ == "__main__":
