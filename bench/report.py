@@ -253,6 +253,13 @@ def _multiplexed_sections(results: dict[str, Any]) -> list[tuple[str, str]]:
         ["server", "stream", "delivered", "every delivery checked", "p50 ms", "p99 ms", "max ms", "p99 / single"],
         fan_rows,
     )
+    lines = cost.get("subscribe_many_lines") or []
+    if lines:
+        notes.append(
+            f"Where the broker-side bytes of one multiplexed stream of {channels} channels go (tracemalloc,"
+            " ``subscribe_many()`` not yet attached, per stream):\n\n"
+            + _table(["bytes", "allocated at", "code"], [[_fmt(b, 0), at, f"``{code}``"] for at, code, b in lines])
+        )
     return [
         ("Multiplexed streams", "\n\n".join([intro, memory, *notes])),
         (f"Multiplexed streams: fan-out on one of {channels} channels, 20 events/s for 10 s", fan),
