@@ -43,7 +43,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "bench" / ".build"
@@ -124,6 +124,7 @@ class Server:
     # Another checkout's wsgi_eventsource package to serve with (the hot-path
     # comparison, see hot_path()); None: this checkout's.
     library: Path | None = None
+    log: BinaryIO | None = None
     env: dict[str, str] = field(default_factory=dict)
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
@@ -149,7 +150,7 @@ class Server:
             cwd=cwd,
             env={**os.environ, **self.env},
             stdout=subprocess.DEVNULL,
-            stderr=open(Path(self.tmp, "server.log"), "wb"),  # noqa: SIM115  # closed with the process
+            stderr=self._log(),
         )
         wait_for_port(self.port)
         deadline = time.monotonic() + 20
@@ -164,7 +165,14 @@ class Server:
             return self.process.pid
         return max(children(self.process.pid))
 
+    def _log(self) -> BinaryIO:
+        self.log = open(Path(self.tmp, "server.log"), "wb")  # noqa: SIM115  # closed by stop()
+        return self.log
+
     def stop(self) -> None:
+        if self.log is not None:
+            self.log.close()
+            self.log = None
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGQUIT if self.name == "nchan" else signal.SIGINT)
             try:
