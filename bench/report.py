@@ -242,7 +242,8 @@ def _multiplexed_sections(results: dict[str, Any]) -> list[tuple[str, str]]:
         " every stream: its data names ``c0`` and numbers run 0, 1, 2, ... (nothing lost, twice or out of order),"
         " no ``stream-reset`` or other event type, and its id: ``plain``, an event id greater than the one before;"
         f" ``cursor:{channels}``, the cursor of {channels} entries with ``c0`` first and its own id greater than the"
-        " one before (nchan's ids are its own: data only)."
+        " one before (nchan's ids are its own: data only). Reproduce: ``bash bench/run.sh`` (everything), or"
+        " ``bash bench/run.sh --only hub,nchan --scenarios multiplexed --skip-scale-out``."
     )
     memory = _table(
         ["server", f"single-channel, {n:,} streams", f"{n:,} x {channels} separate, per stream", "per client",
@@ -258,12 +259,18 @@ def _multiplexed_sections(results: dict[str, Any]) -> list[tuple[str, str]]:
         notes.append(
             f"Where the broker-side bytes of one multiplexed stream of {channels} channels go (tracemalloc,"
             " ``subscribe_many()`` not yet attached, per stream):\n\n"
-            + _table(["bytes", "allocated at", "code"], [[_fmt(b, 0), at, f"``{code}``"] for at, code, b in lines])
+            + _table(["bytes", "allocated at", "code"], [[_fmt(b, 0), at, _code(at, code)] for at, code, b in lines])
         )
     return [
         ("Multiplexed streams", "\n\n".join([intro, memory, *notes])),
         (f"Multiplexed streams: fan-out on one of {channels} channels, 20 events/s for 10 s", fan),
     ]
+
+
+def _code(at: str, code: str) -> str:
+    if at.startswith("bench/"):
+        return "the request's channel names (each stream has its own ``str`` objects)"
+    return f"``{code}``" if code else ""
 
 
 def _hot_path_section(hot: dict[str, Any]) -> tuple[str, str]:
@@ -279,10 +286,16 @@ def _hot_path_section(hot: dict[str, Any]) -> tuple[str, str]:
                 _fmt(numbers["before"], digits), _fmt(numbers["after"], digits),
                 f"{numbers['after_over_before']:.2f}x" if numbers["after_over_before"] else "n/a",
             ])  # fmt: skip
+    sizes = ",".join(str(n) for n in hot.get("fanout_sizes", []))
     text = (
-        f"The single-channel rows served by this checkout's package (after) and by ``{hot['before']}``'s"
-        f" (before), the same harness, alternating, {hot['rounds']} rounds in one run; medians"
-        " (``python -m bench.run --compare-with DIR``)."
+        f"The single-channel rows (fan-out at 20 events/s for 10 s; throughput: 100 subscribers, publisher flat"
+        f" out) served by this checkout's package (after: {hot.get('after_commit', '?')[:60]}) and by the one in"
+        f" ``{hot['before']}`` (before: {hot.get('before_commit', '?')[:60]}), with the same harness, alternating"
+        f" before and after, {hot['rounds']} rounds ({hot.get('note') or 'in one run'}); medians of the rounds."
+        " Reproduce:"
+        f" ``git worktree add /tmp/before <commit>`` then ``python -m bench.run --only eventsource,hub"
+        f" --compare-with /tmp/before --rounds {hot['rounds']} --fanout-sizes {sizes}``."
+        " The EventSource rows run code neither commit touched: their spread is the noise of the machine."
     )
     table = _table(["server", "row", "metric", "before", "after", "after / before"], rows)
     return ("Single-channel hot path: before and after", f"{text}\n\n{table}")

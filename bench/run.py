@@ -2,6 +2,8 @@
 
     .venv/bin/python -m bench.run            # everything (about 15 minutes)
     .venv/bin/python -m bench.run --quick    # small sizes: a smoke run (about a minute)
+    .venv/bin/python -m bench.run --only hub,nchan --scenarios multiplexed --skip-scale-out
+    .venv/bin/python -m bench.run --only eventsource,hub --compare-with /tmp/before  # see hot_path()
 
 Each server is started here, one worker process, pinned to core 0; the load
 client (bench/loadclient.c, C and epoll) is pinned to core 1. Scenarios:
@@ -22,7 +24,9 @@ client (bench/loadclient.c, C and epoll) is pinned to core 1. Scenarios:
 
 Every scenario checks that every subscriber got every event. Results go to
 ``bench/results/latest.json``, ``docs/benchmarks.rst`` and two plots in
-``docs/``. Timings on a shared machine are noisy: compare ratios from one run.
+``docs/`` (a quick run, or one of some servers or scenarios only, writes its
+report to ``bench/results/`` instead). Timings on a shared machine are noisy:
+compare ratios from one run.
 """
 
 from __future__ import annotations
@@ -513,7 +517,16 @@ def hot_path(
                 a, b = median(after[row], metric), median(before_runs[row], metric)
                 numbers[metric] = {"after": a, "before": b, "after_over_before": round(a / b, 3) if a and b else None}
             rows.append(numbers)
-    return {"before": str(before), "rounds": rounds, "libraries": libraries, "rows": rows, "runs": runs}
+
+    def commit(tree: Path) -> str:
+        # The last commit that changed the package: the harness is this checkout's either way.
+        described = subprocess.run(["git", "-C", str(tree), "log", "-1", "--format=%h %s", "--", "wsgi_eventsource"],
+                                   capture_output=True, text=True, check=False)  # fmt: skip
+        return described.stdout.strip()[:100]
+
+    return {"before": str(before), "before_commit": commit(before), "after_commit": commit(ROOT), "rounds": rounds,
+            "fanout_sizes": fanout_sizes, "throughput_count": count, "libraries": libraries, "rows": rows,
+            "runs": runs}  # fmt: skip
 
 
 def scale_out(streams: int = 20_000, events: int = 10) -> dict[str, Any]:
@@ -673,7 +686,9 @@ def main(argv: list[str] | None = None) -> None:
     output.write_text(json.dumps(results, indent=2))
     from bench.report import write_report
 
-    write_report(results, ROOT / "docs", quick=args.quick)
+    # Only a whole run replaces docs/; a quick or partial one writes to bench/results/.
+    partial = bool(args.only) or scenarios != set(_parser().get_default("scenarios").split(","))
+    write_report(results, ROOT / "docs", quick=args.quick or partial)
     print(f"results: {output}", flush=True)
 
 
