@@ -1,7 +1,7 @@
 """Side-by-side benchmark of wsgi-eventsource and its peers, in one run.
 
     .venv/bin/python -m bench.run            # everything (about 15 minutes)
-    .venv/bin/python -m bench.run --quick    # small sizes: a smoke run (about a minute)
+    .venv/bin/python -m bench.run --quick    # small sizes: a smoke run (a few minutes)
     .venv/bin/python -m bench.run --only hub,nchan --scenarios multiplexed --skip-scale-out
     .venv/bin/python -m bench.run --only eventsource,hub --compare-with /tmp/before  # see hot_path()
 
