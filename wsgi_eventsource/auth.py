@@ -24,12 +24,14 @@ algorithms from the key and reads the claims.
 
 from __future__ import annotations
 
+import math
+import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
-from werkzeug.http import parse_cookie
+from werkzeug.sansio.http import parse_cookie
 
 from .app import EXPIRES_KEY
 from .brokers.base import _SEGMENT
@@ -55,6 +57,19 @@ _RSA = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512")
 _CURVES = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512", "secp256k1": "ES256K"}
 #: The shortest HMAC secret accepted, in bytes (RFC 7518 3.2: at least the hash size).
 MIN_SECRET_BYTES = 32
+# RFC 7518 3.2: "a key of the same size as the hash output ... or larger MUST
+# be used"; PyJWT warns at every verification with a shorter one (a 500 where
+# warnings are errors), so an algorithm is offered only if the secret is long enough.
+_HMAC_MIN_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
+# PyJWT warns at every verification with a shorter RSA key (NIST SP 800-131A).
+MIN_RSA_BITS = 2048
+# RFC 6265 4.1.1: a cookie-name is an RFC 9110 token.
+_COOKIE_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# A query parameter name that needs no percent-encoding (RFC 3986 unreserved).
+_QUERY_NAME = re.compile(r"[A-Za-z0-9\-._~]+")
+# Where claims_of keeps (the TokenAuth, its verified claims) for the request's
+# other channels: only the instance that verified them may reuse them.
+_CLAIMS_KEY = "wsgi_eventsource.token_claims"
 
 
 def _jwt() -> Any:
@@ -104,10 +119,19 @@ def pattern_matches(pattern: Sequence[str], channel: str) -> bool:
     return all(want in ("*", name) for want, name in zip(fixed, names, strict=False))
 
 
-def _patterns(values: Iterable[str]) -> tuple[tuple[str, ...], ...]:
+def _pattern_list(values: Iterable[str]) -> list[str]:
+    """*values* as a list, each a valid pattern; a lone str is refused (it
+    would otherwise be taken as one pattern per character)."""
     if isinstance(values, str):
         raise ValueError(f"patterns must be a list of str, not the str {values!r}")
-    return tuple(check_pattern(value) for value in values)
+    listed = list(values)
+    for value in listed:
+        check_pattern(value)
+    return listed
+
+
+def _patterns(values: Iterable[str]) -> tuple[tuple[str, ...], ...]:
+    return tuple(check_pattern(value) for value in _pattern_list(values))
 
 
 def _key_kind(key: str | bytes) -> tuple[Any, tuple[str, ...]]:
@@ -118,7 +142,16 @@ def _key_kind(key: str | bytes) -> tuple[Any, tuple[str, ...]]:
     if not raw.lstrip().startswith(b"-----BEGIN"):
         if len(raw) < MIN_SECRET_BYTES:
             raise ValueError(f"an HMAC secret must be at least {MIN_SECRET_BYTES} bytes (this one is {len(raw)})")
-        return raw, _HMAC
+        # PyJWT refuses, at every verification, a secret that is a public key
+        # in another form (an SSH key, a JWK, a PEM after some text): the
+        # algorithm-confusion attack. Refuse it here, once, rather than a 500
+        # per request.
+        jwt = _jwt()
+        try:
+            jwt.algorithms.HMACAlgorithm(jwt.algorithms.HMACAlgorithm.SHA256).prepare_key(raw)
+        except jwt.InvalidKeyError as exc:
+            raise ValueError(f"this key cannot be an HMAC secret: {exc} (pass a public key as PEM)") from None
+        return raw, tuple(name for name in _HMAC if len(raw) >= _HMAC_MIN_BYTES[name])
     try:
         from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
         from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_pem_public_key
@@ -132,6 +165,8 @@ def _key_kind(key: str | bytes) -> tuple[Any, tuple[str, ...]]:
     except (ValueError, TypeError) as exc:
         raise ValueError(f"the key looks like PEM but cannot be read: {exc}") from None
     if isinstance(public, rsa.RSAPublicKey):
+        if public.key_size < MIN_RSA_BITS:
+            raise ValueError(f"an RSA key must have at least {MIN_RSA_BITS} bits (this one has {public.key_size})")
         return public, _RSA
     if isinstance(public, ec.EllipticCurvePublicKey):
         algorithm = _CURVES.get(public.curve.name)
@@ -143,14 +178,29 @@ def _key_kind(key: str | bytes) -> tuple[Any, tuple[str, ...]]:
     raise ValueError(f"a {type(public).__name__} cannot verify JWTs")
 
 
+def _check_algorithm(algorithm: str, allowed: tuple[str, ...], key: bytes) -> None:
+    """``ValueError`` unless *algorithm* is one of *allowed* (those *key* allows)."""
+    if algorithm in allowed:
+        return
+    if allowed[0] not in _HMAC:
+        raise ValueError(f"algorithm {algorithm!r} cannot be used with this key: use {', '.join(allowed)}")
+    if algorithm in _HMAC:
+        raise ValueError(
+            f"algorithm {algorithm!r} needs an HMAC secret of at least {_HMAC_MIN_BYTES[algorithm]} bytes"
+            f" (this one is {len(key)}): use {', '.join(allowed)} or a longer secret"
+        )
+    raise ValueError(f"algorithm {algorithm!r} cannot be used with an HMAC secret: use {', '.join(allowed)}")
+
+
 class TokenAuth:
     """``authorize`` callbacks that read a signed token (JWT) from the request.
 
-    :param key: an HMAC secret (HS256/384/512; at least 32 bytes) or a PEM
-        public key (RSA: RS*/PS*; EC: ES256/384/512 by its curve; Ed25519 or
-        Ed448: EdDSA). A PEM private key is accepted too (its public half is used).
+    :param key: an HMAC secret (at least 32 bytes: HS256; 48: also HS384;
+        64: also HS512) or a PEM public key (RSA of 2048 bits or more: RS*/PS*;
+        EC: ES256/384/512 by its curve; Ed25519 or Ed448: EdDSA). A PEM
+        private key is accepted too (its public half is used).
     :param algorithms: the algorithms accepted; by default every one the
-        key's kind allows. Never ``none``, and never an HMAC algorithm with a
+        key allows. Never ``none``, and never an HMAC algorithm with a
         PEM key (the algorithm-confusion attack): both raise ``ValueError``.
     :param audience: if set, tokens must carry this ``aud``.
     :param issuer: if set, tokens must carry this ``iss``.
@@ -178,7 +228,8 @@ class TokenAuth:
         public: Iterable[str] = (),
     ) -> None:
         self._jwt = _jwt()
-        self._key, allowed = _key_kind(key)
+        raw_key = key.encode("utf-8") if isinstance(key, str) else key
+        self._key, allowed = _key_kind(raw_key)
         if algorithms is None:
             algorithms = allowed
         if isinstance(algorithms, str):
@@ -187,11 +238,11 @@ class TokenAuth:
         if not algorithms:
             raise ValueError("algorithms must name at least one algorithm")
         for algorithm in algorithms:
+            if not isinstance(algorithm, str):
+                raise ValueError(f"algorithms must be names (str), not {algorithm!r}")
             if algorithm.lower() == "none":
                 raise ValueError("algorithm 'none' (unsigned tokens) is never accepted")
-            if algorithm not in allowed:
-                kind = "an HMAC secret" if allowed == _HMAC else "this public key"
-                raise ValueError(f"algorithm {algorithm!r} cannot be used with {kind}: use {', '.join(allowed)}")
+            _check_algorithm(algorithm, allowed, raw_key)
         if not isinstance(leeway, (int, float)) or isinstance(leeway, bool) or not 0 <= leeway < 3600:
             raise ValueError(f"leeway must be a number of seconds from 0 to 3600, not {leeway!r}")
         for name, value in (
@@ -202,6 +253,10 @@ class TokenAuth:
         ):
             if value is not None and (not isinstance(value, str) or not value):
                 raise ValueError(f"{name} must be a non-empty str or None, not {value!r}")
+        if cookie is not None and not _COOKIE_NAME.fullmatch(cookie):
+            raise ValueError(f"cookie {cookie!r} is not a cookie name (letters, digits, !#$%&'*+-.^_`|~)")
+        if query_param is not None and not _QUERY_NAME.fullmatch(query_param):
+            raise ValueError(f"query_param {query_param!r} is not a plain parameter name (letters, digits, -._~)")
         self.algorithms = algorithms
         self.audience = audience
         self.issuer = issuer
@@ -234,11 +289,16 @@ class TokenAuth:
         """The token the request carries, or ``None``."""
         header: str = environ.get("HTTP_AUTHORIZATION", "")
         if header:
-            scheme, _, token = header.strip().partition(" ")
-            if scheme.lower() == "bearer" and token.strip():
-                return token.strip()
-        if self.cookie is not None and environ.get("HTTP_COOKIE"):
-            value = parse_cookie(environ).get(self.cookie)
+            # RFC 6750 2.1 says one space; a tab or several are read alike.
+            parts = header.split(None, 1)
+            if len(parts) == 2 and parts[0].lower() == "bearer":
+                return parts[1].strip()
+        cookies: str = environ.get("HTTP_COOKIE", "")
+        if self.cookie is not None and cookies:
+            # WSGI hands the header over as latin-1. werkzeug's parse_cookie(environ)
+            # decodes it as strict UTF-8: one stray byte in any cookie of the
+            # site raised UnicodeDecodeError (a 500). Decode leniently here.
+            value = parse_cookie(cookies.encode("latin-1", "replace").decode("utf-8", "replace")).get(self.cookie)
             if value:
                 return value
         if self.query_param is not None and self.query_param in environ.get("QUERY_STRING", ""):
@@ -248,20 +308,29 @@ class TokenAuth:
         return None
 
     def claims_of(self, environ: WSGIEnvironment) -> dict[str, Any]:
-        """The verified claims of the request's token (cached in *environ*).
+        """The verified claims of the request's token (cached in *environ*
+        for this instance: another ``TokenAuth``, with another key, audience
+        or issuer, verifies the token again).
+
+        Also sets :data:`EXPIRES_KEY` to the time this instance stops
+        accepting the token (``exp`` plus ``leeway``), or keeps an earlier one.
 
         :raises Unauthorized: no token, or one PyJWT refuses, or claims that
             are not ``{"eventsource": {"subscribe": [...], "publish": [...]}}``.
         """
-        cached = environ.get("wsgi_eventsource.token_claims")
-        if cached is not None:
-            return dict(cached)
+        cached = environ.get(_CLAIMS_KEY)
+        if cached is not None and cached[0] is self:
+            return dict(cached[1])
         token = self.token_of(environ)
         if token is None:
             raise Unauthorized("a token is required", error=None)
         claims = self.verify(token)
-        environ["wsgi_eventsource.token_claims"] = claims
-        environ[EXPIRES_KEY] = float(claims["exp"])
+        environ[_CLAIMS_KEY] = (self, claims)
+        # Accepted until exp + leeway: a stream ended at exp would reconnect,
+        # be accepted again and end at once, every second of the leeway.
+        expires = float(claims["exp"]) + self.leeway
+        earlier = environ.get(EXPIRES_KEY)
+        environ[EXPIRES_KEY] = min(expires, earlier) if isinstance(earlier, float) else expires
         return dict(claims)
 
     def verify(self, token: str) -> dict[str, Any]:
@@ -292,7 +361,7 @@ class TokenAuth:
             raise Unauthorized(f"the token's algorithm is not accepted (use {', '.join(self.algorithms)})") from None
         except jwt.InvalidSignatureError:
             raise Unauthorized("the token's signature is wrong") from None
-        except (jwt.InvalidTokenError, ValueError, TypeError):
+        except (jwt.PyJWTError, ValueError, TypeError, OverflowError, RecursionError):
             raise Unauthorized("the token is malformed") from None
         section = claims.get(CLAIM, {})
         if not isinstance(section, Mapping):
@@ -305,8 +374,15 @@ class TokenAuth:
                 _patterns(patterns)
             except ValueError as exc:
                 raise Unauthorized(f"the token's {CLAIM}.{right} has a bad pattern: {exc}") from None
-        if not isinstance(claims.get("exp"), (int, float)):
+        exp = claims.get("exp")
+        if not isinstance(exp, (int, float)) or isinstance(exp, bool):
             raise Unauthorized("the token's exp is not a number")
+        try:
+            finite = math.isfinite(float(exp))
+        except OverflowError:  # an int beyond any float: JSON allows it
+            finite = False
+        if not finite:
+            raise Unauthorized("the token's exp is out of range")
         return claims
 
     def _covers(self, environ: WSGIEnvironment, right: str, channel: str) -> bool:
@@ -335,18 +411,16 @@ def mint(
     :param claims: more claims to put in (``sub``, ids of your own, ...).
     """
     jwt = _jwt()
-    subscribe_patterns, publish_patterns = list(subscribe), list(publish)
-    _patterns(subscribe_patterns)
-    _patterns(publish_patterns)
+    subscribe_patterns, publish_patterns = _pattern_list(subscribe), _pattern_list(publish)
     if not isinstance(ttl, (int, float)) or isinstance(ttl, bool) or not 0 < ttl < float("inf"):
         raise ValueError(f"ttl must be a positive number of seconds, not {ttl!r}")
     raw = key.encode("utf-8") if isinstance(key, str) else key
     _, allowed = _key_kind(raw)
-    if allowed != _HMAC and b"PRIVATE KEY" not in raw:
+    hmac_secret = allowed[0] in _HMAC
+    if not hmac_secret and b"PRIVATE KEY" not in raw:
         raise ValueError("tokens are signed with the private key: this PEM is a public key")
     chosen = algorithm or allowed[0]
-    if chosen not in allowed:
-        raise ValueError(f"algorithm {chosen!r} cannot be used with this key: use {', '.join(allowed)}")
+    _check_algorithm(chosen, allowed, raw)
     now = int(time.time())
     payload: dict[str, Any] = {**(claims or {}), "iat": now, "exp": now + max(1, int(ttl))}
     payload[CLAIM] = {"subscribe": subscribe_patterns, "publish": publish_patterns}
@@ -357,7 +431,7 @@ def mint(
     if subject is not None:
         payload["sub"] = subject
     signing_key: Any = raw
-    if allowed != _HMAC:
+    if not hmac_secret:
         from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
         signing_key = load_pem_private_key(raw, password=None)

@@ -14,6 +14,8 @@ builtin it resembles, so callers may catch either::
 
 from __future__ import annotations
 
+import re
+
 __all__ = [
     "BrokerUnavailable",
     "ChannelUnavailable",
@@ -76,6 +78,13 @@ class ChannelUnavailable(BrokerUnavailable):
         self.reason = reason
 
 
+# RFC 6750 3: error and error_description "MUST NOT include characters
+# outside the set %x20-21 / %x23-5B / %x5D-7E" (printable ASCII but '"' and
+# '\\'). Anything else (CR/LF, a non-latin-1 character) would also make the
+# WSGI server refuse the header: a 500 instead of the 401.
+_NOT_IN_CHALLENGE = re.compile(r"[^\x20\x21\x23-\x5b\x5d-\x7e]")
+
+
 class Unauthorized(EventSourceError):
     """No usable token: answered with ``401`` and ``WWW-Authenticate: Bearer``.
 
@@ -95,5 +104,6 @@ class Unauthorized(EventSourceError):
         """The ``WWW-Authenticate`` header value."""
         if self.error is None:
             return 'Bearer realm="wsgi-eventsource"'
-        text = self.description.replace("\\", "").replace('"', "'")
-        return f'Bearer realm="wsgi-eventsource", error="{self.error}", error_description="{text}"'
+        error = _NOT_IN_CHALLENGE.sub("?", self.error)
+        text = _NOT_IN_CHALLENGE.sub("?", self.description.replace('"', "'"))
+        return f'Bearer realm="wsgi-eventsource", error="{error}", error_description="{text}"'
