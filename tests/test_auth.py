@@ -563,6 +563,19 @@ def test_leeway_accepts_a_token_just_expired_or_not_yet_valid(site: Callable[...
     assert_invalid_token(plain.subscribe("room/1", bearer(token(claims(["room/1"], nbf=now + 10)))), "nbf")
 
 
+def test_a_token_issued_a_moment_ahead_of_the_hubs_clock_is_accepted(site: Callable[..., Site]) -> None:
+    """Issue 10 (review): PyJWT refuses by default a token whose iat is in the
+    future, so a token minted by an app server whose clock runs a little
+    ahead of the hub's was refused ("not valid yet (nbf)", naming a claim it
+    did not have) for its first moments. iat says when a token was made
+    (RFC 7519 4.1.6); when it becomes valid is nbf's, which is still checked."""
+    app = site()
+    now = int(time.time())
+    for target in TARGETS:
+        assert_granted(app.request(target, bearer(token(claims(["room/1", "x"], ["room/1"], iat=now + 5)))), target)
+        assert_invalid_token(app.request(target, bearer(token(claims(["room/1", "x"], nbf=now + 5)))), "nbf")
+
+
 def test_an_exp_beyond_any_float_is_a_401_not_a_500(site: Callable[..., Site]) -> None:
     """Issue 10 (review): a signed token whose exp is an integer too large for a
     float (JSON allows 10**400; PyJWT accepts it) passed verify, then

@@ -244,7 +244,7 @@ class TokenAuth:
                 raise ValueError("algorithm 'none' (unsigned tokens) is never accepted")
             _check_algorithm(algorithm, allowed, raw_key)
         if not isinstance(leeway, (int, float)) or isinstance(leeway, bool) or not 0 <= leeway < 3600:
-            raise ValueError(f"leeway must be a number of seconds from 0 to 3600, not {leeway!r}")
+            raise ValueError(f"leeway must be a number of seconds, at least 0 and under 3600, not {leeway!r}")
         for name, value in (
             ("audience", audience),
             ("issuer", issuer),
@@ -345,7 +345,10 @@ class TokenAuth:
                 audience=self.audience,
                 issuer=self.issuer,
                 leeway=self.leeway,
-                options={"require": required},
+                # iat says when the token was made (RFC 7519 4.1.6), not from
+                # when it is valid (that is nbf): an app whose clock runs a
+                # moment ahead of the hub's must not see its fresh tokens refused.
+                options={"require": required, "verify_iat": False},
             )
         except jwt.ExpiredSignatureError:
             raise Unauthorized("the token has expired") from None
