@@ -61,7 +61,8 @@ MIN_SECRET_BYTES = 32
 # be used"; PyJWT warns at every verification with a shorter one (a 500 where
 # warnings are errors), so an algorithm is offered only if the secret is long enough.
 _HMAC_MIN_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
-# PyJWT warns at every verification with a shorter RSA key (NIST SP 800-131A).
+#: The smallest RSA key accepted, in bits (NIST SP 800-131A; PyJWT warns at
+#: every verification with a shorter one).
 MIN_RSA_BITS = 2048
 # RFC 6265 4.1.1: a cookie-name is an RFC 9110 token.
 _COOKIE_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -289,7 +290,7 @@ class TokenAuth:
         """The token the request carries, or ``None``."""
         header: str = environ.get("HTTP_AUTHORIZATION", "")
         if header:
-            # RFC 6750 2.1 says one space; a tab or several are read alike.
+            # RFC 6750 2.1: "Bearer" 1*SP b64token; a tab is read alike.
             parts = header.split(None, 1)
             if len(parts) == 2 and parts[0].lower() == "bearer":
                 return parts[1].strip()

@@ -91,7 +91,10 @@ class Unauthorized(EventSourceError):
     :param error: the RFC 6750 error code (``"invalid_request"``,
         ``"invalid_token"``), or ``None`` when the request carried no token
         at all (then the challenge names no error, as RFC 6750 3.1 asks).
-    :param description: what is wrong, for the client (no secret in it).
+    :param description: what is wrong, for the client (no secret in it). In
+        the challenge a double quote is written ``'`` and any other character
+        RFC 6750 does not allow there (a backslash, a control, anything not
+        ASCII) ``?``; the response body has it as it is.
     """
 
     def __init__(self, description: str, error: str | None = "invalid_token") -> None:
