@@ -506,7 +506,6 @@ def test_every_refusal_is_a_401_invalid_token_with_a_description(
     assert_invalid_token(app.request(target, bearer(make_token())), description)
     assert_granted(app.request(target, bearer(token(strict()))), target)  # the same site, a good token
     assert app.raised == []
-    assert app.broker.subscriber_count() == 0 or target != "publisher_app"
 
 
 @pytest.mark.parametrize("target", TARGETS)
