@@ -1,8 +1,9 @@
-"""``wsgi-eventsource serve``: the hub on gunicorn gevent workers.
+"""``wsgi-eventsource serve``: the hub on gunicorn gevent workers;
+``wsgi-eventsource token``: a signed token (JWT) for it.
 
-Every option can also come from the environment (``WSGI_EVENTSOURCE_PORT=8080``
-and so on), which is handy in containers and systemd units; a command-line
-option wins over the environment.
+Every option of ``serve`` can also come from the environment
+(``WSGI_EVENTSOURCE_PORT=8080`` and so on), which is handy in containers and
+systemd units; a command-line option wins over the environment.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ __all__ = ["main"]
 DEFAULT_WORKER_CONNECTIONS = 10_000
 
 _ENV = "WSGI_EVENTSOURCE_"
+#: Options whose values an error message must not repeat.
+_SECRETS = frozenset({"jwt_key"})
 
 
 def connection_reserve(worker_connections: int) -> int:
@@ -106,6 +109,47 @@ def _origin(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc).removeprefix("cors_origin ")) from None
 
 
+def _read_key(text: str) -> bytes:
+    """A key as given: ``@path`` is the file's content (read now, at start;
+    trailing line ends are not part of a secret), anything else the key itself."""
+    if not text.startswith("@"):
+        if not text:
+            raise argparse.ArgumentTypeError("must not be empty")
+        return text.encode("utf-8")
+    path = text[1:]
+    try:
+        with open(path, "rb") as file:
+            raw = file.read()
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"cannot read the key file {path!r}: {exc.strerror or exc}") from None
+    raw = raw.rstrip(b"\r\n")
+    if not raw:
+        raise argparse.ArgumentTypeError(f"the key file {path!r} is empty")
+    return raw
+
+
+def _verifying_key(text: str) -> bytes:
+    from .auth import TokenAuth
+
+    raw = _read_key(text)
+    try:
+        TokenAuth(raw)  # the key's kind, a PEM that parses, a secret long enough
+    except (ValueError, ImportError) as exc:
+        where = f"the key file {text[1:]!r}: " if text.startswith("@") else ""
+        raise argparse.ArgumentTypeError(f"{where}{exc}") from None
+    return raw
+
+
+def _pattern(text: str) -> str:
+    from .auth import check_pattern
+
+    try:
+        check_pattern(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 class _Default:
     """An option's default while parsing, so that an option not given on the
     command line can be told apart and taken from the environment instead."""
@@ -177,6 +221,44 @@ def build_parser() -> argparse.ArgumentParser:
         None,
         "require 'Authorization: Bearer TOKEN' to publish; without it publishing is allowed from this machine only",
     )
+    option(
+        "jwt-key",
+        _verifying_key,
+        None,
+        "verify signed tokens (JWT) with this key: an HMAC secret (32 bytes or more) or @FILE, a file holding the "
+        "secret or a PEM public key (read at start). With it, subscribing needs a token (except on --public "
+        "channels), publishing needs a token that may publish to the channel (or --publish-token), /stats and "
+        "/metrics a token that may publish to every channel ('**') (or --publish-token); the loopback rule and "
+        "the Host check no longer apply. A secret given here is visible to other users (ps): prefer @FILE or "
+        f"{_ENV}JWT_KEY",
+        shown="none",
+        metavar="SECRET|@FILE",
+    )
+    option(
+        "jwt-algorithm",
+        _token,
+        [],
+        "with --jwt-key, an algorithm tokens may be signed with (repeatable; from the environment: separated by "
+        "commas); default: every one the key's kind allows (HS256/384/512 for a secret; RS*, PS*, ES* or EdDSA "
+        "for a public key)",
+        shown="from the key",
+        metavar="ALGORITHM",
+        action=_Append,
+        dest="jwt_algorithms",
+    )
+    option("jwt-audience", _token, None, "with --jwt-key, tokens must carry this 'aud'", shown="none")
+    option("jwt-issuer", _token, None, "with --jwt-key, tokens must carry this 'iss'", shown="none")
+    option(
+        "public",
+        _pattern,
+        [],
+        "with --jwt-key, a pattern of channels anyone may subscribe to without a token (news/**: news/a, news/a/b; "
+        "room/*: room/a only; ** alone: every channel); repeatable; from the environment: separated by commas",
+        shown="none",
+        metavar="PATTERN",
+        action=_Append,
+        dest="public",
+    )
     option("cors-origin", _origin, None, "origin allowed to subscribe and publish from another site ('*' for any)")
     option(
         "allowed-host",
@@ -218,13 +300,52 @@ def build_parser() -> argparse.ArgumentParser:
     option(
         "log-level", str.lower, "info", "gunicorn log level", choices=("debug", "info", "warning", "error", "critical")
     )
+    token = commands.add_parser(
+        "token",
+        help="print a signed token (JWT) for a hub started with --jwt-key",
+        description=(
+            "Print a signed token (JWT) that lets its bearer subscribe and publish to the channels given, "
+            "for a hub started with --jwt-key (or any app using wsgi_eventsource.auth.TokenAuth). Patterns: "
+            "room/* matches room/42 (one segment), room/** matches room/42 and room/42/x, ** alone every channel."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    token.add_argument(
+        "--key",
+        type=_read_key,
+        required=True,
+        metavar="SECRET|@FILE",
+        help="the HMAC secret, or @FILE: a file holding the secret or a PEM private key (RSA, EC, Ed25519)",
+    )
+    token.add_argument(
+        "--subscribe", type=_pattern, action="append", default=[], metavar="PATTERN", help="channels it may read"
+    )
+    token.add_argument(
+        "--publish", type=_pattern, action="append", default=[], metavar="PATTERN", help="channels it may publish to"
+    )
+    token.add_argument(
+        "--ttl", type=_positive_float, default=3600.0, metavar="SECONDS", help="seconds until it expires"
+    )
+    token.add_argument("--audience", type=_token, help="its 'aud' (when the hub has --jwt-audience)")
+    token.add_argument("--issuer", type=_token, help="its 'iss' (when the hub has --jwt-issuer)")
+    token.add_argument("--subject", type=_token, help="its 'sub' (who it is for)")
+    token.add_argument(
+        "--algorithm",
+        type=_token,
+        help="HS256/384/512 for a secret, RS*/PS* for RSA, ES* for EC, EdDSA (default: HS256, RS256, the curve's)",
+    )
     return parser
+
+
+def _subcommand(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    found: argparse.ArgumentParser = commands.choices[name]
+    return found
 
 
 def _resolve_environment(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Options not given on the command line: from the environment, else the default."""
-    serve = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["serve"]
-    for action in serve._actions:
+    for action in _subcommand(parser, "serve")._actions:
         value = getattr(args, action.dest, None)
         if not isinstance(value, _Default):
             continue
@@ -240,7 +361,9 @@ def _resolve_environment(parser: argparse.ArgumentParser, args: argparse.Namespa
             else:
                 converted = convert(text)
         except (argparse.ArgumentTypeError, ValueError) as exc:
-            parser.error(f"{variable}={text!r}: {exc}")
+            # A secret is not echoed into logs, even a refused one (a file name is).
+            shown = "..." if action.dest in _SECRETS and not text.startswith("@") else repr(text)
+            parser.error(f"{variable}={shown}: {exc}")
         if action.choices is not None and converted not in action.choices:
             parser.error(f"{variable}={text!r}: must be one of {', '.join(map(str, action.choices))}")
         setattr(args, action.dest, converted)
@@ -274,6 +397,44 @@ def _raise_fd_limit(wanted: int) -> None:
         )
 
 
+def make_auth(args: argparse.Namespace) -> Any:
+    """The hub's :class:`~wsgi_eventsource.auth.TokenAuth`, or None without ``--jwt-key``."""
+    if args.jwt_key is None:
+        return None
+    from .auth import TokenAuth
+
+    return TokenAuth(
+        args.jwt_key,
+        algorithms=args.jwt_algorithms or None,
+        audience=args.jwt_audience,
+        issuer=args.jwt_issuer,
+        public=args.public,
+    )
+
+
+def check_auth(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """At start: the token options together make sense, or a clear error."""
+    if args.jwt_key is None:
+        given = [
+            option
+            for option, value in (
+                ("--jwt-algorithm", args.jwt_algorithms),
+                ("--jwt-audience", args.jwt_audience),
+                ("--jwt-issuer", args.jwt_issuer),
+                ("--public", args.public),
+            )
+            if value
+        ]
+        if given:
+            verb = "works" if len(given) == 1 else "work"
+            parser.error(f"{', '.join(given)} {verb} only with --jwt-key (the key that verifies tokens)")
+        return
+    try:
+        make_auth(args)
+    except ValueError as exc:  # the key alone was checked as it was read
+        parser.error(f"--jwt-algorithm: {exc}")
+
+
 def make_hub_factory(args: argparse.Namespace) -> Callable[[], Any]:
     """A function that builds the hub app; called in each worker, after fork
     and after gevent's monkey-patching, so no connection is shared."""
@@ -302,6 +463,7 @@ def make_hub_factory(args: argparse.Namespace) -> Callable[[], Any]:
             allowed_hosts=args.allowed_hosts,
             top_channels=args.top_channels,
             max_channels=args.max_channels,
+            auth=make_auth(args),
         )
 
     return factory
@@ -368,12 +530,39 @@ def serve(args: argparse.Namespace) -> None:
     HubApplication().run()
 
 
+def print_token(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``wsgi-eventsource token``: the token on stdout, alone on its line."""
+    if not args.subscribe and not args.publish:
+        parser.error("give --subscribe PATTERN or --publish PATTERN (a token with neither allows nothing)")
+    try:
+        from .auth import mint
+
+        token = mint(
+            args.key,
+            subscribe=args.subscribe,
+            publish=args.publish,
+            ttl=args.ttl,
+            algorithm=args.algorithm,
+            audience=args.audience,
+            issuer=args.issuer,
+            subject=args.subject,
+        )
+    except ImportError as exc:
+        sys.exit(f"wsgi-eventsource token: {exc}")
+    except ValueError as exc:
+        parser.error(f"--key: {exc}" if "algorithm" not in str(exc) else f"--algorithm: {exc}")
+    print(token)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """The ``wsgi-eventsource`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "token":
+        print_token(_subcommand(parser, "token"), args)
     if args.command == "serve":
         _resolve_environment(parser, args)
+        check_auth(parser, args)
         if args.workers > 1 and not args.redis:
             parser.error(
                 "--workers > 1 needs --redis: memory channels live in one process, so subscribers "

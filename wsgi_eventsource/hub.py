@@ -14,12 +14,25 @@
 ``wsgi-eventsource serve`` runs it under gunicorn; :class:`Hub` is also a plain
 WSGI app that can be mounted anywhere.
 
-Who may do what: with a publish token, publishing, ``/stats`` and ``/metrics``
-need it (``Authorization: Bearer <token>``). Without one, they are for this
-machine only, and every request but ``/healthz`` must be addressed to a
-loopback name or to one of ``allowed_hosts``: otherwise a page whose own name
-was made to resolve to 127.0.0.1 (DNS rebinding) could read every channel.
-``/healthz`` tells nothing but "ok", so load balancers may ask it by any name.
+Who may do what, without signed tokens: with a publish token, publishing,
+``/stats`` and ``/metrics`` need it (``Authorization: Bearer <token>``).
+Without one, they are for this machine only, and every request but
+``/healthz`` must be addressed to a loopback name or to one of
+``allowed_hosts``: otherwise a page whose own name was made to resolve to
+127.0.0.1 (DNS rebinding) could read every channel. ``/healthz`` tells nothing
+but "ok", so load balancers may ask it by any name.
+
+With signed tokens (``auth``, a :class:`~wsgi_eventsource.auth.TokenAuth`):
+subscribing needs a token whose subscribe patterns cover every channel of
+the stream, except on ``auth.public`` channels (header, cookie or query
+parameter, as TokenAuth reads them). Publishing needs the publish token, or
+a token whose publish patterns cover the channel, in the ``Authorization``
+header only: a cookie comes with requests that any page makes, so it would
+let other sites publish as the user (CSRF). ``/stats`` and ``/metrics`` need
+the publish token or a token that may publish to every channel (``"**"``).
+The loopback rule and the ``Host`` check are off: when nothing private is
+answered without a token, a name rebound to this machine gains nothing (a
+browser sends the real site's cookie to the real site only).
 """
 
 from __future__ import annotations
@@ -38,11 +51,16 @@ from urllib.parse import urlsplit
 
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
-from .app import plain_response
+from .app import plain_response, unauthorized
+from .auth import CLAIM
+from .brokers.apps import _channel_or_error
 from .brokers.base import Broker
+from .errors import Unauthorized
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
+    from .auth import TokenAuth
 
 __all__ = ["Hub"]
 
@@ -162,8 +180,19 @@ class Hub:
         histogram of subscribers per channel over all of them.
     :param max_channels: channels one multiplexed stream
         (``GET /events?channel=a&channel=b``) may name at most.
+    :param auth: signed tokens (JWT). With it, subscribing needs a token
+        that covers every channel of the stream (``auth.public`` channels
+        excepted); publishing needs the publish token or a token whose
+        publish patterns cover the channel, in the ``Authorization`` header;
+        ``/stats`` and ``/metrics`` need the publish token or a token that
+        may publish to every channel (``"**"``). No token or a bad one gets
+        ``401`` with ``WWW-Authenticate: Bearer``; a valid one that does not
+        cover the request, ``403``. The loopback rule and the ``Host`` check
+        (``allowed_hosts``) no longer apply.
 
     .. versionadded:: 0.1
+    .. versionchanged:: 0.1
+        ``auth``.
     """
 
     #: Upper bounds of the buckets of the subscribers-per-channel histogram.
@@ -181,6 +210,7 @@ class Hub:
         allowed_hosts: Iterable[str] = (),
         top_channels: int = 10,
         max_channels: int = 64,
+        auth: TokenAuth | None = None,
     ) -> None:
         if max_connections is not None and max_connections < 1:
             raise ValueError(f"max_connections must be positive, not {max_connections!r}")
@@ -206,8 +236,13 @@ class Hub:
             if cors_origin != "*":
                 # Credentials only for a named origin: browsers refuse "*" with them.
                 self.cors_headers += [("Access-Control-Allow-Credentials", "true"), ("Vary", "Origin")]
+        self.auth = auth
         self.subscriber = broker.subscriber_app(
-            headers=self.cors_headers, keepalive=keepalive, shutdown_retry=shutdown_retry, max_channels=max_channels
+            authorize=None if auth is None else auth.can_subscribe,
+            headers=self.cors_headers,
+            keepalive=keepalive,
+            shutdown_retry=shutdown_retry,
+            max_channels=max_channels,
         )
         self.publisher = broker.publisher_app()  # refusals come first, in _publish, with a reason
         self._app = DispatcherMiddleware(self._root, {"/events": self._subscribe, "/publish": self._publish})
@@ -221,8 +256,9 @@ class Hub:
 
     def _host_refusal(self, environ: WSGIEnvironment) -> str | None:
         """Without a publish token: why a request addressed to this ``Host``
-        is refused (DNS rebinding), or None."""
-        if self.publish_token is not None or environ.get("PATH_INFO") == "/healthz":
+        is refused (DNS rebinding), or None. With signed tokens nothing
+        private is answered without one, so any name may be used."""
+        if self.publish_token is not None or self.auth is not None or environ.get("PATH_INFO") == "/healthz":
             return None
         host = environ.get("HTTP_HOST", "")
         if _is_loopback_host(host) or _host_allowed(host, self.allowed_hosts):
@@ -238,6 +274,12 @@ class Hub:
 
     def _subscribe(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         source = self.subscriber.source
+        if self.auth is not None and self.cors_headers:
+            if environ.get("REQUEST_METHOD") == "OPTIONS":
+                return self._subscribe_preflight(start_response)
+            # A page on the CORS origin can then read why it was refused
+            # (401, 403, 400) instead of a bare network error.
+            start_response = self._with_cors(start_response)
         if self.max_connections is None or environ.get("REQUEST_METHOD") != "GET":
             return self.subscriber(environ, start_response)
         # Subscribes still waiting on the broker (a Redis stall, a pool wait,
@@ -254,8 +296,41 @@ class Hub:
         finally:
             self._opening -= 1
 
+    def _with_cors(self, start_response: StartResponse) -> StartResponse:
+        """*start_response*, adding the CORS headers to answers without them."""
+
+        def with_cors(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            if not any(name.lower() == "access-control-allow-origin" for name, _ in headers):
+                headers = headers + self.cors_headers
+            return start_response(status, headers, exc_info)
+
+        return with_cors
+
+    def _subscribe_preflight(self, start_response: StartResponse) -> list[bytes]:
+        # A fetch-based EventSource (a polyfill, a native app) may send the
+        # token as Authorization: Bearer, which takes a preflight.
+        start_response(
+            "204 No Content",
+            [
+                ("Allow", "GET, OPTIONS"),
+                *self.cors_headers,
+                ("Access-Control-Allow-Methods", "GET"),
+                ("Access-Control-Allow-Headers", "Authorization, Last-Event-ID, Cache-Control"),
+                ("Access-Control-Max-Age", "86400"),
+            ],
+        )
+        return []
+
     def _publish(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        if environ.get("REQUEST_METHOD") == "POST":
+        if environ.get("REQUEST_METHOD") == "POST" and self.auth is not None:
+            # The channel first: the token is checked against the name served.
+            channel = _channel_or_error(environ, self._with_cors(start_response))
+            if not isinstance(channel, str):
+                return channel
+            answer = self._token_refusal(environ, start_response, channel)
+            if answer is not None:
+                return answer
+        elif environ.get("REQUEST_METHOD") == "POST":
             refusal = self._refusal(environ)
             if refusal is not None:
                 return plain_response(start_response, "403 Forbidden", f"{refusal}\n", self.cors_headers)
@@ -308,15 +383,59 @@ class Hub:
             "Set a publish token (--publish-token) to publish from elsewhere"
         )
 
+    def _publish_token_given(self, environ: WSGIEnvironment) -> bool:
+        """Whether the request carries the (static) publish token."""
+        if self.publish_token is None:
+            return False
+        scheme, _, token = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
+        # Constant time, so the token cannot be guessed byte by byte.
+        given = token.strip().encode("latin-1", "replace")
+        return scheme.lower() == "bearer" and hmac.compare_digest(given, self.publish_token.encode())
+
+    def _token_refusal(
+        self, environ: WSGIEnvironment, start_response: StartResponse, channel: str | None
+    ) -> list[bytes] | None:
+        """With signed tokens: ``None`` if the request may publish to
+        *channel* (``None``: read ``/stats`` or ``/metrics``), else the ``401``
+        or ``403`` to answer (with the CORS headers)."""
+        assert self.auth is not None
+        if self._publish_token_given(environ):
+            return None
+        what = f"Publishing to {channel!r}" if channel is not None else f"Reading {environ.get('PATH_INFO')}"
+        scheme, _, token = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            missing = Unauthorized(f"{what} needs the header Authorization: Bearer <token>", error=None)
+            return unauthorized(start_response, missing, self.cors_headers)
+        # The header only: a cookie comes with requests any page makes (CSRF).
+        header_only = {k: v for k, v in environ.items() if k not in ("HTTP_COOKIE", "QUERY_STRING")}
+        try:
+            if channel is None:
+                section = self.auth.claims_of(header_only).get(CLAIM, {})
+                allowed = "**" in section.get("publish", [])
+            else:
+                allowed = self.auth.can_publish(header_only, channel)
+        except Unauthorized as exc:
+            if self.publish_token is not None:
+                exc = Unauthorized(f"{exc.description}, and it is not the publish token", exc.error)
+            return unauthorized(start_response, exc, self.cors_headers)
+        if allowed:
+            return None
+        if channel is None:
+            why = f"{what} needs a token that may publish to every channel ('**')"
+        else:
+            why = f"This token may not publish to {channel!r} (no publish pattern of it covers the channel)"
+        return plain_response(start_response, "403 Forbidden", f"{why}\n", self.cors_headers)
+
     def _preflight_refusal(self, environ: WSGIEnvironment) -> str | None:
         """Why the POST this CORS preflight asks for would be refused, or None."""
-        if self.publish_token is not None:
+        if self.publish_token is not None or self.auth is not None:
             # A preflight never carries credentials: only whether the POST
             # will send the Authorization header can be known.
             requested = environ.get("HTTP_ACCESS_CONTROL_REQUEST_HEADERS", "")
             if "authorization" not in (name.strip().lower() for name in requested.split(",")):
+                kind = "publish token" if self.auth is None else "token"
                 return (
-                    "Publishing needs the header Authorization: Bearer <publish token>, "
+                    f"Publishing needs the header Authorization: Bearer <{kind}>, "
                     "and this preflight does not ask to send it"
                 )
             return None
@@ -363,7 +482,12 @@ class Hub:
             if ping is not None and not ping():
                 return plain_response(start_response, "503 Service Unavailable", "broker unreachable\n")
             return plain_response(start_response, "200 OK", "ok\n")
-        if path in ("/stats", "/metrics"):
+        if path in ("/stats", "/metrics") and self.auth is not None:
+            # They name channels: only for whoever may publish to them all.
+            answer = self._token_refusal(environ, start_response, None)
+            if answer is not None:
+                return answer
+        elif path in ("/stats", "/metrics"):
             # They name channels: only for whoever may publish.
             refusal = self._refusal(environ, path)
             if refusal is not None:
