@@ -423,7 +423,7 @@ class Hub:
         if channel is None:
             why = f"{what} needs a token that may publish to every channel ('**')"
         else:
-            why = f"This token may not publish to {channel!r} (no publish pattern of it covers the channel)"
+            why = f"This token may not publish to {channel!r}: none of its publish patterns covers it"
         return plain_response(start_response, "403 Forbidden", f"{why}\n", self.cors_headers)
 
     def _preflight_refusal(self, environ: WSGIEnvironment) -> str | None:
