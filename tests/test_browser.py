@@ -164,3 +164,126 @@ def test_the_demo_page_works_and_its_screenshot(site: tuple[int, ServerProcess],
     target = pathlib.Path(ROOT, "docs", "demo.png") if os.environ.get("UPDATE_SCREENSHOT") else tmp_path / "demo.png"
     page.screenshot(path=str(target))
     assert target.stat().st_size > 10_000
+
+
+# -- signed tokens (issue 10) ----------------------------------------------------------------------
+
+# 64 bytes: PyJWT warns about an HS512 secret shorter than that.
+JWT_SECRET = "browser-test-jwt-secret-" + "0123456789abcdef" * 3 + "x" * 8
+
+
+@pytest.fixture
+def token_site(nginx: Any) -> Iterator[int]:
+    """The hub with a key (from the environment) and a public prefix, behind nginx."""
+    command = [os.path.join(VENV_BIN, "wsgi-eventsource"), "serve", "--port", "0", "--public", "public/**"]
+    hub = ServerProcess(
+        command,
+        env={"WSGI_EVENTSOURCE_JWT_KEY": JWT_SECRET},
+        ready_pattern=r"Listening at: http://127\.0\.0\.1:(\d+)",
+        stop_signal=signal.SIGINT,
+    )
+    proxy: Nginx = nginx(hub.port)
+    yield proxy.port
+    hub.stop()
+
+
+def publish_signed(port: int, channel: str, data: str) -> str:
+    """Publish through nginx (so with X-Forwarded-For) with a signed token."""
+    from wsgi_eventsource.auth import mint
+
+    token = mint(JWT_SECRET, publish=[channel], ttl=60)
+    client = StreamClient(
+        port,
+        f"/publish/{channel}",
+        method="POST",
+        body=data.encode(),
+        headers={"Content-Type": "text/plain", "Authorization": f"Bearer {token}"},
+    )
+    answer = client.read_body()
+    client.close()
+    assert client.status == 201, answer
+    event_id: str = json.loads(answer)["id"]
+    return event_id
+
+
+OPEN_OR_CLOSED = """
+(url) => new Promise((resolve) => {
+  window.received = [];
+  const source = new EventSource(url);
+  window.source = source;
+  source.onmessage = (e) => window.received.push({type: e.type, data: e.data, id: e.lastEventId});
+  source.onopen = () => resolve("open");
+  source.onerror = () => { if (source.readyState === EventSource.CLOSED) resolve("closed"); };
+})
+"""
+
+
+def test_a_cookie_token_opens_a_private_channel_and_without_it_the_browser_gives_up(
+    token_site: int, browser: Any
+) -> None:
+    """Issue 10: Chromium's EventSource sends the eventsource_token cookie and
+    gets a private channel's events; without it the hub answers 401 and the
+    EventSource gives up (CLOSED, no reconnect); a public channel needs none."""
+    from wsgi_eventsource.auth import mint
+
+    port = token_site
+    origin = f"http://127.0.0.1:{port}"
+    context = browser.new_context()
+    page = context.new_page()
+    statuses: list[int] = []
+    page.on("response", lambda r: statuses.append(r.status) if "/events/private/" in r.url else None)
+    page.goto(f"{origin}/healthz")
+    assert page.evaluate(OPEN_OR_CLOSED, "/events/private/room") == "closed"
+    assert statuses == [401]
+
+    token = mint(JWT_SECRET, subscribe=["private/*"], ttl=60)
+    context.add_cookies([{"name": "eventsource_token", "value": token, "url": origin}])
+    assert page.evaluate(OPEN_OR_CLOSED, "/events/private/room") == "open"
+    sent = publish_signed(port, "private/room", "for token holders")
+    assert received(page, 1) == [{"type": "message", "data": "for token holders", "id": sent}]
+    assert statuses == [401, 200]  # the refused EventSource never came back
+
+    anonymous = browser.new_context().new_page()
+    anonymous.goto(f"{origin}/healthz")
+    assert anonymous.evaluate(OPEN_OR_CLOSED, "/events/public/news") == "open"
+    sent = publish_signed(port, "public/news", "for everyone")
+    assert received(anonymous, 1) == [{"type": "message", "data": "for everyone", "id": sent}]
+
+
+def test_the_demo_page_takes_a_token(token_site: int, browser: Any) -> None:
+    """Issue 10: the demo page shows why a private channel closed (401), keeps
+    a pasted token in the eventsource_token cookie for its stream and sends it
+    as Authorization: Bearer to publish, through nginx (X-Forwarded-For)."""
+    from wsgi_eventsource.auth import mint
+
+    port = token_site
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(f"http://127.0.0.1:{port}/?channel=private/room")
+    page.wait_for_selector("#state.closed", timeout=5000)
+    page.wait_for_selector("#why:has-text('401')", timeout=5000)
+    assert "a token is required" in page.inner_text("#why")
+
+    token = mint(JWT_SECRET, subscribe=["private/**"], publish=["private/**"], ttl=60)
+    page.fill("#token", token)
+    page.click("#subscribe button")
+    page.wait_for_selector("#state.open", timeout=5000)
+    assert page.inner_text("#why") == ""
+    cookies = {c["name"]: c for c in context.cookies()}
+    assert cookies["eventsource_token"]["value"] == token
+    assert cookies["eventsource_token"]["sameSite"] == "Strict"
+
+    page.fill("#data", "from the demo page")
+    page.click("#publish button")
+    page.wait_for_selector("#publish-result:has-text('published')", timeout=5000)
+    page.wait_for_function("document.querySelectorAll('#events li').length >= 1", timeout=5000)
+    assert page.locator("#events li pre").first.inner_text() == "from the demo page"
+
+    page.reload()  # the token comes back from the cookie
+    page.wait_for_selector("#state.open", timeout=5000)
+    assert page.input_value("#token") == token
+
+    page.fill("#channel", "other/room")  # a valid token that does not cover it
+    page.click("#subscribe button")
+    page.wait_for_selector("#why:has-text('403')", timeout=5000)
+    assert page.get_attribute("#state", "class") == "closed"
