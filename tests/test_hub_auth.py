@@ -107,6 +107,18 @@ def test_a_cookie_token_receives_events_on_a_private_channel(serve: Start) -> No
     assert (event.data, event.last_event_id) == ("secret news", json.loads(body)["id"])
 
 
+def test_a_stream_through_the_hub_ends_when_its_token_expires(serve: Start) -> None:
+    """Short-lived tokens are how access ends: the hub's stream ends about at
+    ``exp``, with a retry hint, and the reconnect with the same token is a 401."""
+    _, port = start_hub(serve)
+    expiring = cookie(token(subscribe=["private/*"], ttl=1))  # exp: 1 to 2 s from now
+    stream = StreamClient(port, "/events/private/a", headers=expiring)
+    assert stream.status == 200
+    stream.read_to_end(timeout=5)
+    assert 500 <= (stream.parser.reconnection_time or 0) <= 1500
+    assert answer(port, "/events/private/a", headers=expiring)[0] == 401
+
+
 def test_a_multiplexed_stream_needs_every_channel_covered(serve: Start) -> None:
     _, port = start_hub(serve)
     reader = cookie(token(subscribe=["private/a"]))
@@ -211,6 +223,11 @@ def test_with_a_key_any_host_name_may_be_used() -> None:
     response = call(hub, "/events/public/a", headers={"Host": "rebound.example:8000"})
     assert response.status.startswith("200")
     response.close()
+
+
+def test_auth_must_be_a_token_auth() -> None:
+    with pytest.raises(TypeError, match="auth must be a TokenAuth"):
+        Hub(MemoryBroker(), auth=SECRET)  # type: ignore[arg-type]
 
 
 # -- CORS ----------------------------------------------------------------------------------------

@@ -64,6 +64,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Hub"]
 
+#: What the hub asks of its ``auth`` (a :class:`~wsgi_eventsource.auth.TokenAuth`).
+_AUTH_METHODS = ("can_subscribe", "can_publish", "claims_of")
+
 
 def _is_loopback(address: str | None) -> bool:
     try:
@@ -222,6 +225,8 @@ class Hub:
             raise ValueError("publish_token must not be empty")
         if cors_origin is not None:
             check_origin(cors_origin)
+        if auth is not None and not all(callable(getattr(auth, name, None)) for name in _AUTH_METHODS):
+            raise TypeError(f"auth must be a TokenAuth (or have {', '.join(_AUTH_METHODS)}), not {auth!r}")
         self.allowed_hosts = tuple(check_allowed_host(name) for name in allowed_hosts)
         self.top_channels = top_channels
         self.broker = broker
