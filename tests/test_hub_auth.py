@@ -111,7 +111,7 @@ def test_a_stream_through_the_hub_ends_when_its_token_expires(serve: Start) -> N
     """Short-lived tokens are how access ends: the hub's stream ends about at
     ``exp``, with a retry hint, and the reconnect with the same token is a 401."""
     _, port = start_hub(serve)
-    expiring = cookie(token(subscribe=["private/*"], ttl=1))  # exp: 1 to 2 s from now
+    expiring = cookie(token(subscribe=["private/*"], ttl=2))  # exp: 1 to 2 s from now (whole seconds)
     stream = StreamClient(port, "/events/private/a", headers=expiring)
     assert stream.status == 200
     stream.read_to_end(timeout=5)
