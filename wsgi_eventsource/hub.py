@@ -332,7 +332,7 @@ class Hub:
             channel = _channel_or_error(environ, self._with_cors(start_response))
             if not isinstance(channel, str):
                 return channel
-            answer = self._token_refusal(environ, start_response, channel)
+            answer = self._token_refusal(self.auth, environ, start_response, channel)
             if answer is not None:
                 return answer
         elif environ.get("REQUEST_METHOD") == "POST":
@@ -398,12 +398,11 @@ class Hub:
         return scheme.lower() == "bearer" and hmac.compare_digest(given, self.publish_token.encode())
 
     def _token_refusal(
-        self, environ: WSGIEnvironment, start_response: StartResponse, channel: str | None
+        self, auth: TokenAuth, environ: WSGIEnvironment, start_response: StartResponse, channel: str | None
     ) -> list[bytes] | None:
-        """With signed tokens: ``None`` if the request may publish to
+        """With signed tokens (*auth*): ``None`` if the request may publish to
         *channel* (``None``: read ``/stats`` or ``/metrics``), else the ``401``
         or ``403`` to answer (with the CORS headers)."""
-        assert self.auth is not None
         if self._publish_token_given(environ):
             return None
         what = f"Publishing to {channel!r}" if channel is not None else f"Reading {environ.get('PATH_INFO')}"
@@ -415,10 +414,10 @@ class Hub:
         header_only = {k: v for k, v in environ.items() if k not in ("HTTP_COOKIE", "QUERY_STRING")}
         try:
             if channel is None:
-                section = self.auth.claims_of(header_only).get(CLAIM, {})
+                section = auth.claims_of(header_only).get(CLAIM, {})
                 allowed = "**" in section.get("publish", [])
             else:
-                allowed = self.auth.can_publish(header_only, channel)
+                allowed = auth.can_publish(header_only, channel)
         except Unauthorized as exc:
             if self.publish_token is not None:
                 exc = Unauthorized(f"{exc.description}, and it is not the publish token", exc.error)
@@ -489,7 +488,7 @@ class Hub:
             return plain_response(start_response, "200 OK", "ok\n")
         if path in ("/stats", "/metrics") and self.auth is not None:
             # They name channels: only for whoever may publish to them all.
-            answer = self._token_refusal(environ, start_response, None)
+            answer = self._token_refusal(self.auth, environ, start_response, None)
             if answer is not None:
                 return answer
         elif path in ("/stats", "/metrics"):
