@@ -64,7 +64,9 @@ STREAM_RESET = "stream-reset"
 # Letters, digits and "-_.:@~+=,!" in segments separated by single "/": enough
 # for XMPP node names and room ids, nothing a path could be tricked with.
 _SEGMENT = re.compile(r"[A-Za-z0-9\-_.:@~+=,!]+")
-_ID = re.compile(r"(\d{1,20})-(\d{1,20})")
+# ASCII digits only: \d takes any Unicode digit (Arabic-Indic, fullwidth), which int() reads
+# but Redis refuses as an id (a cursor with one was refused as "broker unavailable").
+_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
 _ID_PART_MAX = 2**64 - 1  # each part of an id is an unsigned 64-bit number
 
 
