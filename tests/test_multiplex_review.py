@@ -4,12 +4,29 @@ defect it was written for; those that found one are its regression test."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
+import pytest
+import redis
 from gevent.pywsgi import WSGIServer
 
-from tests.test_multiplex import MakeBroker, Server, check_frames, make_broker, open_stream, reset_data, summary
-from wsgi_eventsource.brokers import encode_cursor
+from tests.helpers import ParsedEvent, StreamClient, wait_until
+from tests.test_multiplex import (
+    MakeBroker,
+    Server,
+    channel_of,
+    check_frames,
+    make_broker,
+    open_stream,
+    own_id,
+    reset_data,
+    summary,
+)
+from wsgi_eventsource import MemoryBroker, RedisBroker
+from wsgi_eventsource.brokers import encode_cursor, parse_cursor
+from wsgi_eventsource.hub import Hub
 
 __all__ = ["make_broker"]  # the fixture, imported for its use here
 
@@ -52,3 +69,240 @@ def test_a_cursor_with_non_ascii_digits_is_no_cursor_not_a_refusal(
     first = single.events(1)[0]
     assert reset_data(first) == {"channel": "a", "lastEventId": NON_ASCII_SHORT, "reason": "unknown"}
     assert server.app.source.refused["broker_unavailable"] == 0
+
+
+# -- live resets on a multiplexed stream (RedisBroker's reader) ---------------------------------
+
+
+@pytest.fixture
+def admin(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+def view_of(events: Sequence[ParsedEvent]) -> dict[str, list[str]]:
+    """What a page shows per channel: a stream-reset starts it over."""
+    view: dict[str, list[str]] = {}
+    for event in events:
+        if event.type == "stream-reset":
+            view[channel_of(event)] = []
+        elif event.type == "message":
+            view.setdefault(channel_of(event), []).append(event.data)
+    return view
+
+
+def assert_no_silent_gap(view: dict[str, list[str]], published: dict[str, list[str]]) -> None:
+    """Each channel's view is what the broker holds of it, with nothing
+    missing or twice since its last reset: a suffix of what was published."""
+    for channel, shown in view.items():
+        assert shown == published[channel][len(published[channel]) - len(shown) :], channel
+
+
+def resume_from_every_cut(
+    server: Server, channels: list[str], live: Sequence[ParsedEvent], published: dict[str, list[str]]
+) -> None:
+    """Reconnect with the id of each event of *live* in turn: each gets
+    exactly what follows (a reset only where it means "start over")."""
+    final = parse_cursor(live[-1].last_event_id, channels)
+    assert final is not None
+    assert set(final) == set(channels)
+    for cut in range(1, len(live) + 1):
+        seen = list(live[:cut])
+        resume = seen[-1].last_event_id
+        client = server.open(channels, resume)
+        client.wait_for(
+            lambda c, resume=resume: parse_cursor(c.parser.last_event_id or resume, channels) == final, timeout=5
+        )
+        rest = list(client.parser.events)
+        client.close()
+        check_frames(rest, channels)
+        assert_no_silent_gap(view_of([*seen, *rest]), published)
+        for channel in channels:
+            assert view_of([*seen, *rest]).get(channel), f"cut after {cut}: {channel} shows nothing"
+
+
+def test_a_live_restarted_reset_on_a_multiplexed_stream_resumes_from_every_cut(
+    serve: Callable[..., WSGIServer], redis_url: str, admin: redis.Redis
+) -> None:
+    """Issue 9 review: the reader's "restarted" stream-reset (the key deleted
+    and made again) is keyed by the new entry but carries its predecessor's
+    id (``0-0``); on a multiplexed stream its cursor must resume the channel
+    from the new stream's start, and the other channel where it was."""
+    broker = RedisBroker(redis_url, block=0.2)
+    try:
+        server = Server(serve, broker)
+        client = server.open(["a", "b"])
+        client.wait_for(lambda c: c.parser.last_event_id != "")
+        published = {"a": ["a1"], "b": ["b1"]}
+        broker.publish("a", "a1")
+        broker.publish("b", "b1")
+        client.events(2)
+        admin.delete(broker._key("a"))
+        published["a"] = ["a2", "a3"]  # the stream started over: a1 is gone
+        for data in ["a2", "b2", "a3"]:
+            broker.publish(data[0], data)
+        published["b"].append("b2")
+        live = client.events(6)
+        check_frames(live, ["a", "b"])
+        resets = [e for e in live if e.type == "stream-reset"]
+        assert [reset_data(e)["reason"] for e in resets] == ["restarted"]
+        assert own_id(resets[0]) == "0-0"
+        assert parse_cursor(resets[0].last_event_id, ["a", "b"]) == {"a": "0-0", "b": own_id(live[1])}
+        assert view_of(live) == {"a": ["a2", "a3"], "b": ["b1", "b2"]}
+        resume_from_every_cut(server, ["a", "b"], live[2:], published)
+        client.close()
+        server.app.close_all()
+        assert_eventually_unsubscribed(broker)
+    finally:
+        broker.close()
+
+
+class StalledReader:
+    """Holds the reader thread (a real OS thread) after its next batch until released."""
+
+    def __init__(self, broker: RedisBroker, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.stalled, self.gate = threading.Event(), threading.Event()
+        dispatch = broker._dispatch
+
+        def dispatch_then_stall(response: list[Any], client: Any = None) -> None:
+            dispatch(response, client)
+            if not self.stalled.is_set():
+                self.stalled.set()
+                self.gate.wait(30)
+
+        monkeypatch.setattr(broker, "_dispatch", dispatch_then_stall)
+
+
+def test_a_live_overrun_reset_on_a_multiplexed_stream_resumes_from_every_cut(
+    serve: Callable[..., WSGIServer], redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 9 review: the reader's "overrun" stream-reset (MAXLEN trimmed
+    past it while it was held up) on a multiplexed stream: its cursor, and
+    every one after it, resumes each channel with nothing missing silently."""
+    broker = RedisBroker(redis_url, block=0.2, history=10)
+    try:
+        reader = StalledReader(broker, monkeypatch)
+        server = Server(serve, broker)
+        client = server.open(["a", "b"])
+        client.wait_for(lambda c: c.parser.last_event_id != "")
+        published: dict[str, list[str]] = {"a": ["a0"], "b": []}
+        broker.publish("a", "a0")
+        client.events(1)
+        wait_until(reader.stalled.is_set, 5)
+        for i in range(150):
+            published["a"].append(f"a{i + 1}")
+            broker.publish("a", f"a{i + 1}")
+        for i in range(3):
+            published["b"].append(f"b{i}")
+            broker.publish("b", f"b{i}")
+        reader.gate.set()
+        client.wait_for(lambda c: view_of(c.parser.events).get("b") == published["b"], timeout=10)
+        client.wait_for(lambda c: (view_of(c.parser.events).get("a") or [""])[-1] == "a150", timeout=10)
+        live = list(client.parser.events)
+        final = parse_cursor(live[-1].last_event_id, ["a", "b"])
+        check_frames(live, ["a", "b"])
+        resets = [e for e in live if e.type == "stream-reset"]
+        assert [(channel_of(e), reset_data(e)["reason"]) for e in resets] == [("a", "overrun")]
+        assert_no_silent_gap(view_of(live), published)
+        index = live.index(resets[0])
+        # Around the reset, and the last few (each resumed from the start of the stream).
+        for cut in {*range(1, index + 3), *range(len(live) - 3, len(live) + 1)}:
+            seen = live[:cut]
+            again = server.open(["a", "b"], seen[-1].last_event_id)
+            again.wait_for(
+                lambda c, r=seen[-1].last_event_id: parse_cursor(c.parser.last_event_id or r, ["a", "b"]) == final,
+                timeout=5,
+            )
+            rest = list(again.parser.events)
+            again.close()
+            check_frames(rest, ["a", "b"])
+            assert_no_silent_gap(view_of([*seen, *rest]), published)
+        client.close()
+        assert_eventually_unsubscribed(broker)
+    finally:
+        broker.close()
+
+
+def assert_eventually_unsubscribed(broker: Any) -> None:
+    wait_until(lambda: broker.subscriber_count() == 0, 5, message="subscriptions left behind")
+
+
+# -- the hub, shutdown, the memory broker's sweeper ----------------------------------------------
+
+
+def test_the_hub_counts_a_multiplexed_stream_as_one_and_refuses_past_max_connections_softly(
+    serve: Callable[..., WSGIServer], make_broker: MakeBroker
+) -> None:
+    """Issue 9 review: a stream of many channels is one of the hub's
+    ``max_connections``; one past it is refused softly (a 200 event stream,
+    ``retry:``, the end) and leaves nothing subscribed."""
+    broker = make_broker()
+    hub = Hub(broker, max_connections=1, keepalive=0.5)
+    port = serve(hub).server_port
+    first = open_stream(port, "/events?channel=a&channel=b&channel=c")
+    wait_until(lambda: broker.subscriber_count() == 3)
+    refused = StreamClient(port, "/events?channel=d&channel=e")
+    assert refused.status == 200
+    body = refused.read_body()
+    assert b"retry: " in body
+    assert b"id:" not in body
+    assert hub.subscriber.source.refused["over_max_connections"] == 1
+    assert broker.subscriber_count() == 3
+    assert broker.subscriber_count("d") == 0
+    first.close()
+    assert_eventually_unsubscribed(broker)
+    again = open_stream(port, "/events?channel=d&channel=e")  # the slot is free again
+    again.wait_for(lambda c: c.parser.last_event_id != "")
+    assert set(parse_cursor(again.parser.last_event_id, ["d", "e"]) or ()) == {"d", "e"}
+
+
+def test_shutdown_ends_multiplexed_streams_refuses_new_ones_and_unsubscribes(
+    serve: Callable[..., WSGIServer], make_broker: MakeBroker
+) -> None:
+    """Issue 9 review: shutdown ends a stream of many channels with the retry
+    hint and unsubscribes every channel; a multiplexed request after it gets
+    the soft refusal, with no channel subscribed."""
+    broker = make_broker()
+    server = Server(serve, broker)
+    client = server.open(["a", "b"])
+    wait_until(lambda: broker.subscriber_count() == 2)
+    assert server.app.source.shutdown(retry=1000) == 1
+    body = client.read_body()  # to the end of the stream: it ends
+    assert b"\nretry: " in body
+    assert_eventually_unsubscribed(broker)
+    late = StreamClient(server.port, server.path(["a", "b"]))
+    assert late.status == 200
+    assert b"id:" not in late.read_body()
+    assert server.app.source.refused["shutting_down"] == 1
+    assert broker.subscriber_count() == 0
+
+
+def test_the_sweeper_keeps_the_channels_of_a_multiplexed_stream(serve: Callable[..., WSGIServer]) -> None:
+    """Issue 9 review: with ``max_age`` the MemoryBroker's sweeper frees idle
+    channels; those a multiplexed stream is subscribed to (one never
+    published to among them) are kept, so their next events arrive live and
+    the cursor resumes them with no false stream-reset."""
+    broker = MemoryBroker(max_age=0.3)
+    try:
+        server = Server(serve, broker)
+        a0 = broker.publish("a", "a0")
+        client = server.open(["a", "quiet"], encode_cursor([("a", a0)]))  # quiet: reset, nothing to replay
+        client.events(1)
+        wait_until(lambda: not broker.history_of("a"), 5)  # a0 aged out
+        broker.sweep()
+        assert broker.subscriber_count("a") == 1
+        assert broker.subscriber_count("quiet") == 1
+        a1 = broker.publish("a", "a1")
+        q0 = broker.publish("quiet", "q0")
+        events = client.events(3)
+        assert summary(events[1:]) == [("a", "message", "a1"), ("quiet", "message", "q0")]
+        cursor = events[-1].last_event_id
+        client.close()
+        assert_eventually_unsubscribed(broker)
+        again = server.open(["a", "quiet"], cursor)  # within max_age of the last events: nothing missed
+        broker.publish("a", "a2")
+        assert summary(again.events(1)) == [("a", "message", "a2")]
+        assert parse_cursor(cursor, ["a", "quiet"]) == {"a": a1, "quiet": q0}
+    finally:
+        broker.close()
