@@ -4,14 +4,19 @@ defect it was written for; those that found one are its regression test."""
 
 from __future__ import annotations
 
+import json
+import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import gevent
+import gevent.subprocess
 import pytest
 import redis
 from gevent.pywsgi import WSGIServer
 
+from tests.conftest import ROOT, RedisServer
 from tests.helpers import ParsedEvent, StreamClient, wait_until
 from tests.test_multiplex import (
     MakeBroker,
@@ -24,7 +29,7 @@ from tests.test_multiplex import (
     reset_data,
     summary,
 )
-from wsgi_eventsource import MemoryBroker, RedisBroker
+from wsgi_eventsource import BrokerUnavailable, MemoryBroker, RedisBroker
 from wsgi_eventsource.brokers import encode_cursor, parse_cursor
 from wsgi_eventsource.hub import Hub
 
@@ -304,5 +309,210 @@ def test_the_sweeper_keeps_the_channels_of_a_multiplexed_stream(serve: Callable[
         broker.publish("a", "a2")
         assert summary(again.events(1)) == [("a", "message", "a2")]
         assert parse_cursor(cursor, ["a", "quiet"]) == {"a": a1, "quiet": q0}
+    finally:
+        broker.close()
+
+
+# -- several hubs under monkey-patching ----------------------------------------------------------
+
+SEVERAL_HUBS = """
+from gevent import monkey
+
+monkey.patch_all()
+import sys
+import time
+
+import gevent
+from gevent.monkey import get_original
+from gevent.pywsgi import WSGIServer
+
+from tests.helpers import StreamClient
+from wsgi_eventsource import MemoryBroker
+from wsgi_eventsource.brokers import cursor_channel, parse_cursor
+
+broker = MemoryBroker(history=10_000)
+start = get_original("_thread", "start_new_thread")
+gevent.get_hub()  # the main hub first (see test_faults_redis)
+ports = []
+
+
+def serve_in_its_own_hub():
+    server = WSGIServer(("127.0.0.1", 0), broker.subscriber_app(keepalive=1), log=None)
+    server.start()
+    ports.append(server.server_port)
+    server.serve_forever()
+
+
+for _ in range(2):
+    start(serve_in_its_own_hub, ())
+while len(ports) < 2:
+    gevent.sleep(0.01)
+channels = ["hub/a", "hub/b", "hub/c"]
+path = "/?" + "&".join("channel=" + c for c in channels)
+N = 300
+
+
+def publish(channel):
+    for i in range(N):
+        broker.publish(channel, str(i))
+        if i % 50 == 0:
+            time.sleep(0.001)  # a real OS thread: let the others run
+
+
+clients = [StreamClient(port, path, timeout=30) for port in ports]
+for client in clients:
+    client.wait_for(lambda c: c.parser.last_event_id != "")
+assert broker.subscriber_count() == 6, broker.subscriber_count()
+done = []
+for channel in channels[:2]:  # two publishers in OS threads, one in this hub
+    start(lambda ch: (publish(ch), done.append(ch)), (channel,))
+publish(channels[2])
+# Halfway, one client drops and comes back with its cursor to the other server's hub.
+first = clients[0]
+first.wait_for(lambda c: len(c.parser.events) >= N)
+seen = list(first.parser.events)
+first.close()
+again = StreamClient(ports[1], path, headers={"Last-Event-ID": seen[-1].last_event_id}, timeout=30)
+clients = [again, clients[1]]
+histories = [seen, []]
+for client, history in zip(clients, histories):
+    client.wait_for(lambda c, h=history: len(h) + len(c.parser.events) >= 3 * N)
+    history.extend(client.parser.events)
+    got = {c: [] for c in channels}
+    for event in history:
+        assert event.type == "message", event
+        channel = cursor_channel(event.last_event_id)
+        assert parse_cursor(event.last_event_id, channels) is not None, event
+        got[channel].append(event.data)
+    for channel in channels:
+        assert got[channel] == [str(i) for i in range(N)], (channel, got[channel][:20])
+for client in clients:
+    client.close()
+deadline = time.monotonic() + 10
+while broker.subscriber_count() and time.monotonic() < deadline:
+    gevent.sleep(0.05)
+assert broker.subscriber_count() == 0, broker.channel_counts()
+print("ok", flush=True)
+"""
+
+
+def test_multiplexed_streams_in_several_hubs_get_publishes_from_os_threads_exactly_once() -> None:
+    """Issue 9 review: under monkey-patching, two servers each in its own OS
+    thread (its own hub) hold multiplexed streams of one MemoryBroker; two
+    OS threads and the main hub publish: every stream gets every event once,
+    in order per channel, told by its id, also one that drops and resumes on
+    the other hub with its cursor; then nothing stays subscribed."""
+    result = gevent.subprocess.run(
+        [sys.executable, "-c", SEVERAL_HUBS], capture_output=True, text=True, timeout=90, check=False, cwd=ROOT
+    )
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    assert result.stdout.strip() == "ok"
+
+
+# -- names, cursors -----------------------------------------------------------------------------
+
+PUNCTUATED = ["a-_.:@~+=,!/b", "x:y@z=1,2!~+/q.r_s-t", "+/=/,/!/@/:/~"]
+
+
+@pytest.mark.parametrize("via", ["header", "query"])
+def test_names_with_every_allowed_punctuation_stream_and_resume(
+    serve: Callable[..., WSGIServer], make_broker: MakeBroker, via: str
+) -> None:
+    """Issue 9 review: channel names made of every character a name may hold
+    besides letters and digits (``- _ . : @ ~ + = , !`` and ``/``) are listed,
+    told apart by the id, and resumed from a cursor sent in the header or in
+    ``?lastEventId=`` (percent-encoded as URLSearchParams does)."""
+    broker = make_broker()
+    server = Server(serve, broker)
+    client = server.open(PUNCTUATED)
+    client.wait_for(lambda c: c.parser.last_event_id != "")
+    assert set(parse_cursor(client.parser.last_event_id, PUNCTUATED) or ()) == set(PUNCTUATED)
+    for name in PUNCTUATED:
+        broker.publish(name, f"first {name}")
+    events = client.events(3)
+    assert [(channel_of(e), e.data) for e in events] == [(name, f"first {name}") for name in PUNCTUATED]
+    check_frames(events, PUNCTUATED)
+    client.close()
+    for name in reversed(PUNCTUATED):
+        broker.publish(name, f"second {name}")
+    again = server.open(PUNCTUATED, events[-1].last_event_id, via=via)
+    missed = again.events(3)
+    assert sorted((channel_of(e), e.data) for e in missed) == sorted((n, f"second {n}") for n in PUNCTUATED)
+    assert not [e for e in again.parser.events if e.type == "stream-reset"]
+
+
+def test_every_channel_broken_live_ends_the_stream_and_unsubscribes(
+    serve: Callable[..., WSGIServer], redis_url: str, admin: redis.Redis
+) -> None:
+    """Issue 9 review: when the reader finds every channel's key broken, the
+    multiplexed stream gets a stream-error per channel, then ends, and
+    nothing stays subscribed; a reconnect meanwhile is refused softly."""
+    broker = RedisBroker(redis_url, block=0.2)
+    try:
+        server = Server(serve, broker)
+        client = server.open(["a", "b"])
+        client.wait_for(lambda c: c.parser.last_event_id != "")
+        broker.publish("a", "a0")
+        client.events(1)
+        for channel in ["a", "b"]:
+            admin.set(broker._key(channel), "not a stream")
+        body = client.read_body()  # to the end: the stream ends
+        errors = [e for e in client.parser.events if e.type == "stream-error"]
+        assert sorted(json.loads(e.data)["channel"] for e in errors) == ["a", "b"]
+        assert b"stream-error" in body
+        assert_eventually_unsubscribed(broker)
+        late = StreamClient(
+            server.port, server.path(["a", "b"]), headers={"Last-Event-ID": client.parser.last_event_id}
+        )
+        assert late.status == 200
+        assert b"id:" not in late.read_body()
+        assert server.app.source.refused["broker_unavailable"] == 1
+        assert broker.subscriber_count() == 0
+    finally:
+        broker.close()
+
+
+def test_a_redis_restart_under_a_multiplexed_stream_resumes_from_every_cut(
+    serve: Callable[..., WSGIServer], redis_server: RedisServer, redis_url: str
+) -> None:
+    """Issue 9 review: Redis killed and started again (empty) under an open
+    multiplexed stream: each channel published to afterwards gets one
+    "restarted" stream-reset; every cursor from then on resumes exactly."""
+    broker = RedisBroker(redis_url, block=0.2)
+    try:
+        server = Server(serve, broker)
+        client = server.open(["a", "b"])
+        client.wait_for(lambda c: c.parser.last_event_id != "")
+        broker.publish("a", "a0")
+        broker.publish("b", "b0")
+        client.events(2)
+        redis_server.kill()
+        redis_server.start()
+        published = {"a": [], "b": ["b0"]}
+
+        def publish(channel: str, data: str) -> None:
+            while True:
+                try:
+                    broker.publish(channel, data)
+                    published[channel].append(data)
+                    return
+                except BrokerUnavailable:
+                    gevent.sleep(0.05)
+
+        published["b"] = []  # b0 is gone with the old Redis
+        for data in ["a1", "b1", "a2"]:
+            publish(data[0], data)
+        client.wait_for(lambda c: len(c.parser.events) == 7, timeout=20)
+        live = list(client.parser.events)
+        check_frames(live, ["a", "b"])
+        resets = [e for e in live if e.type == "stream-reset"]
+        assert sorted((channel_of(e), reset_data(e)["reason"]) for e in resets) == [
+            ("a", "restarted"),
+            ("b", "restarted"),
+        ]
+        assert view_of(live) == {"a": ["a1", "a2"], "b": ["b1"]}
+        resume_from_every_cut(server, ["a", "b"], live[2:], published)
+        client.close()
+        assert_eventually_unsubscribed(broker)
     finally:
         broker.close()
