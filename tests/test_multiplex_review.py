@@ -8,9 +8,10 @@ import json
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gevent
+import gevent.event
 import gevent.subprocess
 import pytest
 import redis
@@ -29,9 +30,12 @@ from tests.test_multiplex import (
     reset_data,
     summary,
 )
-from wsgi_eventsource import BrokerUnavailable, MemoryBroker, RedisBroker
+from wsgi_eventsource import BrokerUnavailable, EventSource, MemoryBroker, RedisBroker
 from wsgi_eventsource.brokers import encode_cursor, parse_cursor
 from wsgi_eventsource.hub import Hub
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
 __all__ = ["make_broker"]  # the fixture, imported for its use here
 
@@ -516,3 +520,53 @@ def test_a_redis_restart_under_a_multiplexed_stream_resumes_from_every_cut(
         assert_eventually_unsubscribed(broker)
     finally:
         broker.close()
+
+
+def test_the_header_cursor_wins_over_the_query_one(serve: Callable[..., WSGIServer], make_broker: MakeBroker) -> None:
+    """Issue 9 review: a polyfill may send ``?lastEventId=`` while the
+    browser sends ``Last-Event-ID`` too: the header is the cursor (as for one
+    channel), and a blank header leaves it to the query."""
+    broker = make_broker()
+    server = Server(serve, broker)
+    a0 = broker.publish("a", "a0")
+    a1 = broker.publish("a", "a1")
+    broker.publish("a", "a2")
+    header, query = encode_cursor([("a", a1)]), encode_cursor([("a", a0)])
+    both = StreamClient(server.port, server.path(["a"], cursor_in_query=query), headers={"Last-Event-ID": header})
+    assert [e.data for e in both.events(1)] == ["a2"]
+    blank = StreamClient(server.port, server.path(["a"], cursor_in_query=query), headers={"Last-Event-ID": ""})
+    assert [e.data for e in blank.events(2)] == ["a1", "a2"]
+
+
+def test_a_stream_closed_before_attach_leaves_nothing_subscribed(
+    serve: Callable[..., WSGIServer], make_broker: MakeBroker
+) -> None:
+    """Issue 9 review: the Python API, with the app yielding between
+    open_stream and attach (a lookup of its own) while close_all ends the
+    stream: attach after the close still unsubscribes every channel, and
+    the events published meanwhile go nowhere (no error)."""
+    broker = make_broker()
+    source = EventSource(lambda conn, environ: None, keepalive=0.5)
+    opened, go = gevent.event.Event(), gevent.event.Event()
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> Any:
+        multiplex, preamble = broker.subscribe_many(["a", "b"], None)
+        stream = source.open_stream(environ, start_response, None, preamble=preamble)
+        opened.set()
+        go.wait(5)
+        multiplex.attach(stream.connection)
+        return stream
+
+    port = serve(app).server_port
+    # The response headers are sent with the first piece of the body, once the app returns.
+    connecting = gevent.spawn(StreamClient, port, "/")
+    assert opened.wait(5)
+    assert broker.subscriber_count() == 2
+    broker.publish("a", "meanwhile")
+    assert source.close_all(retry=500) == 1
+    go.set()
+    client = connecting.get(timeout=5)
+    body = client.read_body()
+    assert b"meanwhile" not in body  # the stream was closed before it went live
+    assert b"\nretry: " in body
+    assert_eventually_unsubscribed(broker)
