@@ -570,3 +570,30 @@ def test_a_stream_closed_before_attach_leaves_nothing_subscribed(
     assert b"meanwhile" not in body  # the stream was closed before it went live
     assert b"\nretry: " in body
     assert_eventually_unsubscribed(broker)
+
+
+def test_max_age_resumes_a_quiet_channel_without_reset_and_resets_an_aged_out_position(
+    serve: Callable[..., WSGIServer], make_broker: MakeBroker
+) -> None:
+    """Issue 9 review: with ``max_age``, a reconnect after every event aged
+    out of replay: a channel the client had read to its end gets nothing and
+    no reset; one whose next event follows an aged-out one gets just that
+    event; one whose unread events aged out gets ``expired``."""
+    broker = make_broker(max_age=0.5)
+    server = Server(serve, broker)
+    a0 = broker.publish("a", "a0")
+    b0 = broker.publish("b", "b0")
+    c_old = broker.publish("c", "c0")
+    broker.publish("c", "c1")  # unread by the client, and it will age out
+    cursor = encode_cursor([("a", a0), ("b", b0), ("c", c_old)])
+    wait_until(lambda: not broker.history_of("c"), 5)
+    b1 = broker.publish("b", "b1")
+    client = server.open(["a", "b", "c"], cursor)
+    events = client.events(2)
+    assert summary(events) == [("b", "message", "b1"), ("c", "stream-reset", "expired")]
+    assert reset_data(events[1])["lastEventId"] == c_old
+    check_frames(events, ["a", "b", "c"])
+    positions = parse_cursor(events[-1].last_event_id, ["a", "b", "c"])
+    assert positions is not None
+    assert (positions["a"], positions["b"]) == (a0, b1)
+    assert [e.type for e in client.parser.events].count("stream-reset") == 1
