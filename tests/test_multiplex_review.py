@@ -30,6 +30,7 @@ from tests.test_multiplex import (
     reset_data,
     summary,
 )
+from tests.test_server_werkzeug import check_fds_return_to_baseline, threaded_server
 from wsgi_eventsource import BrokerUnavailable, EventSource, MemoryBroker, RedisBroker
 from wsgi_eventsource.brokers import encode_cursor, parse_cursor
 from wsgi_eventsource.hub import Hub
@@ -597,3 +598,36 @@ def test_max_age_resumes_a_quiet_channel_without_reset_and_resets_an_aged_out_po
     assert positions is not None
     assert (positions["a"], positions["b"]) == (a0, b1)
     assert [e.type for e in client.parser.events].count("stream-reset") == 1
+
+
+def test_multiplexed_streams_on_a_thread_per_request_server_get_every_event_and_leave_no_hub() -> None:
+    """Issue 9 review: werkzeug's threaded server (no gevent server, no
+    monkey-patching): each multiplexed stream waits on its request thread's
+    hub, made by the broker's subscribes before its Connection; events
+    published from this thread reach every channel once, in order, and
+    dropped streams leave no hub (file descriptors) or subscription behind."""
+    broker = MemoryBroker()
+    app = broker.subscriber_app(keepalive=0.1)
+    channels = ["t/a", "t/b", "t/c"]
+    with threaded_server(app) as server:
+        path = "/?" + "&".join(f"channel={channel}" for channel in channels)
+        clients = [open_stream(server.server_port, path) for _ in range(3)]
+        for client in clients:
+            client.wait_for(lambda c: c.parser.last_event_id != "")
+        wait_until(lambda: broker.subscriber_count() == 9, 5)
+        for i in range(50):
+            for channel in channels:
+                broker.publish(channel, f"{channel} {i}")
+        for client in clients:
+            events = client.events(150)
+            check_frames(events, channels)
+            for channel in channels:
+                assert [e.data for e in events if channel_of(e) == channel] == [f"{channel} {i}" for i in range(50)]
+            client.close()
+
+        def one() -> None:
+            client = open_stream(server.server_port, path)
+            client.wait_for(lambda c: c.parser.last_event_id != "")
+            client.close()
+
+        check_fds_return_to_baseline(one, 10, lambda n: not app.connections and broker.subscriber_count() == 0)
