@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
@@ -93,6 +94,12 @@ def validate_channel(name: str) -> str:
             bad = next(c for c in segment if not _SEGMENT.fullmatch(c))
             raise InvalidChannel(f"channel name {name!r} has a character that is not allowed: {bad!r}")
     return name
+
+
+def interned(name: str) -> str:
+    """*name*, interned (a ``str`` subclass as it is): the subscriptions of
+    one channel then share one name object, not one per request."""
+    return sys.intern(name) if type(name) is str else name
 
 
 def parse_id(event_id: str | None) -> tuple[int, int] | None:
@@ -228,7 +235,7 @@ class Subscription:
     __slots__ = ("buffer", "channel", "conn", "ending", "floor", "hub", "thread")
 
     def __init__(self, channel: str, hub: Hub) -> None:
-        self.channel = channel
+        self.channel = interned(channel)
         self.conn: Sink | None = None
         self.buffer: list[tuple[tuple[int, int], bytes]] | None = []
         self.floor: tuple[int, int] | None = None

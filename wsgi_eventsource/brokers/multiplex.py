@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING
 
 from ..encoding import Event, encode_id
 from ..errors import ChannelUnavailable, InvalidChannel
-from .base import Subscription, stream_reset_event, validate_channel
+from .base import Subscription, interned, stream_reset_event, validate_channel
 from .cursor import CHANNEL_SEPARATOR, ENTRY_SEPARATOR, parse_cursor
 
 if TYPE_CHECKING:
@@ -82,7 +82,7 @@ class Multiplex:
         # channel whose replay has not been sent yet (a cursor without it
         # makes a client that drops meanwhile start that channel over).
         self._entries: list[bytes | None] = [None] * len(channels)
-        self._ended: set[int] = set()  # channels the broker ended (a broken key)
+        self._ended: set[int] | None = None  # channels the broker ended (a broken key); made when one is
 
     @classmethod
     def open(cls, broker: Broker, channels: Iterable[str], cursor: str | None) -> tuple[Multiplex, bytes]:
@@ -90,7 +90,7 @@ class Multiplex:
         See :meth:`Broker.subscribe_many`."""
         if isinstance(channels, str):
             raise InvalidChannel(f"channels must be a list of channel names, not the str {channels!r}")
-        unique = tuple(dict.fromkeys(validate_channel(name) for name in channels))
+        unique = tuple(dict.fromkeys(interned(validate_channel(name)) for name in channels))
         if not unique:
             raise InvalidChannel("no channel to subscribe to")
         positions = None if cursor is None else parse_cursor(cursor, unique)
@@ -192,6 +192,8 @@ class Multiplex:
         # The broker ended this channel (its stream-error was just sent): the
         # others go on; the stream ends when none is left.
         self.broker.unsubscribe(self.subscriptions[index])
+        if self._ended is None:
+            self._ended = set()
         self._ended.add(index)
         if len(self._ended) == len(self.channels) and self.conn is not None:
             self.conn.close()
