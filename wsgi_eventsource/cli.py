@@ -115,7 +115,10 @@ def _read_key(text: str) -> bytes:
     if not text.startswith("@"):
         if not text:
             raise argparse.ArgumentTypeError("must not be empty")
-        return text.encode("utf-8")
+        # The bytes as given: argv and the environment hand over a byte that
+        # is not UTF-8 as a surrogate, which str.encode refused with a
+        # ValueError that argparse reported with the secret in it.
+        return os.fsencode(text)
     path = text[1:]
     try:
         with open(path, "rb") as file:
