@@ -6,6 +6,7 @@ console script, the real example app)."""
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import pytest
 
@@ -47,3 +48,63 @@ def test_a_secret_that_is_not_utf8_is_used_as_given_and_never_echoed(hub_server:
     stream = StreamClient(server.port, "/events/team/red", headers=cookie(token))
     assert stream.status == 200
     assert not any(SECRET_TEXT in line for line in server.log)
+
+
+def _public_key_texts() -> list[tuple[str, bytes]]:
+    """A public key (and a certificate) as base64 text without PEM armor:
+    one line, URL-safe without padding, and a PEM's body lines."""
+    import base64
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives import serialization as ser
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+    texts = []
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    for key in (rsa_key, ec.generate_private_key(ec.SECP256R1()), ed25519.Ed25519PrivateKey.generate()):
+        public = key.public_key()
+        der = public.public_bytes(ser.Encoding.DER, ser.PublicFormat.SubjectPublicKeyInfo)
+        pem = public.public_bytes(ser.Encoding.PEM, ser.PublicFormat.SubjectPublicKeyInfo)
+        name = type(public).__name__
+        texts += [
+            (f"{name} base64", base64.b64encode(der)),
+            (f"{name} base64url", base64.urlsafe_b64encode(der).rstrip(b"=")),
+            (f"{name} PEM body", b"\n".join(pem.splitlines()[1:-1])),
+        ]
+    texts.append(
+        (
+            "RSA PKCS#1 base64",
+            base64.b64encode(rsa_key.public_key().public_bytes(ser.Encoding.DER, ser.PublicFormat.PKCS1)),
+        )
+    )
+    subject = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "hub")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder(subject, subject, rsa_key.public_key(), 1, now, now + datetime.timedelta(days=1))
+        .sign(rsa_key, hashes.SHA256())
+        .public_bytes(ser.Encoding.DER)
+    )
+    texts.append(("certificate base64", base64.b64encode(certificate)))
+    return texts
+
+
+def test_a_public_key_as_base64_text_is_not_an_hmac_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 10 review: the algorithm-confusion attack. A public key given as
+    base64 text without its PEM armor (its PEM body on one line, as in an
+    environment variable) was taken as an HMAC secret: anyone holding the
+    public key could sign an HS256 token with that text and read every
+    channel. Refused like a PEM or SSH key given as a secret, by TokenAuth and
+    so by ``serve --jwt-key`` at start."""
+    from wsgi_eventsource import cli
+
+    started: list[Any] = []
+    monkeypatch.setattr(cli, "serve", started.append)
+    for name, text in _public_key_texts():
+        with pytest.raises(ValueError, match="cannot be an HMAC secret"):
+            TokenAuth(text)  # else jwt.encode(claims, text, "HS256") would pass for a token of ours
+        with pytest.raises(SystemExit) as exited:
+            cli.main(["serve", "--jwt-key", text.decode()])
+        assert exited.value.code == 2, name
+    assert started == []

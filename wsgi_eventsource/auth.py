@@ -24,6 +24,7 @@ algorithms from the key and reads the claims.
 
 from __future__ import annotations
 
+import base64
 import math
 import re
 import time
@@ -135,6 +136,18 @@ def _patterns(values: Iterable[str]) -> tuple[tuple[str, ...], ...]:
     return tuple(check_pattern(value) for value in _pattern_list(values))
 
 
+def _base64(raw: bytes) -> bytes | None:
+    """*raw* decoded as base64 (standard or URL-safe; whitespace and padding optional), or None."""
+    text = b"".join(raw.split()).rstrip(b"=")
+    text += b"=" * (-len(text) % 4)  # base64url often leaves the padding out
+    for alphabet in (b"+/", b"-_"):
+        try:
+            return base64.b64decode(text, altchars=alphabet, validate=True)
+        except ValueError:  # binascii.Error
+            continue
+    return None
+
+
 def _key_kind(key: str | bytes) -> tuple[Any, tuple[str, ...]]:
     """The key PyJWT verifies with, and the algorithms its kind allows."""
     raw = key.encode("utf-8") if isinstance(key, str) else key
@@ -148,8 +161,15 @@ def _key_kind(key: str | bytes) -> tuple[Any, tuple[str, ...]]:
         # algorithm-confusion attack. Refuse it here, once, rather than a 500
         # per request.
         jwt = _jwt()
+        hmac = jwt.algorithms.HMACAlgorithm(jwt.algorithms.HMACAlgorithm.SHA256)
         try:
-            jwt.algorithms.HMACAlgorithm(jwt.algorithms.HMACAlgorithm.SHA256).prepare_key(raw)
+            hmac.prepare_key(raw)
+            # A public key's DER as base64 (a PEM's body without its armor
+            # lines, as one env var line): PyJWT takes it as a secret, and
+            # anyone with the public key could sign HS256 tokens with it.
+            der = _base64(raw)
+            if der is not None:
+                hmac.prepare_key(der)
         except jwt.InvalidKeyError as exc:
             raise ValueError(f"this key cannot be an HMAC secret: {exc} (pass a public key as PEM)") from None
         return raw, tuple(name for name in _HMAC if len(raw) >= _HMAC_MIN_BYTES[name])
