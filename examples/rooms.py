@@ -72,7 +72,9 @@ setInterval(() => fetch("/refresh", {{method: "POST"}}), {refresh_ms});
 
 def _with_token(response: Response, user: str) -> Response:
     token = mint(SECRET, subscribe=[f"{user}/*"], ttl=TTL, subject=user)
-    response.set_cookie("eventsource_token", token, max_age=TTL, httponly=True, samesite="Strict")
+    # Secure: never sent over plain http, where anyone on the way could read
+    # it (browsers still take it from http://localhost for development).
+    response.set_cookie("eventsource_token", token, max_age=TTL, httponly=True, secure=True, samesite="Strict")
     return response
 
 

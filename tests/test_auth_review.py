@@ -108,3 +108,24 @@ def test_a_public_key_as_base64_text_is_not_an_hmac_secret(monkeypatch: pytest.M
             cli.main(["serve", "--jwt-key", text.decode()])
         assert exited.value.code == 2, name
     assert started == []
+
+
+def test_the_rooms_example_sets_a_secure_token_cookie(serve: Any) -> None:
+    """Issue 10 review: examples/rooms.py, the code users copy, set the token
+    cookie without ``Secure`` (the README's own snippet has it): over https a
+    browser would still send the token on any plain http request to the site,
+    readable on the way. Chromium takes a Secure cookie from http://127.0.0.1
+    and http://localhost, so development is not hindered."""
+    import importlib
+
+    rooms: Any = importlib.import_module("examples.rooms")  # by name: mypy checks examples/ as files
+    port = serve(rooms.application).server_port
+    form_type = {"Content-Type": "application/x-www-form-urlencoded"}
+    login = StreamClient(port, "/login", method="POST", body=b"user=alice", headers=form_type)
+    assert login.status == 303
+    flags = [flag.strip().lower() for flag in login.headers["set-cookie"].split(";")[1:]]
+    assert {"secure", "httponly", "samesite=strict"} <= set(flags)
+    token = login.headers["set-cookie"].split(";")[0].removeprefix("eventsource_token=")
+    refreshed = StreamClient(port, "/refresh", method="POST", headers=cookie(token))
+    assert refreshed.status == 204
+    assert "secure" in refreshed.headers["set-cookie"].lower().split("; ")
