@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import Serve
 from tests.helpers import StreamClient
-from tests.test_hub_auth import answer, cookie, run_cli
+from tests.test_hub_auth import answer, cookie, run_cli, start_hub, token
 from wsgi_eventsource.auth import TokenAuth
 
 pytestmark = pytest.mark.server
@@ -129,3 +129,22 @@ def test_the_rooms_example_sets_a_secure_token_cookie(serve: Any) -> None:
     refreshed = StreamClient(port, "/refresh", method="POST", headers=cookie(token))
     assert refreshed.status == 204
     assert "secure" in refreshed.headers["set-cookie"].lower().split("; ")
+
+
+def test_a_multiplexed_stream_listing_a_public_channel_first_still_ends_with_its_token(serve: Any) -> None:
+    """Issue 10 review (found nothing, covers what no other test did): a
+    public channel needs no token, so listing one first must not let the
+    private channels after it outlive the token; a public channel mixed into
+    a stream does not excuse a private one without a token either."""
+    _, port = start_hub(serve)
+    path = "/events/?channel=public/news&channel=private/a"
+    assert answer(port, path)[0] == 401
+    assert answer(port, path, headers=cookie(token(subscribe=["other/*"])))[0] == 403
+    expiring = cookie(token(subscribe=["private/*"], ttl=2))  # exp: 1 to 2 s from now
+    stream = StreamClient(port, path, headers=expiring)
+    assert stream.status == 200
+    stream.read_to_end(timeout=5)
+    assert 500 <= (stream.parser.reconnection_time or 0) <= 1500
+    assert answer(port, path, headers=expiring)[0] == 401
+    public_only = StreamClient(port, "/events/?channel=public/news&channel=public/sport", headers=expiring)
+    assert public_only.status == 200  # public channels need no token, however stale
