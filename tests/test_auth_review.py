@@ -148,3 +148,36 @@ def test_a_multiplexed_stream_listing_a_public_channel_first_still_ends_with_its
     assert answer(port, path, headers=expiring)[0] == 401
     public_only = StreamClient(port, "/events/?channel=public/news&channel=public/sport", headers=expiring)
     assert public_only.status == 200  # public channels need no token, however stale
+
+
+def test_publishing_ignores_claims_another_part_of_the_site_read_from_the_cookie(serve: Any) -> None:
+    """Issue 10 review (found nothing, covers what no other test did):
+    TokenAuth caches the claims it verified in the environ, and the hub checks
+    publishes against a copy of the environ without the cookie. A site that
+    mounts the hub and reads the token with the same TokenAuth in a middleware
+    (to know who is logged in) must not make the hub take a garbage
+    ``Authorization: Bearer`` for the cookie's token: it does not, since the
+    header comes first for both readers, so the cache never holds the cookie's
+    claims when the hub looks at a header."""
+    from tests.test_hub_auth import SECRET, publish
+    from wsgi_eventsource import MemoryBroker, Unauthorized
+    from wsgi_eventsource.hub import Hub
+
+    auth = TokenAuth(SECRET)
+    hub = Hub(MemoryBroker(), auth=auth)
+
+    def site(environ: dict[str, Any], start_response: Any) -> Any:
+        try:
+            environ["site.user"] = auth.claims_of(environ).get("sub")  # who is logged in
+        except Unauthorized:
+            environ["site.user"] = None
+        return hub(environ, start_response)
+
+    port = serve(site).server_port
+    admin_cookie = cookie(token(publish=["**"], subject="admin"))
+    status, headers, body = publish(port, "room/1", {**admin_cookie, "Authorization": "Bearer garbage"})
+    assert status == 401, body
+    assert 'error="invalid_token"' in headers["www-authenticate"]
+    assert answer(port, "/stats", headers={**admin_cookie, "Authorization": "Bearer garbage"})[0] == 401
+    good = {"Authorization": f"Bearer {token(publish=['room/*'])}"}
+    assert publish(port, "room/1", {**admin_cookie, **good})[0] == 201
