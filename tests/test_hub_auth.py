@@ -342,12 +342,14 @@ def test_every_token_option_reaches_the_hub(monkeypatch: pytest.MonkeyPatch, tmp
     monkeypatch.setenv("WSGI_EVENTSOURCE_JWT_ALGORITHM", "HS384, HS256")
     monkeypatch.setenv("WSGI_EVENTSOURCE_JWT_AUDIENCE", "aud-from-env")
     monkeypatch.setenv("WSGI_EVENTSOURCE_JWT_ISSUER", "iss-from-env")
-    monkeypatch.setenv("WSGI_EVENTSOURCE_PUBLIC", "news/**,room/*")
+    # Separated by whitespace: a pattern may contain commas (issue 10 review:
+    # split on commas, "room,1/**" made "1/**" public).
+    monkeypatch.setenv("WSGI_EVENTSOURCE_PUBLIC", "news/**  room,1/*\n")
     hub = served_hub(monkeypatch)
     assert hub.auth is not None
     assert hub.auth.algorithms == ("HS384", "HS256")
     assert (hub.auth.audience, hub.auth.issuer) == ("aud-from-env", "iss-from-env")
-    assert hub.auth.public == (("news", "**"), ("room", "*"))
+    assert hub.auth.public == (("news", "**"), ("room,1", "*"))
     signed = mint(SECRET, subscribe=["a"], audience="aud-from-env", issuer="iss-from-env", algorithm="HS384")
     assert hub.auth.verify(signed)["eventsource"]["subscribe"] == ["a"]
 
@@ -374,7 +376,7 @@ def test_every_token_option_reaches_the_hub(monkeypatch: pytest.MonkeyPatch, tmp
         ([], {"WSGI_EVENTSOURCE_JWT_KEY": "too-short"}, "WSGI_EVENTSOURCE_JWT_KEY=...: an HMAC secret must be"),
         ([], {"WSGI_EVENTSOURCE_JWT_KEY": "@/nonexistent"}, "WSGI_EVENTSOURCE_JWT_KEY='@/nonexistent': cannot read"),
         (["--jwt-key", SECRET], {"WSGI_EVENTSOURCE_JWT_ALGORITHM": "HS256,ES256"}, "algorithm 'ES256' cannot be used"),
-        (["--jwt-key", SECRET], {"WSGI_EVENTSOURCE_PUBLIC": "a,b c"}, "WSGI_EVENTSOURCE_PUBLIC='a,b c': pattern 'b c'"),
+        (["--jwt-key", SECRET], {"WSGI_EVENTSOURCE_PUBLIC": "a b/**/c"}, "WSGI_EVENTSOURCE_PUBLIC='a b/**/c': pattern"),
     ],
 )
 def test_bad_token_options_are_named(  # noqa: PLR0917 (parameters and fixtures)
@@ -482,3 +484,14 @@ def test_the_real_hub_with_a_key_file_end_to_end(hub_server: Serve, tmp_path: An
     assert stream.events(1)[0].data == "go red"
     assert lobby.events(1)[0].data == "hello all"
     assert answer(server.port, "/stats")[0] == 401
+
+
+def test_publishing_reads_bearer_with_any_whitespace_as_subscribing_does(hub_server: Serve) -> None:
+    """Issue 10 review: publishing and /stats read ``Authorization`` with
+    ``partition(" ")``: ``Bearer<TAB>token`` was a 401 there while
+    subscribing (TokenAuth.token_of) accepted it."""
+    server = hub_server("--jwt-key", SECRET)
+    token = mint(SECRET, publish=["**"])
+    for header in (f"Bearer\t{token}", f"bearer  {token}"):
+        status, _, body = publish(server.port, "room/1", {"Authorization": header})
+        assert status == 201, (header, body)

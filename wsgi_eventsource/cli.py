@@ -172,6 +172,16 @@ class _Append(argparse.Action):
         items = getattr(namespace, self.dest, None)
         setattr(namespace, self.dest, [*([] if isinstance(items, _Default) else items or []), values])
 
+    #: How the environment variable's text is split (None: on whitespace).
+    env_separator: str | None = ","
+
+
+class _AppendPatterns(_Append):
+    """A repeatable channel pattern: patterns may contain commas, never
+    whitespace, so the environment variable is split on whitespace."""
+
+    env_separator = None
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -256,10 +266,11 @@ def build_parser() -> argparse.ArgumentParser:
         _pattern,
         [],
         "with --jwt-key, a pattern of channels anyone may subscribe to without a token (news/**: news/a, news/a/b; "
-        "room/*: room/a only; ** alone: every channel); repeatable; from the environment: separated by commas",
+        "room/*: room/a only; ** alone: every channel); repeatable; from the environment: separated by spaces "
+        "(a pattern may contain commas)",
         shown="none",
         metavar="PATTERN",
-        action=_Append,
+        action=_AppendPatterns,
         dest="public",
     )
     option("cors-origin", _origin, None, "origin allowed to subscribe and publish from another site ('*' for any)")
@@ -360,7 +371,8 @@ def _resolve_environment(parser: argparse.ArgumentParser, args: argparse.Namespa
         convert = action.type if callable(action.type) else str
         try:
             if isinstance(action, _Append):
-                converted: Any = [convert(item.strip()) for item in text.split(",") if item.strip()]
+                items = text.split(action.env_separator)
+                converted: Any = [convert(item.strip()) for item in items if item.strip()]
             else:
                 converted = convert(text)
         except (argparse.ArgumentTypeError, ValueError) as exc:

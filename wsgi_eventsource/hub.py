@@ -68,6 +68,15 @@ __all__ = ["Hub"]
 _AUTH_METHODS = ("can_subscribe", "can_publish", "claims_of")
 
 
+def _bearer(environ: WSGIEnvironment) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header, or None.
+    Any whitespace separates the two, as for :meth:`TokenAuth.token_of`."""
+    parts = environ.get("HTTP_AUTHORIZATION", "").split(None, 1)
+    if len(parts) == 2 and parts[0].lower() == "bearer" and parts[1].strip():
+        return str(parts[1].strip())
+    return None
+
+
 def _is_loopback(address: str | None) -> bool:
     try:
         return address is not None and ipaddress.ip_address(address).is_loopback
@@ -367,12 +376,11 @@ class Hub:
         """Why this publish (or, with *what*, a request for that page) is
         refused, or None if it may go ahead."""
         if self.publish_token is not None:
-            given = environ.get("HTTP_AUTHORIZATION", "")
-            scheme, _, token = given.partition(" ")
-            if scheme.lower() != "bearer" or not token.strip():
+            token = _bearer(environ)
+            if token is None:
                 return f"{what or 'Publishing'} needs the header Authorization: Bearer <publish token>"
             # Constant time, so the token cannot be guessed byte by byte.
-            if not hmac.compare_digest(token.strip().encode("latin-1"), self.publish_token.encode()):
+            if not hmac.compare_digest(token.encode("latin-1"), self.publish_token.encode()):
                 return "The publish token is wrong"
             return None
         why = self._not_from_this_machine(environ, self.cors_origin)
@@ -392,10 +400,11 @@ class Hub:
         """Whether the request carries the (static) publish token."""
         if self.publish_token is None:
             return False
-        scheme, _, token = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
+        token = _bearer(environ)
         # Constant time, so the token cannot be guessed byte by byte.
-        given = token.strip().encode("latin-1", "replace")
-        return scheme.lower() == "bearer" and hmac.compare_digest(given, self.publish_token.encode())
+        return token is not None and hmac.compare_digest(
+            token.encode("latin-1", "replace"), self.publish_token.encode()
+        )
 
     def _token_refusal(
         self, auth: TokenAuth, environ: WSGIEnvironment, start_response: StartResponse, channel: str | None
@@ -406,8 +415,7 @@ class Hub:
         if self._publish_token_given(environ):
             return None
         what = f"Publishing to {channel!r}" if channel is not None else f"Reading {environ.get('PATH_INFO')}"
-        scheme, _, token = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        if _bearer(environ) is None:
             missing = Unauthorized(f"{what} needs the header Authorization: Bearer <token>", error=None)
             return unauthorized(start_response, missing, self.cors_headers)
         # The header only: a cookie comes with requests any page makes (CSRF).
