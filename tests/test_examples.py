@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 
@@ -129,3 +132,146 @@ def test_rooms_example_logs_a_user_in_and_streams_only_their_rooms(gunicorn: Cal
     assert refreshed.status == 204
     assert "eventsource_token=" in refreshed.headers["set-cookie"]
     assert StreamClient(server.port, "/refresh", method="POST").status == 401
+
+
+DJANGO_SITE = os.path.join(ROOT, "examples", "django_site")
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+def start_django_site(gunicorn: Callable[..., ServerProcess], *extra: str, redis_url: str = "") -> ServerProcess:
+    """The Django example under gunicorn -k gevent, run as its wsgi.py says
+    (from examples/django_site), DEBUG off; MemoryBroker unless *redis_url*."""
+    env = {
+        "DJANGO_SETTINGS_MODULE": "newsroom.settings",
+        "DJANGO_SECRET_KEY": "test-only-secret-key-of-the-django-example",
+        "DJANGO_DEBUG": "0",
+        "REDIS_URL": redis_url,
+    }
+    server = gunicorn("newsroom.wsgi", "--chdir", DJANGO_SITE, *extra, env=env)
+    wait_until(lambda: any("Using worker: gevent" in line for line in server.log), 5, message="a gevent worker")
+    return server
+
+
+def csrf_of(port: int) -> tuple[bytes, dict[str, str]]:
+    """GET the page as a browser would: its body, and the Cookie header that
+    returns the CSRF cookie it set (the form's hidden token is in the body)."""
+    page = StreamClient(port, "/")
+    assert page.status == 200
+    body = page.read_body()
+    cookie = page.headers["set-cookie"].split(";")[0]
+    assert cookie.startswith("csrftoken=")
+    return body, {**FORM, "Cookie": cookie}
+
+
+def say(port: int, text: str, token: str | None, headers: dict[str, str]) -> StreamClient:
+    fields = {"text": text} if token is None else {"csrfmiddlewaretoken": token, "text": text}
+    return StreamClient(port, "/say", method="POST", body=urlencode(fields).encode(), headers=headers)
+
+
+def form_token(page: bytes) -> str:
+    match = re.search(rb'name="csrfmiddlewaretoken" value="([^"]+)"', page)
+    assert match, page
+    return match.group(1).decode()
+
+
+def test_django_example_publishes_from_a_view_to_the_mounted_stream(gunicorn: Callable[..., ServerProcess]) -> None:
+    """Issue 13: the Django site whose wsgi.py mounts the subscriber app with
+    DispatcherMiddleware: / renders the page that subscribes, the
+    CSRF-protected form view /say publishes with broker.publish."""
+    server = start_django_site(gunicorn)
+    page, with_cookie = csrf_of(server.port)
+    assert b'new EventSource("/eventsource/news")' in page
+    assert b'action="/say"' in page
+    token = form_token(page)
+
+    news = StreamClient(server.port, "/eventsource/news")
+    assert news.headers["content-type"].startswith("text/event-stream")
+    news.wait_for(lambda c: b"id: " in c.raw)  # subscribed: the starting id
+
+    # Refused, each with its reason and nothing published: no CSRF token (as
+    # a page of another site would post), no text, too long, not a POST.
+    assert say(server.port, "forged", None, FORM).status == 403
+    assert say(server.port, "forged", None, with_cookie).status == 403
+    empty = say(server.port, "  ", token, with_cookie)
+    assert (empty.status, empty.read_body()) == (400, b"Say something: the text field is empty\n")
+    too_long = say(server.port, "x" * 501, token, with_cookie)
+    assert (too_long.status, too_long.read_body()) == (400, b"The text is over 500 characters\n")
+    assert StreamClient(server.port, "/say").status == 405
+
+    said = say(server.port, "Django says hi\nin two lines", token, with_cookie)
+    assert said.status == 303
+    assert said.headers["location"] == "/"
+    event = news.events(1)[0]
+    assert (event.type, event.data) == ("message", "Django says hi\nin two lines")
+    assert StreamClient(server.port, "/nowhere").status == 404  # Django's, DEBUG off
+    assert not [line for line in server.log if "Traceback" in line or "Internal Server Error" in line]
+
+
+def test_django_example_with_redis_shares_channels_between_workers(
+    gunicorn: Callable[..., ServerProcess], redis_url: str
+) -> None:
+    """Issue 13: with REDIS_URL the Django site runs several workers: what a
+    view publishes is in Redis (so every worker's streams get it), and what
+    any process publishes to Redis reaches the site's streams."""
+    from wsgi_eventsource import RedisBroker
+
+    server = start_django_site(gunicorn, "--workers", "2", redis_url=redis_url)
+    page, with_cookie = csrf_of(server.port)
+    streams = [StreamClient(server.port, "/eventsource/news") for _ in range(4)]
+    for stream in streams:
+        stream.wait_for(lambda c: b"id: " in c.raw)
+
+    assert say(server.port, "from a Django view", form_token(page), with_cookie).status == 303
+    elsewhere = RedisBroker(redis_url)  # another process's broker, say another worker's
+    try:
+        wait_until(lambda: len(elsewhere.history_of("news")) == 1, 5, message="the view's event in Redis")
+        elsewhere.publish("news", "from elsewhere")
+        for stream in streams:
+            assert [e.data for e in stream.events(2)] == ["from a Django view", "from elsewhere"]
+    finally:
+        elsewhere.close()
+
+
+@pytest.fixture
+def chromium() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    from tests.test_browser import CHROMIUM, FLAGS
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def test_django_example_page_in_chromium_shows_what_its_form_says(
+    gunicorn: Callable[..., ServerProcess], chromium: Any
+) -> None:
+    """Issue 13: in a real browser, the Django page's form posts (with its CSRF
+    token) and the event comes back on the page's own stream, and to another
+    page; without JavaScript the form posts and redirects back to the page."""
+    server = start_django_site(gunicorn)
+    url = f"http://127.0.0.1:{server.port}/"
+    writer, reader = chromium.new_page(), chromium.new_page()
+    for page in (writer, reader):
+        page.goto(url)
+        page.wait_for_function("document.getElementById('state').textContent === 'open'", timeout=5000)
+    writer.fill("input[name=text]", "hello from Chromium")
+    writer.click("button")
+    for page in (writer, reader):
+        page.wait_for_function("document.querySelectorAll('#log li').length === 1", timeout=5000)
+        assert page.inner_text("#log li") == "hello from Chromium"
+    # The fetch clears the field once answered, which may be after the event came.
+    writer.wait_for_function("document.querySelector('input[name=text]').value === ''", timeout=5000)
+
+    plain = chromium.new_context(java_script_enabled=False).new_page()
+    plain.goto(url)
+    plain.fill("input[name=text]", "without JavaScript")
+    with plain.expect_navigation():
+        plain.click("button")
+    assert plain.url == url
+    for page in (writer, reader):
+        page.wait_for_function("document.querySelectorAll('#log li').length === 2", timeout=5000)
+        assert page.inner_text("#log").splitlines() == ["hello from Chromium", "without JavaScript"]
