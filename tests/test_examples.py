@@ -13,7 +13,7 @@ from urllib.parse import urlencode
 
 import pytest
 
-from tests.conftest import ROOT, ServerProcess
+from tests.conftest import ROOT, ServerProcess, free_port
 from tests.helpers import StreamClient, wait_until
 
 pytestmark = pytest.mark.server
@@ -230,6 +230,21 @@ def test_django_example_with_redis_shares_channels_between_workers(
             assert [e.data for e in stream.events(2)] == ["from a Django view", "from elsewhere"]
     finally:
         elsewhere.close()
+
+
+def test_django_example_answers_503_when_redis_is_down(gunicorn: Callable[..., ServerProcess]) -> None:
+    """Issue 13: with Redis unreachable the page still renders, /say answers
+    503 with the reason (not Django's 500) and the stream refuses softly (200
+    with a retry hint, so that the browser comes back)."""
+    server = start_django_site(gunicorn, redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    page, with_cookie = csrf_of(server.port)
+    refused = say(server.port, "lost?", form_token(page), with_cookie)
+    assert (refused.status, refused.read_body()) == (503, b"Not published: the broker cannot be reached, try again\n")
+    stream = StreamClient(server.port, "/eventsource/news")
+    assert stream.status == 200
+    stream.read_to_end(timeout=5)
+    assert b"retry: " in stream.raw
+    assert not [line for line in server.log if "Internal Server Error" in line]
 
 
 @pytest.fixture

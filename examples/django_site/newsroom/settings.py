@@ -31,4 +31,6 @@ TEMPLATES = [
     }
 ]
 DATABASES: dict[str, dict[str, str]] = {}  # no models
+# Django would otherwise set the whole process (gunicorn's log too) to America/Chicago.
+TIME_ZONE = "UTC"
 USE_TZ = True
