@@ -254,6 +254,9 @@ class Nginx:
     def __init__(self, tmp: str, upstream_port: int, read_timeout: str | None = None) -> None:
         os.makedirs(tmp, exist_ok=True)
         self.port = free_port()
+        #: The port of the shipped TLS + HTTP/2 server, with a self-signed certificate for 127.0.0.1.
+        self.tls_port = free_port()
+        certificate, key = self_signed_certificate(tmp)
         snippet = pathlib.Path(ROOT, "nginx", "eventsource.conf").read_text()
         if read_timeout is not None:
             assert "proxy_read_timeout 1h;" in snippet
@@ -266,6 +269,9 @@ class Nginx:
             ("server 127.0.0.1:8000;", f"server 127.0.0.1:{upstream_port};"),
             ("listen 80;", f"listen 127.0.0.1:{self.port};"),
             ("include /etc/nginx/snippets/eventsource.conf;", f"include {snippet_path};"),
+            ("listen 443 ssl http2;", f"listen 127.0.0.1:{self.tls_port} ssl http2;"),
+            ("ssl_certificate     /etc/ssl/certs/events.example.org.pem;", f"ssl_certificate {certificate};"),
+            ("ssl_certificate_key /etc/ssl/private/events.example.org.key;", f"ssl_certificate_key {key};"),
         ]:
             assert old in site, f"example-site.conf no longer has {old!r}"
             site = site.replace(old, new)
@@ -338,3 +344,45 @@ def hub_server() -> Iterator[Serve]:
     yield start
     for server in started:
         server.stop()
+
+
+def self_signed_certificate(directory: str) -> tuple[str, str]:
+    """Write a self-signed certificate for ``127.0.0.1`` and ``localhost``
+    (an EC P-256 key, valid for a day) and its key into *directory*; return
+    their paths (for the TLS server of ``nginx/example-site.conf``)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    certificate_path = os.path.join(directory, "certificate.pem")
+    key_path = os.path.join(directory, "key.pem")
+    with open(certificate_path, "wb") as f:
+        f.write(certificate.public_bytes(serialization.Encoding.PEM))
+    with open(key_path, "wb") as f:
+        f.write(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+    return certificate_path, key_path
