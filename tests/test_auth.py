@@ -29,7 +29,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from gevent.pywsgi import WSGIServer
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
@@ -1186,6 +1186,9 @@ def decoded(segment: str) -> bytes | None:
     where=places,
     target=targets,
 )
+# A space before or after the token leaves the same token (it was taken for a forged grant).
+@example(position=0, kind="insert", char=" ", where="header", target=TARGETS[0])
+@example(position=len(FUZZ_VALID), kind="insert", char=" ", where="cookie", target=TARGETS[0])
 def test_fuzz_mutated_valid_tokens_never_give_a_500_nor_a_forged_grant(
     fuzzed: Site, *, position: int, kind: str, char: str, where: str, target: str
 ) -> None:
@@ -1204,7 +1207,10 @@ def test_fuzz_mutated_valid_tokens_never_give_a_500_nor_a_forged_grant(
         value = valid[:position]
     status = send(fuzzed, target, where, value).status
     if status in (200, 201):
-        head, _, signature = value.rpartition(".")
+        # Whitespace around a token is no part of it: the Authorization
+        # header and the cookie are read stripped (a space inserted first or
+        # last leaves the same token).
+        head, _, signature = value.strip().rpartition(".")
         valid_head, _, valid_signature = valid.rpartition(".")
         assert head == valid_head, value
         assert decoded(signature) == decoded(valid_signature), value
