@@ -1,5 +1,7 @@
 """``wsgi-eventsource serve``: the hub on gunicorn gevent workers;
-``wsgi-eventsource token``: a signed token (JWT) for it.
+``wsgi-eventsource token``: a signed token (JWT) for it;
+``wsgi-eventsource publish`` and ``tail``: publish to it and follow its
+channels from a shell (see :mod:`wsgi_eventsource.client`).
 
 Every option of ``serve`` can also come from the environment
 (``WSGI_EVENTSOURCE_PORT=8080`` and so on), which is handy in containers and
@@ -9,13 +11,18 @@ systemd units; a command-line option wins over the environment.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
+from .errors import EventSourceError
+
+if TYPE_CHECKING:
+    from .client import ReceivedEvent
 
 __all__ = ["main"]
 
@@ -24,6 +31,8 @@ __all__ = ["main"]
 DEFAULT_WORKER_CONNECTIONS = 10_000
 
 _ENV = "WSGI_EVENTSOURCE_"
+#: Where ``publish`` and ``tail`` find the hub without ``--url`` or WSGI_EVENTSOURCE_URL.
+DEFAULT_HUB_URL = "http://127.0.0.1:8000"
 #: Options whose values an error message must not repeat.
 _SECRETS = frozenset({"jwt_key"})
 
@@ -348,7 +357,88 @@ def build_parser() -> argparse.ArgumentParser:
         type=_token,
         help="HS256/384/512 for a secret, RS*/PS* for RSA, ES* for EC, EdDSA (default: HS256, RS256, the curve's)",
     )
+    _add_client_commands(commands)
     return parser
+
+
+def _channel(text: str) -> str:
+    from .brokers.base import validate_channel
+    from .errors import InvalidChannel
+
+    try:
+        return validate_channel(text)
+    except InvalidChannel as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _event_type(text: str) -> str:
+    if not text or "\n" in text or "\r" in text:
+        raise argparse.ArgumentTypeError("must be one line, not empty")
+    return text
+
+
+def _add_client_commands(commands: Any) -> None:
+    """``publish`` and ``tail``: the hub's clients, from a shell."""
+    defaults = (
+        f"Defaults from the environment: {_ENV}URL (the hub, else {DEFAULT_HUB_URL}) and {_ENV}TOKEN. "
+        "Exit status: 0 done, 1 refused or unreachable, 2 a usage error."
+    )
+    publish = commands.add_parser(
+        "publish",
+        help="publish one event to a hub (or straight to its Redis)",
+        description=(
+            "Publish one event: POST <url>/publish/CHANNEL (text/plain), or with --redis straight into the "
+            "Redis the hubs share. DATA '-' or none reads stdin (UTF-8; one trailing line end is dropped, so "
+            "`echo hello | wsgi-eventsource publish news` publishes 'hello'; other line ends make a multi-line "
+            "event). Prints the event's id. " + defaults
+        ),
+    )
+    target = publish.add_mutually_exclusive_group()
+    target.add_argument("--url", metavar="HUB_URL", help="the hub (its path prefix too, behind a proxy)")
+    target.add_argument("--redis", type=_redis_url, metavar="URL", help="publish into this Redis, not over HTTP")
+    publish.add_argument("--token", type=_token, help="sent as Authorization: Bearer (--publish-token or a JWT)")
+    publish.add_argument("--event", type=_event_type, metavar="TYPE", help="the event type (default: message)")
+    publish.add_argument(
+        "--history",
+        type=_positive_int,
+        default=os.environ.get(f"{_ENV}HISTORY", "1000"),
+        help=f"with --redis: the hubs' --history (Redis trims the channel to it), from {_ENV}HISTORY like theirs",
+    )
+    publish.add_argument(
+        "--max-age",
+        type=_positive_float,
+        default=os.environ.get(f"{_ENV}MAX_AGE"),
+        metavar="SECONDS",
+        help=f"with --redis: the hubs' --max-age, from {_ENV}MAX_AGE like theirs",
+    )
+    publish.add_argument("--timeout", type=_positive_float, default=10.0, metavar="SECONDS", help="for the answer")
+    publish.add_argument("channel", type=_channel, metavar="CHANNEL")
+    publish.add_argument("data", nargs="?", default="-", metavar="DATA", help="the data, or - for stdin")
+    tail = commands.add_parser(
+        "tail",
+        help="print the events of channels as they arrive",
+        description=(
+            "Subscribe to CHANNEL (GET <url>/events/CHANNEL), or to several on one multiplexed stream, and print "
+            "one line per event: channel, event type, data (the lines after the first of multi-line data "
+            "follow, indented by two spaces; an event type with spaces is shown in JSON quotes). When the stream "
+            "ends or the hub restarts, waits its retry: hint and resumes with Last-Event-ID, so nothing is missed "
+            "or repeated while the hub keeps the history. Ctrl-C ends it (status 0). " + defaults
+        ),
+    )
+    tail.add_argument("--url", metavar="HUB_URL", help="the hub (its path prefix too, behind a proxy)")
+    tail.add_argument("--token", type=_token, help="sent as Authorization: Bearer (a JWT that may subscribe)")
+    tail.add_argument(
+        "--json", action="store_true", help='one JSON object per event: {"channel", "event", "data", "id"}'
+    )
+    tail.add_argument("--last-event-id", default="", metavar="ID", help="resume after this id (or cursor)")
+    tail.add_argument(
+        "--idle-timeout",
+        type=_positive_float,
+        default=45.0,
+        metavar="SECONDS",
+        help="reconnect after this long without a byte (the hub sends a keepalive every 15 s by default)",
+    )
+    tail.add_argument("channels", type=_channel, nargs="+", metavar="CHANNEL")
 
 
 def _subcommand(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
@@ -575,6 +665,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.command == "token":
         print_token(_subcommand(parser, "token"), args)
+    if args.command == "publish":
+        sys.exit(publish_event(_subcommand(parser, "publish"), args))
+    if args.command == "tail":
+        sys.exit(tail_channels(args))
     if args.command == "serve":
         _resolve_environment(parser, args)
         check_auth(parser, args)
@@ -594,3 +688,104 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.redis:
             check_redis(args)
         serve(args)
+
+
+def _hub_url(args: argparse.Namespace) -> str:
+    return str(args.url or os.environ.get(f"{_ENV}URL") or DEFAULT_HUB_URL)
+
+
+def _hub_token(args: argparse.Namespace) -> str | None:
+    return args.token or os.environ.get(f"{_ENV}TOKEN") or None
+
+
+def _stdin_data(parser: argparse.ArgumentParser) -> str:
+    raw = sys.stdin.buffer.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        parser.error(f"stdin is not valid UTF-8: {exc}")
+    # What `echo` and heredocs add; a shell's $(...) drops it the same way.
+    return text.removesuffix("\n").removesuffix("\r")
+
+
+def publish_event(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """``wsgi-eventsource publish``: the event id on stdout; the exit status."""
+    if args.redis and args.token:
+        parser.error("--token is for a hub; with --redis, put Redis credentials in its URL")
+    data = _stdin_data(parser) if args.data == "-" else args.data
+    try:
+        data.encode("utf-8")
+    except UnicodeEncodeError:
+        parser.error("DATA is not valid UTF-8")
+    from .errors import BrokerUnavailable
+
+    try:
+        if args.redis:
+            from .brokers.redis import RedisBroker
+
+            broker = RedisBroker(args.redis, args.history, max_age=args.max_age, max_connections=1)
+            try:
+                event_id = broker.publish(args.channel, data, event=args.event)
+            finally:
+                broker.close()
+        else:
+            from .client import publish
+
+            url = _hub_url(args)
+            try:
+                event_id = publish(url, args.channel, data, event=args.event, token=_hub_token(args))
+            except ValueError as exc:  # the URL
+                parser.error(str(exc))
+            except OSError as exc:
+                print(f"wsgi-eventsource publish: cannot reach the hub at {url}: {exc}", file=sys.stderr)
+                return 1
+    except (BrokerUnavailable, EventSourceError) as exc:
+        print(f"wsgi-eventsource publish: refused: {exc}", file=sys.stderr)
+        return 1
+    print(event_id)
+    return 0
+
+
+def _event_line(channel: str, event: ReceivedEvent) -> str:
+    shown_type = json.dumps(event.type) if not event.type or any(c.isspace() for c in event.type) else event.type
+    first, *more = event.data.split("\n")
+    return " ".join((channel, shown_type, first)) + "".join(f"\n  {line}" for line in more)
+
+
+def tail_channels(args: argparse.Namespace) -> int:
+    """``wsgi-eventsource tail``: events on stdout until Ctrl-C; the exit status."""
+    from .client import HubRefused, follow
+
+    url = _hub_url(args)
+
+    def on_retry(why: str, delay: float) -> None:
+        print(f"wsgi-eventsource tail: {why}; reconnecting in {delay:.1f} s", file=sys.stderr, flush=True)
+
+    try:
+        events = follow(
+            url,
+            args.channels,
+            token=_hub_token(args),
+            last_event_id=args.last_event_id,
+            idle_timeout=args.idle_timeout,
+            on_retry=on_retry,
+        )
+        for channel, event in events:
+            if args.json:
+                record = {"channel": channel, "event": event.type, "data": event.data, "id": event.id}
+                print(json.dumps(record, ensure_ascii=False), flush=True)
+            else:
+                print(_event_line(channel, event), flush=True)
+    except KeyboardInterrupt:
+        return 0
+    except BrokenPipeError:
+        # The reader went away (`| head`): no error, and none at exit either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except HubRefused as exc:
+        print(f"wsgi-eventsource tail: refused: {exc}", file=sys.stderr)
+        return 1
+    except ValueError as exc:  # the URL
+        print(f"wsgi-eventsource tail: {exc}", file=sys.stderr)
+        return 2
+    return 0
