@@ -474,6 +474,23 @@ def test_tail_reconnects_when_the_stream_ends_and_honours_retry(
     assert follower.interrupt() == 0
 
 
+def test_tail_pointed_at_something_else_than_a_hub_says_so(
+    serve: Callable[..., WSGIServer], tail: Callable[..., Tail]
+) -> None:
+    def page(environ: Any, start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "text/html")])
+        return [b"<html>not a hub</html>"]
+
+    server = serve(page)
+    follower = tail("--url", f"http://127.0.0.1:{server.server_port}", "news")
+    assert follower.proc.wait(timeout=10) == 1
+    gevent.joinall(follower._readers, timeout=5)
+    assert follower.errors == [
+        "wsgi-eventsource tail: refused: 200 OK: the answer is not an event stream (Content-Type: text/html): "
+        "is the URL a hub's?"
+    ]
+
+
 # -- the client's event stream parser --------------------------------------------------------
 
 

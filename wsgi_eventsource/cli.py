@@ -717,8 +717,6 @@ def publish_event(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         data.encode("utf-8")
     except UnicodeEncodeError:
         parser.error("DATA is not valid UTF-8")
-    from .errors import BrokerUnavailable
-
     try:
         if args.redis:
             from .brokers.redis import RedisBroker
@@ -739,8 +737,11 @@ def publish_event(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
             except OSError as exc:
                 print(f"wsgi-eventsource publish: cannot reach the hub at {url}: {exc}", file=sys.stderr)
                 return 1
-    except (BrokerUnavailable, EventSourceError) as exc:
+    except EventSourceError as exc:  # BrokerUnavailable, HubRefused
         print(f"wsgi-eventsource publish: refused: {exc}", file=sys.stderr)
+        return 1
+    except ImportError as exc:  # --redis without redis-py
+        print(f"wsgi-eventsource publish: {exc}", file=sys.stderr)
         return 1
     print(event_id)
     return 0

@@ -222,7 +222,12 @@ def follow(
             conn.request("GET", path, headers=headers)
             response = conn.getresponse()
             kind = response.getheader("Content-Type", "").partition(";")[0].strip().lower()
-            if response.status != 200 or kind != "text/event-stream":
+            if response.status == 200 and kind != "text/event-stream":
+                shown = kind or "none"
+                raise HubRefused(
+                    200, "OK", f"the answer is not an event stream (Content-Type: {shown}): is the URL a hub's?"
+                )
+            if response.status != 200:
                 refusal = _refusal(response)
                 if response.status not in _TRY_AGAIN:
                     raise refusal
