@@ -104,6 +104,13 @@ TOOL_BODIES = [
         b'{"data": "hi", "event": "greet"}', {"Content-Type": "application/json"}, "", ("greet", "hi"), id="http event="
     ),
     pytest.param(
+        b'{"data": "hello"}',
+        {"Content-Type": "application/json; charset=utf-8"},
+        "",
+        ("message", "hello"),
+        id="httpie<3 data=hello",
+    ),
+    pytest.param(
         b"data=hello", {"Content-Type": f"{FORM}; charset=utf-8"}, "", ("message", "hello"), id="http -f data=hello"
     ),
     pytest.param(
