@@ -166,6 +166,33 @@ def test_the_demo_page_works_and_its_screenshot(site: tuple[int, ServerProcess],
     assert target.stat().st_size > 10_000
 
 
+@pytest.mark.skipif(shutil.which("curl") is None, reason="the real curl is not installed")
+def test_the_demo_pages_shell_commands_publish_as_shown(site: tuple[int, ServerProcess], browser: Any) -> None:
+    """Issue 13: the demo page shows how to publish from a shell to its
+    channel; the curl, Python and ``wsgi-eventsource publish`` lines, run as
+    shown (the token in $TOKEN), publish events the page receives."""
+    import subprocess
+
+    port, _ = site
+    page = browser.new_page()
+    page.goto(f"http://127.0.0.1:{port}/?channel=room/42:a=b,c")
+    page.wait_for_selector("#state.open", timeout=5000)
+    assert "$TOKEN" not in page.inner_text("#shell")  # no token given: none in the commands
+    page.fill("#token", TOKEN)
+    page.click("#subscribe button")
+    page.wait_for_selector("#state.open", timeout=5000)
+    lines = page.inner_text("#shell").splitlines()
+    assert [line.split()[0] for line in lines] == ["curl", "http", "python", "wsgi-eventsource"]
+    assert all("TOKEN" in line for line in lines)  # $TOKEN, or os.environ["TOKEN"] in Python
+    environment = {**os.environ, "TOKEN": TOKEN, "PATH": VENV_BIN + os.pathsep + os.environ["PATH"]}
+    # curl, Python (httpx, a test dependency) and the CLI; httpie is not installed here.
+    for number, line in enumerate([lines[0], lines[2], lines[3]], start=1):
+        done = subprocess.run(["bash", "-c", line], check=False, env=environment, capture_output=True, timeout=30)
+        assert done.returncode == 0, (line, done.stdout, done.stderr)
+        page.wait_for_function(f"document.querySelectorAll('#events li').length >= {number}", timeout=5000)
+    assert [text.strip() for text in page.locator("#events li pre").all_inner_texts()] == ["hello"] * 3
+
+
 # -- signed tokens (issue 10) ----------------------------------------------------------------------
 
 # 64 bytes: PyJWT warns about an HS512 secret shorter than that.
