@@ -386,3 +386,34 @@ def self_signed_certificate(directory: str) -> tuple[str, str]:
             )
         )
     return certificate_path, key_path
+
+
+# -- brokers ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def redis_broker_options() -> dict[str, Any]:
+    """Options every RedisBroker of ``make_broker`` gets (a module may override it)."""
+    return {}
+
+
+@pytest.fixture(params=["memory", "redis"])
+def make_broker(request: pytest.FixtureRequest, redis_broker_options: dict[str, Any]) -> Iterator[Callable[..., Any]]:
+    """Make brokers of both kinds: MemoryBroker, and RedisBroker on a real
+    redis-server (``redis_url``); every one is closed afterwards."""
+    from wsgi_eventsource import Broker, MemoryBroker, RedisBroker
+
+    made: list[Broker] = []
+
+    def make(**options: Any) -> Broker:
+        broker: Broker
+        if request.param == "memory":
+            broker = MemoryBroker(**options)
+        else:
+            broker = RedisBroker(request.getfixturevalue("redis_url"), **{**redis_broker_options, **options})
+        made.append(broker)
+        return broker
+
+    yield make
+    for broker in made:
+        broker.close()

@@ -8,7 +8,7 @@ import json
 import logging
 import os
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import gevent
@@ -31,24 +31,6 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
 MakeBroker = Callable[..., Broker]
-
-
-@pytest.fixture(params=["memory", "redis"])
-def make_broker(request: pytest.FixtureRequest) -> Iterator[MakeBroker]:
-    made: list[Broker] = []
-
-    def make(**options: Any) -> Broker:
-        broker: Broker
-        if request.param == "memory":
-            broker = MemoryBroker(**options)
-        else:
-            broker = RedisBroker(request.getfixturevalue("redis_url"), **options)
-        made.append(broker)
-        return broker
-
-    yield make
-    for broker in made:
-        broker.close()
 
 
 def not_found(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:

@@ -17,7 +17,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
@@ -50,22 +50,11 @@ if TYPE_CHECKING:
 MakeBroker = Callable[..., Broker]
 
 
-@pytest.fixture(params=["memory", "redis"])
-def make_broker(request: pytest.FixtureRequest) -> Iterator[MakeBroker]:
-    made: list[Broker] = []
-
-    def make(**options: Any) -> Broker:
-        broker: Broker
-        if request.param == "memory":
-            broker = MemoryBroker(**options)
-        else:
-            broker = RedisBroker(request.getfixturevalue("redis_url"), **{"block": 0.2, **options})
-        made.append(broker)
-        return broker
-
-    yield make
-    for broker in made:
-        broker.close()
+@pytest.fixture
+def redis_broker_options() -> dict[str, Any]:
+    """The RedisBrokers of ``make_broker`` (tests/conftest.py) look for new
+    channels every 0.2 s here."""
+    return {"block": 0.2}
 
 
 def not_found(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
