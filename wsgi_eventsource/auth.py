@@ -46,6 +46,7 @@ __all__ = [
     "EXPIRES_KEY",
     "TokenAuth",
     "Unauthorized",
+    "bearer_token",
     "check_pattern",
     "mint",
     "pattern_matches",
@@ -213,6 +214,17 @@ def _check_algorithm(algorithm: str, allowed: tuple[str, ...], key: bytes) -> No
     raise ValueError(f"algorithm {algorithm!r} cannot be used with an HMAC secret: use {', '.join(allowed)}")
 
 
+def bearer_token(environ: WSGIEnvironment) -> str | None:
+    """The token of the request's ``Authorization: Bearer <token>`` header, or ``None``.
+
+    RFC 6750 2.1: ``Bearer`` 1*SP b64token; a tab (any whitespace) is read alike.
+    """
+    parts = environ.get("HTTP_AUTHORIZATION", "").split(None, 1)
+    if len(parts) == 2 and parts[0].lower() == "bearer":
+        return str(parts[1].strip())
+    return None
+
+
 class TokenAuth:
     """``authorize`` callbacks that read a signed token (JWT) from the request.
 
@@ -308,12 +320,9 @@ class TokenAuth:
 
     def token_of(self, environ: WSGIEnvironment) -> str | None:
         """The token the request carries, or ``None``."""
-        header: str = environ.get("HTTP_AUTHORIZATION", "")
-        if header:
-            # RFC 6750 2.1: "Bearer" 1*SP b64token; a tab is read alike.
-            parts = header.split(None, 1)
-            if len(parts) == 2 and parts[0].lower() == "bearer":
-                return parts[1].strip()
+        token = bearer_token(environ)
+        if token is not None:
+            return token
         cookies: str = environ.get("HTTP_COOKIE", "")
         if self.cookie is not None and cookies:
             # WSGI hands the header over as latin-1. werkzeug's parse_cookie(environ)

@@ -53,6 +53,7 @@ from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
 from .app import plain_response, unauthorized
 from .auth import CLAIM
+from .auth import bearer_token as _bearer
 from .brokers.apps import _channel_or_error
 from .brokers.base import Broker
 from .errors import Unauthorized
@@ -66,15 +67,6 @@ __all__ = ["Hub"]
 
 #: What the hub asks of its ``auth`` (a :class:`~wsgi_eventsource.auth.TokenAuth`).
 _AUTH_METHODS = ("can_subscribe", "can_publish", "claims_of")
-
-
-def _bearer(environ: WSGIEnvironment) -> str | None:
-    """The token of an ``Authorization: Bearer <token>`` header, or None.
-    Any whitespace separates the two, as for :meth:`TokenAuth.token_of`."""
-    parts = environ.get("HTTP_AUTHORIZATION", "").split(None, 1)
-    if len(parts) == 2 and parts[0].lower() == "bearer" and parts[1].strip():
-        return str(parts[1].strip())
-    return None
 
 
 def _is_loopback(address: str | None) -> bool:
