@@ -96,7 +96,7 @@ def validate_channel(name: str) -> str:
     return name
 
 
-def interned(name: str) -> str:
+def _interned(name: str) -> str:
     """*name*, interned (a ``str`` subclass as it is): the subscriptions of
     one channel then share one name object, not one per request."""
     return sys.intern(name) if type(name) is str else name
@@ -235,7 +235,7 @@ class Subscription:
     __slots__ = ("buffer", "channel", "conn", "ending", "floor", "hub", "thread")
 
     def __init__(self, channel: str, hub: Hub) -> None:
-        self.channel = interned(channel)
+        self.channel = _interned(channel)
         self.conn: Sink | None = None
         self.buffer: list[tuple[tuple[int, int], bytes]] | None = []
         self.floor: tuple[int, int] | None = None

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING
 
 from ..encoding import Event, encode_id
 from ..errors import ChannelUnavailable, InvalidChannel
-from .base import Subscription, interned, stream_reset_event, validate_channel
+from .base import Subscription, _interned, stream_reset_event, validate_channel
 from .cursor import CHANNEL_SEPARATOR, ENTRY_SEPARATOR, parse_cursor
 
 if TYPE_CHECKING:
@@ -90,7 +90,7 @@ class Multiplex:
         See :meth:`Broker.subscribe_many`."""
         if isinstance(channels, str):
             raise InvalidChannel(f"channels must be a list of channel names, not the str {channels!r}")
-        unique = tuple(dict.fromkeys(interned(validate_channel(name)) for name in channels))
+        unique = tuple(dict.fromkeys(_interned(validate_channel(name)) for name in channels))
         if not unique:
             raise InvalidChannel("no channel to subscribe to")
         positions = None if cursor is None else parse_cursor(cursor, unique)
