@@ -14,7 +14,9 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -632,7 +634,36 @@ def serve(args: argparse.Namespace) -> None:
             return factory()
 
     _raise_fd_limit(args.worker_connections + 100)
-    HubApplication().run()
+    made = _share_between_workers(args.workers, options)
+    master = os.getpid()
+    try:
+        HubApplication().run()
+    finally:
+        # Workers are forked inside run() and leave it through here too.
+        if made is not None and os.getpid() == master:
+            shutil.rmtree(made, ignore_errors=True)
+
+
+def _share_between_workers(workers: int, options: dict[str, Any]) -> str | None:
+    """With several workers: the directory they share for ``/stats`` and
+    ``/metrics`` (prometheus-client's multiprocess mode), made here unless
+    ``PROMETHEUS_MULTIPROC_DIR`` names one already, and the ``child_exit``
+    hook that forgets a worker gone. Set in the environment before any
+    worker imports prometheus_client (it reads it at import). Returns the
+    directory made (to remove at exit), if any."""
+    from .gunicorn_hooks import child_exit
+    from .workers import MULTIPROC_ENV
+
+    given = os.environ.get(MULTIPROC_ENV)
+    if workers == 1 and not given:
+        return None  # one process answers for itself
+    options["child_exit"] = child_exit
+    if given:
+        os.makedirs(given, exist_ok=True)
+        return None
+    made = tempfile.mkdtemp(prefix="wsgi-eventsource-workers-")
+    os.environ[MULTIPROC_ENV] = made
+    return made
 
 
 def print_token(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

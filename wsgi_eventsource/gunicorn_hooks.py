@@ -17,6 +17,21 @@ In a gunicorn config file::
 or on the command line, ``gunicorn -c python:wsgi_eventsource.gunicorn_hooks``.
 If the config already has a ``post_worker_init``, call this one from it.
 (``wsgi-eventsource serve`` needs none: it never sets ``max_requests``.)
+
+One picture across workers: with several workers, ``/stats`` and
+``/metrics`` of a :class:`~wsgi_eventsource.hub.Hub` answer for all of them
+when they share a directory (prometheus-client's multiprocess mode, see
+:mod:`wsgi_eventsource.workers`). Give gunicorn an empty directory of its own,
+set before it starts (so before any worker imports prometheus_client), and
+the ``child_exit`` hook below, so that a worker that exits (or is killed) no
+longer counts in the gauges::
+
+    export PROMETHEUS_MULTIPROC_DIR=$(mktemp -d)
+    gunicorn -k gevent -w 4 -c python:wsgi_eventsource.gunicorn_hooks myapp:hub
+
+or ``from wsgi_eventsource.gunicorn_hooks import child_exit`` in a config
+file. (``wsgi-eventsource serve --workers N`` does all this by itself: it
+makes the directory at start and removes it at exit.)
 """
 
 from __future__ import annotations
@@ -28,7 +43,7 @@ from typing import Any
 
 import gevent
 
-__all__ = ["post_worker_init"]
+__all__ = ["child_exit", "post_worker_init"]
 
 logger = logging.getLogger("wsgi_eventsource")
 
@@ -60,3 +75,17 @@ def _watch(worker: Any) -> None:
     if worker.nr >= worker.max_requests:
         logger.info("gunicorn retired worker %s after %s requests: ending its streams", os.getpid(), worker.nr)
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """gunicorn's ``child_exit`` hook (it runs in the master, also for a
+    worker killed by a signal): forget the worker in the directory the
+    workers share (its report; its live gauges, ``mark_process_dead``), so
+    that ``/stats`` and ``/metrics`` no longer count it. Nothing without
+    ``PROMETHEUS_MULTIPROC_DIR``.
+
+    .. versionadded:: 0.1
+    """
+    from .workers import worker_exited
+
+    worker_exited(worker.pid)

@@ -37,7 +37,6 @@ browser sends the real site's cookie to the real site only).
 
 from __future__ import annotations
 
-import heapq
 import hmac
 import ipaddress
 import json
@@ -57,6 +56,8 @@ from .auth import bearer_token as _bearer
 from .brokers.apps import _channel_or_error
 from .brokers.base import Broker
 from .errors import Unauthorized
+from .metrics import CONTENT_TYPE, Reporter, exposition
+from .workers import SHARED_CHANNELS, merge, shared_directory, top_channels
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -253,8 +254,14 @@ class Hub:
         self.publisher = broker.publisher_app()  # refusals come first, in _publish, with a reason
         self._app = DispatcherMiddleware(self._root, {"/events": self._subscribe, "/publish": self._publish})
         self._page = resources.files(__package__).joinpath("static/demo.html").read_bytes()
+        directory = shared_directory()
+        #: With a directory shared by the workers: what writes this worker's
+        #: part of ``/stats`` and ``/metrics`` (started by the first request).
+        self.reporter = None if directory is None else Reporter(self, directory)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        if self.reporter is not None:
+            self.reporter.start()  # here, not in __init__: after gunicorn's fork and monkey-patching
         refusal = self._host_refusal(environ)
         if refusal is not None:
             return plain_response(start_response, "403 Forbidden", f"{refusal}\n")
@@ -507,102 +514,65 @@ class Hub:
     # -- statistics ------------------------------------------------------------------------
 
     def stats(self, counts: dict[str, int] | None = None) -> dict[str, Any]:
-        """This process's numbers (each gunicorn worker answers for itself).
+        """The hub's numbers: this process's, or with a directory shared by the
+        gunicorn workers (``PROMETHEUS_MULTIPROC_DIR``, see
+        :mod:`wsgi_eventsource.workers`) the totals of every worker.
 
         ``connections.per_channel`` lists the :attr:`top_channels` channels
         with the most subscribers; ``connections.channels`` counts them all.
-        ``refused`` counts the soft refusals of streams, per reason.
+        ``refused`` counts the soft refusals of streams, per reason. Besides:
+        ``workers``, ``worker_pids`` and ``per_worker``, ``redis_errors`` by
+        kind, ``reader_lag_seconds`` and ``delivery_latency_seconds`` (see
+        :func:`~wsgi_eventsource.workers.merge`).
+
+        :param counts: this process's subscribers per channel, if already at hand.
+
+        .. versionchanged:: 0.1
+            The totals of every worker; the keys after ``refused``.
+        """
+        if self.reporter is not None:
+            return self.reporter.merged()[0]
+        return merge([self.report(counts)], top=self.top_channels, pid=os.getpid())[0]
+
+    def report(self, counts: dict[str, int] | None = None, *, shared: bool = False) -> dict[str, Any]:
+        """This process's numbers as :func:`~wsgi_eventsource.workers.merge`
+        takes them (JSON), written for the other workers with *shared* (then
+        with the :data:`~wsgi_eventsource.workers.SHARED_CHANNELS` busiest
+        channels only).
+
+        .. versionadded:: 0.1
         """
         if counts is None:
             counts = self.broker.channel_counts()
         source = self.subscriber.source
+        stats = self.broker.stats
+        latency = stats.latency.snapshot()
+        lag = self.broker.reader_lag()
+        channel_counts = dict(top_channels(counts, SHARED_CHANNELS)) if shared else counts
         return {
             "pid": os.getpid(),
-            "uptime_seconds": round(time.time() - self.started, 3),
-            "connections": {
-                "total": source.connection_count,
-                "channels": len(counts),
-                "per_channel": dict(self._top(counts)),
-            },
-            "events": {"published": self.broker.stats.published, "delivered": self.broker.stats.delivered},
+            "written": time.time(),
+            "started": self.started,
+            "connections": source.connection_count,
+            "channels": len(counts),
+            "channel_counts": channel_counts,
+            "published": stats.published,
+            "delivered": stats.delivered,
             "slow_clients_dropped": source.dropped,
             "refused": dict(source.refused),
+            "redis_errors": dict(stats.errors),
+            "reader_lag_seconds": None if lag is None else round(lag, 3),
+            "latency": {"bounds": latency.bounds, "counts": latency.counts, "sum": latency.sum},
         }
-
-    def _top(self, counts: dict[str, int]) -> list[tuple[str, int]]:
-        # Most subscribers first, then by name, so that the list is stable.
-        return heapq.nsmallest(self.top_channels, counts.items(), key=lambda item: (-item[1], item[0]))
 
     def _metrics(self, start_response: StartResponse) -> Iterable[bytes]:
         try:
-            from prometheus_client import CollectorRegistry, generate_latest
-            from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+            body = exposition(self)
         except ImportError:
             return plain_response(
                 start_response,
                 "501 Not Implemented",
                 "/metrics needs prometheus-client: pip install 'wsgi-eventsource[metrics]'\n",
             )
-        hub = self
-
-        class Collector:
-            def collect(self) -> Iterable[Any]:
-                counts = hub.broker.channel_counts()
-                numbers = hub.stats(counts)
-                connections = GaugeMetricFamily(
-                    "eventsource_connections",
-                    f"Open event streams in this process, for the {hub.top_channels} channels with the most",
-                    labels=["channel"],
-                )
-                for channel, count in numbers["connections"]["per_channel"].items():
-                    connections.add_metric([channel], count)
-                yield connections
-                yield hub._subscriber_histogram(HistogramMetricFamily, counts)
-                # Not "_total": that suffix is for counters.
-                yield GaugeMetricFamily(
-                    "eventsource_connections_open",
-                    "Open event streams in this process",
-                    numbers["connections"]["total"],
-                )
-                yield CounterMetricFamily(
-                    "eventsource_events_published", "Events published from this process", numbers["events"]["published"]
-                )
-                yield CounterMetricFamily(
-                    "eventsource_events_delivered", "Events handed to local subscribers", numbers["events"]["delivered"]
-                )
-                yield CounterMetricFamily(
-                    "eventsource_slow_clients_dropped", "Streams cut for not reading", numbers["slow_clients_dropped"]
-                )
-                refused = CounterMetricFamily(
-                    "eventsource_streams_refused",
-                    "Stream requests refused softly (a 200 stream with a retry hint, then the end), per reason",
-                    labels=["reason"],
-                )
-                for reason, count in numbers["refused"].items():
-                    refused.add_metric([reason], count)
-                yield refused
-                yield GaugeMetricFamily("eventsource_uptime_seconds", "Seconds since start", numbers["uptime_seconds"])
-
-        registry = CollectorRegistry()
-        registry.register(Collector())
-        body = generate_latest(registry)
-        start_response(
-            "200 OK", [("Content-Type", "text/plain; version=0.0.4; charset=utf-8"), ("Content-Length", str(len(body)))]
-        )
+        start_response("200 OK", [("Content-Type", CONTENT_TYPE), ("Content-Length", str(len(body)))])
         return [body]
-
-    def _subscriber_histogram(self, family: Any, counts: dict[str, int]) -> Any:
-        """Channels by how many subscribers they have, over every channel."""
-        values = sorted(counts.values())
-        buckets, index = [], 0
-        for bound in self.subscriber_buckets:
-            while index < len(values) and values[index] <= bound:
-                index += 1
-            buckets.append((str(float(bound)), index))  # le="1.0", as client libraries write it
-        buckets.append(("+Inf", len(values)))
-        return family(
-            "eventsource_channel_subscribers",
-            "Channels with subscribers in this process, by how many subscribers they have",
-            buckets=buckets,
-            sum_value=sum(values),
-        )

@@ -22,12 +22,13 @@ import sys
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..connection import _thread_ident
 from ..encoding import Data, Event, encode_id
 from ..errors import InvalidChannel, InvalidEvent
+from ..histogram import Histogram
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
@@ -331,6 +332,16 @@ class BrokerStats:
     published: int = 0
     #: Events handed to local subscriptions (one per event per subscriber).
     delivered: int = 0
+    #: Seconds from each event's publish to its hand-off to this process's
+    #: subscribers, observed once per event (not per subscriber).
+    #:
+    #: .. versionadded:: 0.1
+    latency: Histogram = field(default_factory=Histogram)
+    #: Errors of the store behind the broker, by kind (RedisBroker:
+    #: ``connection``, ``timeout``, ``response``, ``other``).
+    #:
+    #: .. versionadded:: 0.1
+    errors: dict[str, int] = field(default_factory=dict)
 
 
 class Broker(ABC):
@@ -344,6 +355,14 @@ class Broker(ABC):
     @abstractmethod
     def channel_counts(self) -> dict[str, int]:
         """Subscriptions open in this process, per channel."""
+
+    def reader_lag(self) -> float | None:
+        """Seconds this process's reader of the store is behind (0 when it is
+        up to date), or None for a broker without one (MemoryBroker).
+
+        .. versionadded:: 0.1
+        """
+        return None
 
     def subscriber_count(self, channel: str | None = None) -> int:
         """Subscriptions open in this process, to *channel* or to all channels."""

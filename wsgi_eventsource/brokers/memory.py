@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import time
 import weakref
 from collections import deque
 from collections.abc import Callable
@@ -275,11 +276,21 @@ class MemoryBroker(Broker):
                     if not batch:
                         self._delivering = False
                         return
+                self._observe_latency(batch)
                 fan_out_batch(batch)
         except BaseException:
             with self._lock:
                 self._delivering = False
             raise
+
+    def _observe_latency(self, batch: list[tuple[list[Subscription], tuple[int, int], bytes]]) -> None:
+        # Once per event handed out, not per subscriber; an id's milliseconds
+        # are its publish time (a later id in the same ms is a few us late).
+        now = time.time()
+        latency = self.stats.latency
+        for subscribers, key, _ in batch:
+            if subscribers:
+                latency.observe(now - key[0] / 1000)
 
     def _subscribe_planned(self, channel: str, last_event_id: str | None) -> tuple[Subscription, ReplayPlan]:
         _validate_channel(channel)

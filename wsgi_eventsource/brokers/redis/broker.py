@@ -24,7 +24,7 @@ from ..base import (
 from . import scripts
 from .clients import RedisClients
 from .reader import RedisReader
-from .support import ReaderStats, Throttled, text
+from .support import REDIS_ERROR_KINDS, ReaderStats, Throttled, text
 from .urls import check_redis_url
 
 __all__ = ["RedisBroker"]
@@ -95,7 +95,7 @@ class RedisBroker(RedisReader, RedisClients, Broker):
         self.block = block
         self.max_connections = max_connections
         self.pool_timeout = pool_timeout
-        self.stats = BrokerStats()
+        self.stats = BrokerStats(errors=dict.fromkeys(REDIS_ERROR_KINDS, 0))
         self.reader_stats = ReaderStats()
         self._throttled = Throttled()
         self._closed = False

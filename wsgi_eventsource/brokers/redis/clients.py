@@ -25,11 +25,13 @@ from gevent.monkey import get_original, is_module_patched
 
 from ...connection import os_lock
 from ...errors import BrokerUnavailable
-from .support import text
+from .support import count_error, text
 from .urls import shown_url
 
 if TYPE_CHECKING:
     from _thread import LockType as Lock
+
+    from ..base import BrokerStats
 
 __all__ = ["RedisClients"]
 
@@ -52,6 +54,7 @@ class RedisClients:
     _redis: Any
     _pid: int
     _reader_client_id: int | None
+    stats: BrokerStats
 
     def _init_clients(self) -> None:
         self._local = _ThreadLocal()
@@ -156,6 +159,7 @@ class RedisClients:
         # Any Redis failure, not only a lost connection: READONLY after a
         # failover, OOM, a key of another type under our prefix. Publishers
         # and subscribers get 503 (try again), the log gets the details.
+        count_error(self.stats, self._redis, exc)
         if isinstance(exc, self._redis.ConnectionError) and str(exc) == "No connection available.":
             return BrokerUnavailable(
                 f"no connection to Redis at {self._shown_url} was free within pool_timeout={self.pool_timeout:g} s "

@@ -47,7 +47,7 @@ from gevent.monkey import get_original
 from ...encoding import Event
 from ..base import Subscription, end_subscriptions, fan_out_batch, parse_id, stream_reset_event
 from .broken import find_broken_keys
-from .support import ReaderStats, Throttled
+from .support import ReaderStats, Throttled, count_error
 
 if TYPE_CHECKING:
     from _thread import LockType as Lock
@@ -99,6 +99,10 @@ class RedisReader:
 
     def _key(self, channel: str) -> str:
         return self.prefix + channel
+
+    def reader_lag(self) -> float | None:
+        """Seconds the reader is behind: see :meth:`ReaderStats.lag`."""
+        return self.reader_stats.lag(self.block)
 
     @property
     def keep_alive_interval(self) -> float | None:
@@ -178,6 +182,7 @@ class RedisReader:
                 with self._lock:
                     streams = {self._key(c): position for c, position in self._positions.items()}
                 if not streams:
+                    self.reader_stats.returned()  # nothing to read: up to date
                     _sleep(0.05)
                     continue
                 try:
@@ -190,8 +195,9 @@ class RedisReader:
                     if interval is not None and time.monotonic() - kept_alive_at >= interval:
                         kept_alive_at = time.monotonic()
                         self._keep_alive(client, list(streams))
-                    response = client.xread(streams, count=_COUNT, block=block_ms)
+                    response = self.reader_stats.timed(client.xread, streams, count=_COUNT, block=block_ms)
                 except (redis.ConnectionError, redis.TimeoutError) as exc:
+                    count_error(self.stats, redis, exc)
                     self._reader_client_id = None
                     if client is not None:
                         client.close()
@@ -201,6 +207,7 @@ class RedisReader:
                     backoff = _wait(backoff)
                     continue
                 except redis.ResponseError as exc:
+                    count_error(self.stats, redis, exc)
                     # An error reply for the whole XREAD: find the keys that
                     # cause it and end those channels; wait only if none is found.
                     if not self._end_broken_channels(client, streams):
@@ -280,6 +287,8 @@ class RedisReader:
                 batch.append((subs, key, b"id: " + raw_id + b"\n" + body))
                 expected = raw_id
                 delivered += 1
+                # Once per event, not per subscriber; its id's ms are Redis's clock at XADD.
+                self.stats.latency.observe(time.time() - key[0] / 1000)
             self.stats.delivered += len(subs) * delivered
         with self._lock:
             for channel, position, last in moved:

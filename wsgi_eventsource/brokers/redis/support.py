@@ -1,13 +1,24 @@
 """Small pieces the broker and its reader share: what the reader counts,
-warnings that repeat at most every few seconds, and reply decoding."""
+how far behind it is, Redis errors by kind, warnings that repeat at most
+every few seconds, and reply decoding."""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
 
-__all__ = ["ReaderStats", "Throttled", "text"]
+if TYPE_CHECKING:
+    from ..base import BrokerStats
+
+T = TypeVar("T")
+
+__all__ = ["REDIS_ERROR_KINDS", "ReaderStats", "Throttled", "count_error", "text"]
+
+#: The kinds :func:`count_error` sorts Redis errors into.
+REDIS_ERROR_KINDS = ("connection", "timeout", "response", "other")
 
 logger = logging.getLogger("wsgi_eventsource")
 
@@ -24,6 +35,47 @@ class ReaderStats:
     ended: int = 0
     #: Times the read loop failed unexpectedly and was restarted.
     restarts: int = 0
+    #: ``time.monotonic()`` when the last read returned (or there was nothing
+    #: to read); 0 before the first. Written by the reader thread only.
+    read_returned: float = 0.0
+    #: ``time.monotonic()`` when the read now under way began; 0 when none is.
+    read_began: float = 0.0
+
+    def timed(self, read: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``read(*args, **kwargs)`` (an ``XREAD BLOCK``), timed for :meth:`lag`."""
+        self.read_began = time.monotonic()
+        try:
+            answer = read(*args, **kwargs)
+        finally:
+            self.read_began = 0.0  # failed: behind from the last return on
+        self.returned()
+        return answer
+
+    def returned(self) -> None:
+        """A read returned, or there is nothing to read: the reader is up to date."""
+        self.read_returned = time.monotonic()
+
+    def lag(self, block: float) -> float:
+        """Seconds the reader is behind: since its last read returned, unless
+        a read is under way and has waited less than *block* (it would return
+        at once with any new event), then 0; past *block* a read is stuck."""
+        if not self.read_returned:
+            return 0.0
+        now, began = time.monotonic(), self.read_began
+        return max(0.0, now - began - block) if began else max(0.0, now - self.read_returned)
+
+
+def count_error(stats: BrokerStats, redis: Any, exc: BaseException) -> None:
+    """Count a redis-py error in ``stats.errors`` by kind (see :data:`REDIS_ERROR_KINDS`)."""
+    if isinstance(exc, redis.TimeoutError):
+        kind = "timeout"
+    elif isinstance(exc, redis.ConnectionError):
+        kind = "connection"
+    elif isinstance(exc, redis.ResponseError):
+        kind = "response"
+    else:
+        kind = "other"
+    stats.errors[kind] = stats.errors.get(kind, 0) + 1
 
 
 class Throttled:
