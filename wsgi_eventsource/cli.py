@@ -631,7 +631,12 @@ def serve(args: argparse.Namespace) -> None:
                     self.cfg.set(key, value)
 
         def load(self) -> Any:
-            return factory()
+            hub = factory()
+            if hub.reporter is not None:
+                # In the worker, after the fork and gevent's monkey-patching:
+                # it reports from the start, not from its first request on.
+                hub.reporter.start()
+            return hub
 
     _raise_fd_limit(args.worker_connections + 100)
     made = _share_between_workers(args.workers, options)

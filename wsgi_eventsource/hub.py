@@ -8,8 +8,13 @@
                               subscribe to several channels on one stream
     POST /publish/<channel>   publish (see PublisherApp for the body formats)
     GET  /healthz             200 "ok", or 503 when the broker is unreachable
-    GET  /stats               JSON: connections, events, drops, refusals, uptime
+    GET  /stats               JSON: connections, events, drops, refusals, uptime,
+                              delivery latency, reader lag, Redis errors
     GET  /metrics             the same as a Prometheus text exposition
+
+With several gunicorn workers sharing ``PROMETHEUS_MULTIPROC_DIR`` (``serve
+--workers N`` sets it up), ``/stats`` and ``/metrics`` of any worker answer
+for all of them: see :mod:`wsgi_eventsource.workers`.
 
 ``wsgi-eventsource serve`` runs it under gunicorn; :class:`Hub` is also a plain
 WSGI app that can be mounted anywhere.
