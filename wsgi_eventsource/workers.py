@@ -79,7 +79,7 @@ def write_report(directory: str, report: Mapping[str, Any]) -> None:
     """Write this worker's *report* (it has a ``pid``) so that readers never
     see half of it (a new file renamed over the old one)."""
     path = _report_path(directory, int(report["pid"]))
-    partial = f"{path}.{time.monotonic_ns()}.tmp"
+    partial = f"{path}.tmp"  # this process's alone
     with open(partial, "w", encoding="utf-8") as file:
         json.dump(report, file, separators=(",", ":"))
     os.replace(partial, path)
@@ -113,8 +113,9 @@ def worker_exited(pid: int, directory: str | None = None) -> None:
     directory = directory or shared_directory()
     if directory is None:
         return
-    with contextlib.suppress(FileNotFoundError):
-        os.remove(_report_path(directory, pid))
+    for path in (_report_path(directory, pid), f"{_report_path(directory, pid)}.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
     try:
         from prometheus_client import multiprocess
     except ImportError:
