@@ -46,9 +46,11 @@ class ReaderStats:
         self.read_began = time.monotonic()
         try:
             answer = read(*args, **kwargs)
-        finally:
+        except BaseException:
             self.read_began = 0.0  # failed: behind from the last return on
-        self.returned()
+            raise
+        self.returned()  # before read_began goes: lag() never sees the old return alone
+        self.read_began = 0.0
         return answer
 
     def returned(self) -> None:
