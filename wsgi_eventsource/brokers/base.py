@@ -250,7 +250,10 @@ class Subscription:
         if floor is not None:
             if key <= floor:
                 return
-            self.floor = None  # events come in order: no comparisons from now on
+            if self.conn is not None:
+                self.floor = None  # events come in order: no comparisons from now on
+            # Still buffering: the buffer may hold events from before the
+            # floor was set, at or below it, which attach() must drop.
         if self.conn is not None:
             self.conn._enqueue_here(wire)  # fan_out_batch runs this in the connection's thread
         elif self.buffer is not None:
