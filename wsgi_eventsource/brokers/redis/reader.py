@@ -74,6 +74,8 @@ _COUNT = 1000
 _KEEP_ALIVE_BATCH = 1000
 #: Seconds per key between two reads of a changed key set (see _read_forever).
 _REREAD_COST = 10e-6
+#: Seconds per key that events gather between two reads that both return some.
+_GATHER_COST = 1e-6
 
 
 class Lane:
@@ -281,6 +283,13 @@ class RedisReader:
                     continue
                 if response:
                     self._dispatch(response, loop.client, lane)
+                    # Each read costs this process O(keys) of CPU (the command
+                    # names every key) while it holds the GIL: when events
+                    # come all the time, let them gather a little (10,000
+                    # keys: 10 ms), or a busy reader starves the publishers
+                    # and streams of this process.
+                    if len(streams) >= 1000:
+                        _sleep(min(len(streams) * _GATHER_COST, 0.02))
         finally:
             self._drop_reader_client(loop, lane)
 
