@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
 from ...connection import os_lock, thread_hub
@@ -296,6 +297,92 @@ class RedisBroker(RedisReader, RedisClients, Broker):
             self.unsubscribe(subscription)
             raise
         return self._planned(subscription, last_event_id, current, history)
+
+    def _subscribe_planned_many(
+        self, asks: Sequence[tuple[str, str | None]]
+    ) -> list[tuple[Subscription, ReplayPlan] | ChannelUnavailable]:
+        """Every channel of a multiplexed stream in two round trips (one
+        pipeline of CURRENTs for the channels new here, one of the rest),
+        not two per channel; as :meth:`_subscribe_planned` does one. (On a
+        cluster, one channel after another: a pipeline there splits by slot
+        anyway.)"""
+        if len(asks) == 1 or self._partitions is not None:
+            return super()._subscribe_planned_many(asks)
+        for channel, _ in asks:
+            validate_channel(channel)
+        hub = thread_hub()
+        subscriptions = [Subscription(channel, hub) for channel, _ in asks]
+        try:
+            return self._subscribed_many(asks, subscriptions)
+        except BaseException:
+            for subscription in subscriptions:
+                self.unsubscribe(subscription)
+            raise
+
+    def _subscribed_many(
+        self, asks: Sequence[tuple[str, str | None]], subscriptions: list[Subscription]
+    ) -> list[tuple[Subscription, ReplayPlan] | ChannelUnavailable]:
+        try:
+            client = self._checked_client()
+            starts = self._listen_many(client, subscriptions)
+            with client.pipeline(transaction=False) as pipe:
+                for channel, last_event_id in asks:
+                    if last_event_id is not None:
+                        after = last_event_id if parse_id(last_event_id) is not None else ""
+                        self._snapshot_script(keys=[self._key(channel)], args=[self.history, after], client=pipe)
+                    elif channel not in starts:
+                        self._current_script(keys=[self._key(channel)], args=[""], client=pipe)
+                answers = iter(pipe.execute(raise_on_error=False))
+        except self._errors as exc:
+            raise self._unavailable(exc) from None
+        done: list[tuple[Subscription, ReplayPlan] | ChannelUnavailable] = []
+        for (channel, last_event_id), subscription in zip(asks, subscriptions, strict=True):
+            answer = starts[channel] if last_event_id is None and channel in starts else next(answers)
+            if isinstance(answer, Exception):
+                self.unsubscribe(subscription)
+                failure = self._channel_unavailable(channel, answer)
+                if failure is None:
+                    raise self._unavailable(answer)
+                done.append(failure)
+            elif last_event_id is None:
+                done.append(self._planned(subscription, None, text(answer), []))
+            else:
+                current, now, raw = answer
+                history = self._entries(channel, raw, int(now))
+                done.append(self._planned(subscription, last_event_id, text(current), history))
+        return done
+
+    def _listen_many(self, client: Any, subscriptions: list[Subscription]) -> dict[str, Any]:
+        """Register *subscriptions* (listening first, as _subscribe_planned
+        does), give the channels new here their reader positions (one
+        pipeline of CURRENTs) and wake their readers once. Returns each new
+        channel's start (its position, or the error its CURRENT got)."""
+        with self._lock:
+            for subscription in subscriptions:
+                self._subscriptions.setdefault(subscription.channel, set()).add(subscription)
+            new = [s.channel for s in subscriptions if s.channel not in self._positions_of(s.channel)]
+        keep = self._keep_alive_ms or ""
+        with client.pipeline(transaction=False) as pipe:
+            for channel in new:
+                self._current_script(keys=[self._key(channel)], args=[keep], client=pipe)
+            starts: dict[str, Any] = dict(zip(new, pipe.execute(raise_on_error=False), strict=True))
+        woken: dict[int, Lane] = {}
+        with self._lock:
+            for channel, start in starts.items():
+                lane = self._lane_of(channel)
+                if isinstance(start, Exception) or channel not in self._subscriptions:
+                    continue  # failed, or the reader ended the channel meanwhile (a broken key)
+                if channel not in lane.positions:
+                    lane.positions[channel] = text(start)
+                    if self._added_channel(lane):
+                        woken[lane.index] = lane
+                starts[channel] = lane.positions[channel]  # where the reader reads from
+            lanes = {self._lane_of(s.channel).index: self._lane_of(s.channel) for s in subscriptions}
+        for lane in lanes.values():
+            self._start_reader(lane)
+        for lane in woken.values():
+            self._wake_reader(client, lane)
+        return starts
 
     def _channel_unavailable(self, channel: str, exc: Exception) -> ChannelUnavailable | None:
         """The error for a failure of this channel's key alone (Redis answers,
