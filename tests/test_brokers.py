@@ -684,3 +684,33 @@ def test_both_brokers_validate_their_history_options(options: dict[str, Any], ma
         MemoryBroker(**options)
     with pytest.raises(ValueError, match=match):
         RedisBroker("redis://127.0.0.1:1/0", **options)  # validated before any connection
+
+
+def test_a_buffering_subscription_drops_what_its_replay_had_even_after_newer_events() -> None:
+    """Issue 11 (found by the multiplex race test once a subscribe waited for the
+    reader): events buffered before the replay floor was set, at or below it,
+    were flushed anyway when a newer event had arrived before attach() (the
+    floor was cleared while still buffering): a multiplexed stream whose later
+    channels took a while to subscribe got the first channel's events twice."""
+    from wsgi_eventsource.brokers.base import Subscription
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.sent: list[bytes] = []
+
+        def _enqueue_here(self, data: bytes) -> bool:
+            self.sent.append(data)
+            return True
+
+        def close(self) -> None:
+            pass
+
+    subscription = Subscription("c", gevent.get_hub())
+    subscription.deliver((1, 0), b"old")  # live, before the replay was planned
+    subscription.floor = (2, 0)  # the replay ends at 2-0: it had 1-0
+    subscription.deliver((2, 0), b"replayed")
+    subscription.deliver((3, 0), b"new")  # still buffering: not attached yet
+    recorder = Recorder()
+    subscription.attach(recorder)
+    subscription.deliver((4, 0), b"live")
+    assert recorder.sent == [b"new", b"live"]

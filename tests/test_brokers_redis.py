@@ -154,7 +154,7 @@ def test_the_reader_follows_a_newly_subscribed_channel_at_once(
     port = serve(DispatcherMiddleware(lambda e, s: [], {"/events": broker.subscriber_app()})).server_port
     first = StreamClient(port, "/events/one")
     first.wait_for(lambda c: b"id: " in c.raw)
-    wait_until(lambda: broker._reader_client_id is not None, 5)
+    wait_until(lambda: broker._lanes[0].client_id is not None, 5)
     second = StreamClient(port, "/events/two")
     second.wait_for(lambda c: b"id: " in c.raw)
     broker.publish("two", "hello")
@@ -325,7 +325,7 @@ def test_a_password_in_the_query_is_never_shown(caplog: pytest.LogCaptureFixture
         assert "hunter2" not in repr(broker)
         assert "password=***&db=0" in repr(broker)
         subscription, _ = broker.subscribe("c", None)  # the reader starts and connects
-        wait_until(lambda: broker._reader_client_id is not None, 5)
+        wait_until(lambda: broker._lanes[0].client_id is not None, 5)
         with caplog.at_level(logging.WARNING, logger="wsgi_eventsource"):
             server.kill()
             with pytest.raises(BrokerUnavailable) as raised:

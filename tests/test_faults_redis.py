@@ -225,22 +225,26 @@ def test_a_reader_that_fails_is_restarted(
     broker = broker_of()
     dispatch, calls = broker._dispatch, []
 
-    def fails_once(response: list[Any], client: Any = None) -> None:
+    def fails_once(response: list[Any], client: Any, lane: Any) -> None:
         calls.append(response)
         if len(calls) == 1:
             raise RuntimeError("injected failure")
-        dispatch(response, client)
+        dispatch(response, client, lane)
 
     monkeypatch.setattr(broker, "_dispatch", fails_once)
     port = serve(broker.subscriber_app(keepalive=0.2)).server_port
     client = connected(port, "/survivor")
     event_id = broker.publish("survivor", "x")
     assert client.events(1, timeout=5)[0].last_event_id == event_id  # read again from where it was
-    assert broker._reader_started
+    assert any(lane.started for lane in broker._lanes.values())
     assert broker.reader_stats.restarts == 1
     assert "restarting it" in caplog.text
     broker.close()
-    wait_until(lambda: not broker._reader_started, 5, message="a reader that ended is not marked started")
+    wait_until(
+        lambda: not any(lane.started for lane in broker._lanes.values()),
+        5,
+        message="a reader that ended is not marked started",
+    )
 
 
 # -- 3. gaps while the reader is cut off ------------------------------------------------------------
@@ -253,8 +257,8 @@ class StalledReader:
         self.stalled, self.gate = threading.Event(), threading.Event()
         dispatch = broker._dispatch
 
-        def dispatch_then_stall(response: list[Any], client: Any = None) -> None:
-            dispatch(response, client)
+        def dispatch_then_stall(response: list[Any], client: Any, lane: Any) -> None:
+            dispatch(response, client, lane)
             if not self.stalled.is_set():
                 self.stalled.set()
                 self.gate.wait(30)

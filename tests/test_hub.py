@@ -87,7 +87,7 @@ def test_bad_option_values_are_refused() -> None:
     [
         (["--shutdown-retry", "-1"], {}, "--shutdown-retry: must be a whole number of milliseconds"),
         (["--publish-token", ""], {}, "--publish-token: must not be empty"),
-        (["--redis", "localhost:6379"], {}, "--redis: must be a redis://"),
+        (["--redis", "localhost:6379"], {}, "--redis: a Redis URL starts with redis://"),
         (["--cors-origin", "https://a.example/"], {}, "no trailing slash"),
         (["--port", "http"], {}, "--port: must be a port number"),
         (["--log-level", "loud"], {}, "invalid choice"),

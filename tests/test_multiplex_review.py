@@ -175,8 +175,8 @@ class StalledReader:
         self.stalled, self.gate = threading.Event(), threading.Event()
         dispatch = broker._dispatch
 
-        def dispatch_then_stall(response: list[Any], client: Any = None) -> None:
-            dispatch(response, client)
+        def dispatch_then_stall(response: list[Any], client: Any, lane: Any) -> None:
+            dispatch(response, client, lane)
             if not self.stalled.is_set():
                 self.stalled.set()
                 self.gate.wait(30)

@@ -253,7 +253,7 @@ def test_a_stalled_redis_shows_as_reader_lag_and_timeout_errors(serve: Start, ow
         hub = Hub(broker)
         port = serve(hub).server_port
         stream = stream_on(hub, port, "stalled")
-        wait_until(lambda: broker.reader_stats.read_returned > 0, 10)
+        wait_until(lambda: broker._lanes[0].clock.read_returned > 0, 10)
         assert broker.reader_lag() is not None
         assert (broker.reader_lag() or 0) < 0.5  # blocked in XREAD, up to date
         assert own_redis.process is not None
@@ -281,7 +281,7 @@ def test_a_redis_gone_shows_as_connection_errors_and_a_growing_lag(serve: Start,
         hub = Hub(broker)
         port = serve(hub).server_port
         stream_on(hub, port, "gone")
-        wait_until(lambda: broker.reader_stats.read_returned > 0, 10)
+        wait_until(lambda: broker._lanes[0].clock.read_returned > 0, 10)
         own_redis.kill()
         wait_until(lambda: broker.stats.errors["connection"] >= 1, 10, 0.05, "the reader counts it")
         before = broker.stats.errors["connection"]

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ..connection import _thread_ident
 from ..encoding import Data, Event, encode_id
-from ..errors import InvalidChannel, InvalidEvent
+from ..errors import ChannelUnavailable, InvalidChannel, InvalidEvent
 from ..histogram import Histogram
 
 if TYPE_CHECKING:
@@ -251,7 +251,10 @@ class Subscription:
         if floor is not None:
             if key <= floor:
                 return
-            self.floor = None  # events come in order: no comparisons from now on
+            if self.conn is not None:
+                self.floor = None  # events come in order: no comparisons from now on
+            # Still buffering: the buffer may hold events from before the
+            # floor was set, at or below it, which attach() must drop.
         if self.conn is not None:
             self.conn._enqueue_here(wire)  # fan_out_batch runs this in the connection's thread
         elif self.buffer is not None:
@@ -416,6 +419,27 @@ class Broker(ABC):
     @abstractmethod
     def _subscribe_planned(self, channel: str, last_event_id: str | None) -> tuple[Subscription, ReplayPlan]:
         """:meth:`subscribe`, returning the replay plan instead of its bytes."""
+
+    def _subscribe_planned_many(
+        self, asks: Sequence[tuple[str, str | None]]
+    ) -> list[tuple[Subscription, ReplayPlan] | ChannelUnavailable]:
+        """:meth:`_subscribe_planned` for each ``(channel, last_event_id)``
+        of *asks*, in order: a channel the broker cannot serve alone gets its
+        :class:`ChannelUnavailable` in its place. Any other failure is raised,
+        with nothing left subscribed. (A broker may do them all at once.)"""
+        done: list[tuple[Subscription, ReplayPlan] | ChannelUnavailable] = []
+        try:
+            for channel, last_event_id in asks:
+                try:
+                    done.append(self._subscribe_planned(channel, last_event_id))
+                except ChannelUnavailable as exc:
+                    done.append(exc)
+        except BaseException:
+            for item in done:
+                if not isinstance(item, ChannelUnavailable):
+                    self.unsubscribe(item[0])
+            raise
+        return done
 
     @staticmethod
     def _planned(

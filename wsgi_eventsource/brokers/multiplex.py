@@ -94,30 +94,26 @@ class Multiplex:
         if not unique:
             raise InvalidChannel("no channel to subscribe to")
         positions = None if cursor is None else parse_cursor(cursor, unique)
+        lasts = [None if cursor is None else (positions or {}).get(channel) for channel in unique]
+        # "" (no id) makes the broker plan a reset and the whole history.
+        asks = [
+            (channel, "" if cursor is not None and last is None else last)
+            for channel, last in zip(unique, lasts, strict=True)
+        ]
         opened: list[tuple[str, Subscription, str | None, ReplayPlan]] = []
         refused: list[ChannelUnavailable] = []
-        try:
-            for channel in unique:
-                last = None if cursor is None else (positions or {}).get(channel)
-                # "" (no id) makes the broker plan a reset and the whole history.
-                asked = "" if cursor is not None and last is None else last
-                try:
-                    subscription, plan = broker._subscribe_planned(channel, asked)
-                except ChannelUnavailable as exc:
-                    # A broken key (say a string where the stream should
-                    # be) fails its channel alone: only that channel is
-                    # left out, or one bad channel would refuse the page's
-                    # stream at every reconnect. Every channel broken: raised
-                    # (a soft refusal), as is any other BrokerUnavailable.
-                    if channel == unique[-1] and not opened:
-                        raise
-                    refused.append(exc)
-                    continue
-                opened.append((channel, subscription, last, plan))
-        except BaseException:
-            for _, subscription, _, _ in opened:
-                broker.unsubscribe(subscription)
-            raise
+        for channel, last, done in zip(unique, lasts, broker._subscribe_planned_many(asks), strict=True):
+            if isinstance(done, ChannelUnavailable):
+                # A broken key (say a string where the stream should be)
+                # fails its channel alone: only that channel is left out, or
+                # one bad channel would refuse the page's stream at every
+                # reconnect. Every channel broken: raised (a soft refusal),
+                # as is any other BrokerUnavailable (by the broker).
+                refused.append(done)
+            else:
+                opened.append((channel, done[0], last, done[1]))
+        if not opened:
+            raise refused[-1]
         multiplex = cls(broker, tuple(channel for channel, _, _, _ in opened))
         multiplex.subscriptions = [subscription for _, subscription, _, _ in opened]
         lasts = [last for _, _, last, _ in opened]

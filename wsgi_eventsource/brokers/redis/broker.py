@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
 from ...connection import os_lock, thread_hub
@@ -22,10 +23,10 @@ from ..base import (
     validate_channel,
 )
 from . import scripts
-from .clients import RedisClients
-from .reader import RedisReader
+from .clients import RedisClients, _bracketed
+from .reader import Lane, RedisReader
 from .support import REDIS_ERROR_KINDS, ReaderStats, Throttled, text
-from .urls import check_redis_url
+from .urls import DEFAULT_PARTITIONS, RedisTarget, parse_redis_url
 
 __all__ = ["RedisBroker"]
 
@@ -41,7 +42,15 @@ def _import_redis() -> Any:
 class RedisBroker(RedisReader, RedisClients, Broker):
     """Channels in Redis streams, shared by every process that uses the same Redis.
 
-    :param url: a ``redis://`` (or ``rediss://``, ``unix://``) URL.
+    :param url: one Redis (``redis://``, ``rediss://``, ``unix://``), the
+        master a Sentinel names
+        (``redis+sentinel://[:password@]host:port[,host:port...]/<service>/<db>``)
+        or a Redis Cluster
+        (``redis+cluster://[:password@]host:port[,host:port...]/[?partitions=16]``:
+        channels are spread over that many hash-tagged partitions, each read
+        by one reader thread per process; every process must use the same
+        number). See :func:`~wsgi_eventsource.brokers.redis.parse_redis_url`.
+        A redis-py client the app already has: :meth:`from_client`.
     :param history: events replayed at most per channel (Redis keeps a few
         more, since it trims with ``MAXLEN ~``; replay never reaches them).
     :param max_age: if set, events older than this many seconds are trimmed
@@ -66,7 +75,7 @@ class RedisBroker(RedisReader, RedisClients, Broker):
     .. versionadded:: 0.1
     .. versionchanged:: 0.1
         ``max_connections`` and ``pool_timeout``; replay honours ``history``
-        exactly; with ``max_age`` keys expire.
+        exactly; with ``max_age`` keys expire; Sentinel and Cluster URLs.
     """
 
     def __init__(
@@ -88,7 +97,17 @@ class RedisBroker(RedisReader, RedisClients, Broker):
             raise ValueError(f"max_connections must be a positive int, not {max_connections!r}")
         if not (isinstance(pool_timeout, (int, float)) and not isinstance(pool_timeout, bool) and pool_timeout > 0):
             raise ValueError(f"pool_timeout must be a positive number of seconds, not {pool_timeout!r}")
-        self.url = check_redis_url(url)
+        self._target = parse_redis_url(url)
+        self.url = url
+        # On a cluster, channels are spread over partitions (see .cluster).
+        self._partitions = self._target.partitions if self._target.kind == "cluster" else None
+        if self._partitions is not None and ("{" in prefix or "}" in prefix):
+            raise ValueError(f"on a cluster the prefix may not contain '{{' or '}}' (the hash tag's), not {prefix!r}")
+        # Every failure redis-py may raise (a cluster's topology errors are not RedisErrors).
+        self._errors: tuple[type[Exception], ...] = (
+            self._redis.RedisError,
+            self._redis.exceptions.RedisClusterException,
+        )
         self.history = history
         self.max_age = max_age
         self.prefix = prefix
@@ -110,15 +129,78 @@ class RedisBroker(RedisReader, RedisClients, Broker):
         self._snapshot_script = script(None, scripts.SNAPSHOT.encode())
         self._keep_alive_script = script(None, scripts.KEEP_ALIVE.encode())
 
+    @classmethod
+    def from_client(cls, client: Any, history: int = DEFAULT_HISTORY, **options: Any) -> RedisBroker:
+        """A broker for the Redis that *client* (a redis-py client the app
+        already has) talks to: a ``redis.Redis``, a ``redis.cluster.RedisCluster``
+        or a Sentinel's ``master_for(...)``. Takes the keyword arguments of
+        :class:`RedisBroker` (and ``partitions`` for a cluster, default 16).
+
+        The broker makes its own connections with the client's settings (host,
+        database, credentials, TLS, ...): it needs a bounded pool per thread
+        and a connection of its own for each reader, which a shared client
+        cannot give. The client itself is left alone. (A Sentinel's own
+        password, ``sentinel_kwargs``, is not carried over: use a
+        ``redis+sentinel://`` URL and sentinels without one.)
+
+        .. versionadded:: 0.1
+        """
+        redis = _import_redis()
+        if isinstance(client, redis.cluster.RedisCluster):
+            partitions = options.pop("partitions", DEFAULT_PARTITIONS)
+            if not (isinstance(partitions, int) and not isinstance(partitions, bool) and 1 <= partitions <= 16384):
+                raise ValueError(f"partitions must be an int from 1 to 16384, not {partitions!r}")
+            kwargs = client.nodes_manager.connection_kwargs
+            nodes = [(node.host, node.port) for node in client.get_primaries()] or [
+                (node.host, node.port) for node in client.nodes_manager.startup_nodes.values()
+            ]
+            hosts = ",".join(f"{_bracketed(host)}:{port}" for host, port in nodes)
+            url = f"redis+cluster://{hosts}/?partitions={partitions}"
+            broker = cls(url, history, **options)
+            broker._target = RedisTarget(
+                "cluster", url, tuple(nodes), username=kwargs.get("username"),
+                password=kwargs.get("password"), partitions=partitions,
+            )  # fmt: skip
+            return broker
+        if not isinstance(client, redis.Redis):
+            raise TypeError(
+                "from_client takes a redis.Redis, a redis.cluster.RedisCluster or a Sentinel's master_for(...), "
+                f"not {type(client).__name__}"
+            )
+        pool = client.connection_pool
+        kwargs = dict(pool.connection_kwargs)
+        if isinstance(pool, redis.sentinel.SentinelConnectionPool):
+            sentinels = [
+                (s.connection_pool.connection_kwargs["host"], s.connection_pool.connection_kwargs.get("port", 26379))
+                for s in pool.sentinel_manager.sentinels
+            ]
+            hosts = ",".join(f"{_bracketed(host)}:{port}" for host, port in sentinels)
+            url = f"redis+sentinel://{hosts}/{pool.service_name}/{kwargs.get('db', 0)}"
+            broker = cls(url, history, **options)
+            broker._target = RedisTarget(
+                "sentinel", url, tuple(sentinels), service=pool.service_name, db=int(kwargs.get("db", 0)),
+                username=kwargs.get("username"), password=kwargs.get("password"),
+            )  # fmt: skip
+            return broker
+        if "path" in kwargs:
+            url = f"unix://{kwargs['path']}?db={kwargs.get('db', 0)}"
+        else:
+            scheme = "rediss" if issubclass(pool.connection_class, redis.SSLConnection) else "redis"
+            host = _bracketed(str(kwargs.get("host", "localhost")))
+            url = f"{scheme}://{host}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
+        broker = cls(url, history, **options)
+        # The client's own settings (credentials, TLS files, ...), not the
+        # URL's: the URL above is for messages only.
+        broker._connection_settings = (pool.connection_class, kwargs)
+        return broker
+
     def _reset_process_state(self) -> None:
         """This process's subscriptions and reader: none yet (also after a fork)."""
         self._lock = os_lock()
-        # channel -> subscriptions in this process; channel -> the last id the
-        # reader has seen (its XREAD position). Both guarded by _lock.
+        # channel -> subscriptions in this process; the readers' lanes (each
+        # holds its channels' XREAD positions). Both guarded by _lock.
         self._subscriptions: dict[str, set[Subscription]] = {}
-        self._positions: dict[str, str] = {}
-        self._reader_started = False
-        self._reader_client_id: int | None = None
+        self._lanes: dict[int, Lane] = {}
 
     def __repr__(self) -> str:
         return f"<RedisBroker {self._shown_url!r} history={self.history}>"
@@ -133,7 +215,7 @@ class RedisBroker(RedisReader, RedisClients, Broker):
             client = self._checked_client()
             args = [self.history, body, max_age_ms, self._key_ttl_ms or ""]
             event_id = self._publish_script(keys=[self._key(channel)], args=args, client=client)
-        except self._redis.RedisError as exc:
+        except self._errors as exc:
             raise self._unavailable(exc) from None
         self.stats.published += 1
         return text(event_id)
@@ -175,7 +257,8 @@ class RedisBroker(RedisReader, RedisClients, Broker):
             # meanwhile arrives live and is dropped if the replay had it.
             with self._lock:
                 self._subscriptions.setdefault(channel, set()).add(subscription)
-                new_channel = channel not in self._positions
+                lane = self._lane_of(channel)
+                new_channel = channel not in lane.positions
             if new_channel:
                 keep = self._keep_alive_ms
                 start = text(self._current_script(keys=[self._key(channel)], args=[keep or ""], client=client))
@@ -187,12 +270,17 @@ class RedisBroker(RedisReader, RedisClients, Broker):
                         # reader reads from, or it would skip what lies
                         # between the two. (Everything the reader handed out
                         # since is in its buffer: it listened first.)
-                        start = self._positions.setdefault(channel, start)
-                    # else the reader ended the channel meanwhile (a broken
-                    # key) and this subscription with it: no position for
-                    # a channel nobody here reads.
-                self._start_reader()
-                self._wake_reader(client)
+                        added = channel not in lane.positions
+                        start = lane.positions.setdefault(channel, start)
+                        wake = added and self._added_channel(lane)
+                    else:
+                        # the reader ended the channel meanwhile (a broken
+                        # key) and this subscription with it: no position for
+                        # a channel nobody here reads.
+                        wake = False
+                self._start_reader(lane)
+                if wake:
+                    self._wake_reader(client, lane)
             if last_event_id is None:
                 current = (
                     start
@@ -202,13 +290,99 @@ class RedisBroker(RedisReader, RedisClients, Broker):
                 history: list[Entry] = []
             else:
                 current, history = self._snapshot(client, channel, last_event_id)
-        except self._redis.RedisError as exc:
+        except self._errors as exc:
             self.unsubscribe(subscription)
             raise self._channel_unavailable(channel, exc) or self._unavailable(exc) from None
         except BaseException:
             self.unsubscribe(subscription)
             raise
         return self._planned(subscription, last_event_id, current, history)
+
+    def _subscribe_planned_many(
+        self, asks: Sequence[tuple[str, str | None]]
+    ) -> list[tuple[Subscription, ReplayPlan] | ChannelUnavailable]:
+        """Every channel of a multiplexed stream in two round trips (one
+        pipeline of CURRENTs for the channels new here, one of the rest),
+        not two per channel; as :meth:`_subscribe_planned` does one. (On a
+        cluster, one channel after another: a pipeline there splits by slot
+        anyway.)"""
+        if len(asks) == 1 or self._partitions is not None:
+            return super()._subscribe_planned_many(asks)
+        for channel, _ in asks:
+            validate_channel(channel)
+        hub = thread_hub()
+        subscriptions = [Subscription(channel, hub) for channel, _ in asks]
+        try:
+            return self._subscribed_many(asks, subscriptions)
+        except BaseException:
+            for subscription in subscriptions:
+                self.unsubscribe(subscription)
+            raise
+
+    def _subscribed_many(
+        self, asks: Sequence[tuple[str, str | None]], subscriptions: list[Subscription]
+    ) -> list[tuple[Subscription, ReplayPlan] | ChannelUnavailable]:
+        try:
+            client = self._checked_client()
+            starts = self._listen_many(client, subscriptions)
+            with client.pipeline(transaction=False) as pipe:
+                for channel, last_event_id in asks:
+                    if last_event_id is not None:
+                        after = last_event_id if parse_id(last_event_id) is not None else ""
+                        self._snapshot_script(keys=[self._key(channel)], args=[self.history, after], client=pipe)
+                    elif channel not in starts:
+                        self._current_script(keys=[self._key(channel)], args=[""], client=pipe)
+                answers = iter(pipe.execute(raise_on_error=False))
+        except self._errors as exc:
+            raise self._unavailable(exc) from None
+        done: list[tuple[Subscription, ReplayPlan] | ChannelUnavailable] = []
+        for (channel, last_event_id), subscription in zip(asks, subscriptions, strict=True):
+            answer = starts[channel] if last_event_id is None and channel in starts else next(answers)
+            if isinstance(answer, Exception):
+                self.unsubscribe(subscription)
+                failure = self._channel_unavailable(channel, answer)
+                if failure is None:
+                    raise self._unavailable(answer)
+                done.append(failure)
+            elif last_event_id is None:
+                done.append(self._planned(subscription, None, text(answer), []))
+            else:
+                current, now, raw = answer
+                history = self._entries(channel, raw, int(now))
+                done.append(self._planned(subscription, last_event_id, text(current), history))
+        return done
+
+    def _listen_many(self, client: Any, subscriptions: list[Subscription]) -> dict[str, Any]:
+        """Register *subscriptions* (listening first, as _subscribe_planned
+        does), give the channels new here their reader positions (one
+        pipeline of CURRENTs) and wake their readers once. Returns each new
+        channel's start (its position, or the error its CURRENT got)."""
+        with self._lock:
+            for subscription in subscriptions:
+                self._subscriptions.setdefault(subscription.channel, set()).add(subscription)
+            new = [s.channel for s in subscriptions if s.channel not in self._positions_of(s.channel)]
+        keep = self._keep_alive_ms or ""
+        with client.pipeline(transaction=False) as pipe:
+            for channel in new:
+                self._current_script(keys=[self._key(channel)], args=[keep], client=pipe)
+            starts: dict[str, Any] = dict(zip(new, pipe.execute(raise_on_error=False), strict=True))
+        woken: dict[int, Lane] = {}
+        with self._lock:
+            for channel, start in starts.items():
+                lane = self._lane_of(channel)
+                if isinstance(start, Exception) or channel not in self._subscriptions:
+                    continue  # failed, or the reader ended the channel meanwhile (a broken key)
+                if channel not in lane.positions:
+                    lane.positions[channel] = text(start)
+                    if self._added_channel(lane):
+                        woken[lane.index] = lane
+                starts[channel] = lane.positions[channel]  # where the reader reads from
+            lanes = {self._lane_of(s.channel).index: self._lane_of(s.channel) for s in subscriptions}
+        for lane in lanes.values():
+            self._start_reader(lane)
+        for lane in woken.values():
+            self._wake_reader(client, lane)
+        return starts
 
     def _channel_unavailable(self, channel: str, exc: Exception) -> ChannelUnavailable | None:
         """The error for a failure of this channel's key alone (Redis answers,
@@ -235,14 +409,14 @@ class RedisBroker(RedisReader, RedisClients, Broker):
                 subs.discard(subscription)
                 if not subs:
                     del self._subscriptions[subscription.channel]
-                    self._positions.pop(subscription.channel, None)
+                    self._positions_of(subscription.channel).pop(subscription.channel, None)
 
     def history_of(self, channel: str) -> list[Entry]:
         """The entries a replay may draw on: at most ``history``, none older than ``max_age``."""
         validate_channel(channel)
         try:
             return self._snapshot(self._checked_client(), channel, None)[1]
-        except self._redis.RedisError as exc:
+        except self._errors as exc:
             raise self._unavailable(exc) from None
 
     def channel_counts(self) -> dict[str, int]:
@@ -253,7 +427,7 @@ class RedisBroker(RedisReader, RedisClients, Broker):
         """True if Redis answers right now."""
         try:
             return bool(self._ensure_client().ping())
-        except self._redis.RedisError:
+        except self._errors:
             return False
 
     def close(self) -> None:

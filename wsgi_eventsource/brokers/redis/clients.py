@@ -25,13 +25,16 @@ from gevent.monkey import get_original, is_module_patched
 
 from ...connection import os_lock
 from ...errors import BrokerUnavailable
+from . import sentinel
+from .cluster import master_of_slot, slot_of
 from .support import count_error, text
-from .urls import shown_url
+from .urls import RedisTarget, shown_url
 
 if TYPE_CHECKING:
     from _thread import LockType as Lock
 
     from ..base import BrokerStats
+    from .reader import Lane
 
 __all__ = ["RedisClients"]
 
@@ -47,13 +50,15 @@ class RedisClients:
     """Client management for :class:`RedisBroker` (a base class)."""
 
     url: str
+    _target: RedisTarget
     block: float
     max_age: float | None
     max_connections: int
     pool_timeout: float
     _redis: Any
     _pid: int
-    _reader_client_id: int | None
+    _lanes: dict[int, Lane]
+    _errors: tuple[type[Exception], ...]
     stats: BrokerStats
 
     def _init_clients(self) -> None:
@@ -61,6 +66,10 @@ class RedisClients:
         self._client: Any = None
         self._clients: weakref.WeakSet[Any] = weakref.WeakSet()  # every one made, for close()
         self._server_checked = False
+        self._masters_seen: set[tuple[str, int]] = set()
+        # A connection class and its settings, from RedisBroker.from_client
+        # (then they, not the URL, say where and how to connect).
+        self._connection_settings: tuple[type[Any], dict[str, Any]] | None = None
         self._client_lock = os_lock()
         # A lock held by another thread at a fork stays held in the child.
         os.register_at_fork(after_in_child=_after_fork_in_child(self))
@@ -75,28 +84,114 @@ class RedisClients:
 
     def _connect(self) -> Any:
         """A client for publish and subscribe: a bounded pool that waits for a free connection."""
-        redis = self._redis
-        pool = redis.BlockingConnectionPool.from_url(
-            self.url,
-            max_connections=self.max_connections,
-            timeout=self.pool_timeout,
-            socket_connect_timeout=2,
-            socket_timeout=5,
-            health_check_interval=0,
-            retry_on_timeout=False,
-        )
+        redis, target = self._redis, self._target
+        options: dict[str, Any] = {
+            "socket_connect_timeout": 2,
+            "socket_timeout": 5,
+            "health_check_interval": 0,
+            "retry_on_timeout": False,
+        }
+        if target.kind == "sentinel":
+            return sentinel.pool_client(
+                target, max_connections=self.max_connections, pool_timeout=self.pool_timeout, **options
+            )
+        if target.kind == "cluster":
+            # One bounded pool per node (RedisCluster builds each node's pool
+            # from these when it is given a URL). It follows MOVED and ASK,
+            # and reloads the topology after a failover.
+            host, port = target.nodes[0]
+            return redis.cluster.RedisCluster(
+                url=f"redis://{_bracketed(host)}:{port}",
+                startup_nodes=[redis.cluster.ClusterNode(h, p) for h, p in target.nodes],
+                username=target.username,
+                password=target.password,
+                connection_pool_class=redis.BlockingConnectionPool,
+                max_connections=self.max_connections,
+                timeout=self.pool_timeout,
+                **options,
+            )
+        if self._connection_settings is not None:
+            connection_class, settings = self._connection_settings
+            pool = redis.BlockingConnectionPool(
+                connection_class=connection_class,
+                max_connections=self.max_connections,
+                timeout=self.pool_timeout,
+                **{**settings, **options},
+            )
+        else:
+            pool = redis.BlockingConnectionPool.from_url(
+                self.url, max_connections=self.max_connections, timeout=self.pool_timeout, **options
+            )
         return redis.Redis(connection_pool=pool)
 
-    def _connect_reader(self) -> Any:
-        """The reader's own client; one thread uses it in sequence, so one connection."""
-        return self._redis.Redis.from_url(
-            self.url,
-            socket_connect_timeout=2,
+    def _reader_options(self) -> dict[str, Any]:
+        return {
+            "socket_connect_timeout": 2,
             # Above the reader's XREAD BLOCK, or every idle read times out.
-            socket_timeout=self.block + 5,
-            health_check_interval=0,
-            retry_on_timeout=False,
-        )
+            "socket_timeout": self.block + 5,
+            "health_check_interval": 0,
+            "retry_on_timeout": False,
+        }
+
+    def _connect_reader(self) -> Any:
+        """The reader's own client (one Redis or Sentinel); one thread uses it in sequence, so one connection."""
+        redis = self._redis
+        if self._target.kind == "sentinel":
+            return sentinel.reader_client(self._target, **self._reader_options())
+        if self._connection_settings is not None:
+            connection_class, settings = self._connection_settings
+            pool = redis.ConnectionPool(connection_class=connection_class, **{**settings, **self._reader_options()})
+            return redis.Redis(connection_pool=pool)
+        return redis.Redis.from_url(self.url, **self._reader_options())
+
+    def _connect_reader_for(
+        self, index: int, redirect: tuple[str, int] | None = None
+    ) -> tuple[Any, tuple[str, int] | None]:
+        """A client for the reader of lane *index*, and the node it is
+        connected to: on a cluster, the master of the partition's slot (or
+        *redirect*, the node a MOVED named)."""
+        if self._target.kind != "cluster":
+            return self._connect_reader(), None
+        address = redirect or self._master_of(slot_of(index))
+        return self._node_client(address, **self._reader_options()), address
+
+    def _node_client(self, address: tuple[str, int], **options: Any) -> Any:
+        target = self._target
+        host, port = address
+        return self._redis.Redis(host=host, port=port, username=target.username, password=target.password, **options)
+
+    def _master_of(self, slot: int) -> tuple[str, int]:
+        """The master of *slot*, asked of the URL's nodes in turn (and the
+        masters seen since: the URL's may all be gone after failovers)."""
+        failures = []
+        for address in [*self._target.nodes, *(a for a in self._masters_seen if a not in self._target.nodes)]:
+            client = self._node_client(address, socket_connect_timeout=2, socket_timeout=2)
+            try:
+                master = master_of_slot(client, slot)
+            except self._redis.RedisError as exc:
+                failures.append(f"{address[0]}:{address[1]}: {exc}")
+                continue
+            finally:
+                client.close()
+            if master is not None:
+                self._masters_seen.add(master)
+                return master
+            failures.append(f"{address[0]}:{address[1]}: no master serves slot {slot}")
+        raise self._redis.ConnectionError(f"no cluster node named the master of slot {slot} ({'; '.join(failures)})")
+
+    def _unblock(self, client: Any, lane: Lane) -> int:
+        """CLIENT UNBLOCK *lane*'s reader with *client* (this thread's);
+        1 if it was blocked (it returns at once), 0 if not."""
+        reader = lane.client_id
+        if reader is None:
+            return 0
+        if self._target.kind != "cluster":
+            return int(client.client_unblock(reader))
+        address = lane.address
+        node = None if address is None else client.get_node(host=address[0], port=address[1])
+        if node is None:
+            return 0  # a node this client does not know yet: the reader comes back within `block`
+        return int(client.execute_command("CLIENT UNBLOCK", reader, target_nodes=node))
 
     def _ensure_client(self) -> Any:
         """The client for this thread (this process: never the parent's after a fork)."""
@@ -152,7 +247,7 @@ class RedisClients:
         """
         try:
             self._checked_client().ping()
-        except self._redis.RedisError as exc:
+        except self._errors as exc:
             raise self._unavailable(exc) from None
 
     def _unavailable(self, exc: Exception) -> BrokerUnavailable:
@@ -165,21 +260,29 @@ class RedisClients:
                 f"no connection to Redis at {self._shown_url} was free within pool_timeout={self.pool_timeout:g} s "
                 f"(max_connections={self.max_connections})"
             )
-        if isinstance(exc, (self._redis.ConnectionError, self._redis.TimeoutError)):
+        unreachable = (self._redis.ConnectionError, self._redis.TimeoutError, self._redis.exceptions.ClusterError)
+        if isinstance(exc, unreachable):
+            return BrokerUnavailable(f"Redis at {self._shown_url} cannot be reached: {exc}")
+        if isinstance(exc, self._redis.exceptions.RedisClusterException):  # no node answers, say
             return BrokerUnavailable(f"Redis at {self._shown_url} cannot be reached: {exc}")
         return BrokerUnavailable(f"Redis at {self._shown_url} answered with an error: {exc}")
 
     def _close_clients(self) -> None:
-        """Unblock the reader and close every client this process made."""
+        """Unblock the readers and close every client this process made."""
         clients = list(self._clients)
-        reader = self._reader_client_id
-        if reader is not None and clients:
-            # If this fails the reader ends by itself within `block` seconds.
-            with contextlib.suppress(self._redis.RedisError):
-                clients[0].client_unblock(reader)
+        if clients:
+            for lane in list(self._lanes.values()):
+                # If this fails the reader ends by itself within `block` seconds.
+                with contextlib.suppress(Exception):
+                    self._unblock(clients[0], lane)
         for client in clients:
             client.close()
-            client.connection_pool.disconnect()
+            if self._target.kind != "cluster":
+                client.connection_pool.disconnect()
+
+
+def _bracketed(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 def _after_fork_in_child(clients: RedisClients) -> Any:

@@ -42,12 +42,14 @@ import random
 import time
 from typing import TYPE_CHECKING, Any
 
+import gevent
 from gevent.monkey import get_original
 
 from ...encoding import Event
 from ..base import Subscription, end_subscriptions, fan_out_batch, parse_id, stream_reset_event
 from .broken import find_broken_keys
-from .support import ReaderStats, Throttled, count_error
+from .cluster import hash_tag, partition_of
+from .support import ReadClock, ReaderStats, Throttled, count_error
 
 if TYPE_CHECKING:
     from _thread import LockType as Lock
@@ -55,7 +57,7 @@ if TYPE_CHECKING:
 
     from ..base import BrokerStats
 
-__all__ = ["STREAM_ERROR", "RedisReader"]
+__all__ = ["STREAM_ERROR", "Lane", "RedisReader"]
 
 logger = logging.getLogger("wsgi_eventsource")
 
@@ -70,10 +72,56 @@ _sleep: Callable[[float], None] = get_original("time", "sleep")
 _COUNT = 1000
 #: Keys per KEEP_ALIVE call.
 _KEEP_ALIVE_BATCH = 1000
+#: Seconds per key between two reads of a changed key set (see _read_forever).
+_REREAD_COST = 10e-6
+#: Seconds per key that events gather between two reads that both return some.
+_GATHER_COST = 1e-6
+
+
+class Lane:
+    """One reader thread's share of this process's channels: one partition of
+    a cluster, or every channel on one Redis (lane 0). Guarded by the broker's lock."""
+
+    __slots__ = (
+        "address", "changes", "client_id", "clock", "index", "positions", "read_changes", "started", "waking",
+    )  # fmt: skip
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        #: channel -> the last id the reader saw (its XREAD position).
+        self.positions: dict[str, str] = {}
+        self.started = False
+        #: The reader's connection id, for CLIENT UNBLOCK (None: not connected).
+        self.client_id: int | None = None
+        #: The node it reads from (a cluster's), for CLIENT UNBLOCK.
+        self.address: tuple[str, int] | None = None
+        #: Channels added so far, and how many of them the reader's key set has:
+        #: the reader is behind while read_changes < changes.
+        self.changes = 0
+        self.read_changes = 0
+        #: True while one subscriber is making sure the reader catches up.
+        self.waking = False
+        #: When its reads began and returned: how far behind it is.
+        self.clock = ReadClock()
+
+
+class _Loop:
+    """The state of one reader thread's read loop."""
+
+    def __init__(self, interval: float | None, block: float) -> None:
+        self.client: Any = None
+        #: The node a MOVED named, to connect to next.
+        self.redirect: tuple[str, int] | None = None
+        self.backoff = 0.1
+        self.interval = interval
+        # With max_age, the keys' TTLs are refreshed at least every interval.
+        self.block_ms = max(1, int((block if interval is None else min(block, interval)) * 1000))
+        self.kept_alive_at = 0.0
+        self.read_at = 0.0
 
 
 class RedisReader:
-    """The reader thread of :class:`RedisBroker` (a base class: the state is the broker's)."""
+    """The reader threads of :class:`RedisBroker` (a base class: the state is the broker's)."""
 
     # Set by RedisBroker.__init__ (and again after a fork).
     prefix: str
@@ -84,25 +132,42 @@ class RedisReader:
     _redis: Any
     _lock: Lock
     _subscriptions: dict[str, set[Subscription]]
-    _positions: dict[str, str]
-    _reader_started: bool
-    _reader_client_id: int | None
+    _lanes: dict[int, Lane]
     _closed: bool
     _pid: int
     _throttled: Throttled
     _keep_alive_script: Any
+    _partitions: int | None
+    _errors: tuple[type[Exception], ...]
 
     # From RedisClients (after this class in RedisBroker's bases, so stubs
-    # here would hide them): the URL to show, the reader's own client.
+    # here would hide them): the URL to show, the readers' own clients.
     _shown_url: str
-    _connect_reader: Callable[[], Any]
+    _connect_reader_for: Callable[..., tuple[Any, tuple[str, int] | None]]
+    _unblock: Callable[[Any, Lane], int]
 
     def _key(self, channel: str) -> str:
-        return self.prefix + channel
+        if self._partitions is None:
+            return self.prefix + channel
+        return self.prefix + hash_tag(partition_of(channel, self._partitions)) + channel
+
+    def _lane_of(self, channel: str) -> Lane:
+        """The lane that reads *channel* (made if new; call with the lock held)."""
+        index = 0 if self._partitions is None else partition_of(channel, self._partitions)
+        lane = self._lanes.get(index)
+        if lane is None:
+            lane = self._lanes[index] = Lane(index)
+        return lane
+
+    def _positions_of(self, channel: str) -> dict[str, str]:
+        """The positions of *channel*'s lane (call with the lock held)."""
+        return self._lane_of(channel).positions
 
     def reader_lag(self) -> float | None:
-        """Seconds the reader is behind: see :meth:`ReaderStats.lag`."""
-        return self.reader_stats.lag(self.block)
+        """Seconds the most lagging reader is behind (see :meth:`ReadClock.lag`); 0 with none."""
+        with self._lock:
+            clocks = [lane.clock for lane in self._lanes.values()]
+        return max((clock.lag(self.block) for clock in clocks), default=0.0)
 
     @property
     def keep_alive_interval(self) -> float | None:
@@ -129,23 +194,23 @@ class RedisReader:
             return None
         return max(ttl, int(3 * interval * 1000))
 
-    # -- the thread and its supervisor ---------------------------------------------------
+    # -- the threads and their supervisor ---------------------------------------------------
 
-    def _start_reader(self) -> None:
+    def _start_reader(self, lane: Lane) -> None:
         with self._lock:
-            if self._reader_started:
+            if lane.started:
                 return
-            self._reader_started = True
-        _start_new_thread(self._supervise, (self._pid,))
+            lane.started = True
+        _start_new_thread(self._supervise, (self._pid, lane))
 
-    def _supervise(self, pid: int) -> None:
-        """The reader thread: run the read loop, and again whenever it fails."""
+    def _supervise(self, pid: int, lane: Lane) -> None:
+        """A reader thread: run the read loop, and again whenever it fails."""
         delay = 0.1
         try:
             while not self._closed and self._pid == pid:
                 started = time.monotonic()
                 try:
-                    self._read_forever(pid)
+                    self._read_forever(pid, lane)
                 except Exception:
                     if time.monotonic() - started > 60:
                         delay = 0.1  # a failure long after the last one starts over
@@ -156,69 +221,134 @@ class RedisReader:
         finally:
             with self._lock:
                 if self._pid == pid:
-                    self._reader_started = False  # never True for a reader that is gone
+                    lane.started = False  # never True for a reader that is gone
 
-    def _wake_reader(self, client: Any) -> None:
-        # The reader may be blocked in XREAD without the new channel; CLIENT
-        # UNBLOCK makes it return at once and read again with it.
-        reader = self._reader_client_id
-        if reader is not None:
-            # If this fails the reader comes back by itself within `block` seconds.
-            with contextlib.suppress(self._redis.RedisError):
-                client.client_unblock(reader)
+    def _added_channel(self, lane: Lane) -> bool:
+        """Note that *lane* has a new channel (lock held); True if the caller
+        must then make sure its reader catches up (:meth:`_wake_reader`): one
+        subscriber does it for every channel added meanwhile, so a storm of N
+        new channels costs a few reads of the key set, not N."""
+        lane.changes += 1
+        if lane.waking:
+            return False
+        lane.waking = True
+        return True
+
+    def _wake_reader(self, client: Any, lane: Lane) -> None:
+        """Until *lane*'s reader has read its key set with every channel added
+        so far: CLIENT UNBLOCK its XREAD (so that it returns at once and reads
+        again with them). An UNBLOCK that finds it not blocked (it is between
+        two reads) is tried again shortly: its next read may have started
+        from an older key set. Gives up after ``block`` seconds (the reader
+        reads its key set again at least that often)."""
+        deadline = time.monotonic() + self.block
+        done = False
+        try:
+            while True:
+                with self._lock:
+                    # Checked and cleared under the lock that _added_channel
+                    # takes: a channel added after this wakes by itself.
+                    if lane.read_changes >= lane.changes or lane.client_id is None or time.monotonic() > deadline:
+                        lane.waking, done = False, True  # caught up, reconnecting (it reads first), or late
+                        return
+                with contextlib.suppress(*self._errors):
+                    self._unblock(client, lane)
+                gevent.sleep(0.002)
+        finally:
+            if not done:  # killed while waiting: let the next subscriber wake it
+                with self._lock:
+                    lane.waking = False
 
     # -- the loop ---------------------------------------------------------------------------
 
-    def _read_forever(self, pid: int) -> None:
-        redis = self._redis
-        client = None
-        backoff = 0.1
-        interval = self.keep_alive_interval
-        block = self.block if interval is None else min(self.block, interval)
-        block_ms = max(1, int(block * 1000))
-        kept_alive_at = 0.0
+    def _read_forever(self, pid: int, lane: Lane) -> None:
+        loop = _Loop(self.keep_alive_interval, self.block)
         try:
             while not self._closed and self._pid == pid:
                 with self._lock:
-                    streams = {self._key(c): position for c, position in self._positions.items()}
+                    behind = lane.read_changes < lane.changes
+                    size = len(lane.positions)
+                if behind and loop.client is not None:
+                    # Batch the changes of a storm: reading the key set again
+                    # costs Redis O(keys), so at most one such read per
+                    # _REREAD_COST seconds per key (10,000 keys: every 0.1 s).
+                    _sleep(max(0.0, min(size * _REREAD_COST, 0.2) - (time.monotonic() - loop.read_at)))
+                with self._lock:
+                    streams = {self._key(c): position for c, position in lane.positions.items()}
+                    lane.read_changes = lane.changes
                 if not streams:
-                    self.reader_stats.returned()  # nothing to read: up to date
+                    lane.clock.returned()  # nothing to read: up to date
                     _sleep(0.05)
                     continue
                 try:
-                    if client is None:
-                        client = self._connect_reader()
-                        self._reader_client_id = client.client_id()
-                        if backoff > 0.1:
-                            logger.warning("Redis at %s is reachable again; resuming", self._shown_url)
-                        backoff, kept_alive_at = 0.1, 0.0
-                    if interval is not None and time.monotonic() - kept_alive_at >= interval:
-                        kept_alive_at = time.monotonic()
-                        self._keep_alive(client, list(streams))
-                    response = self.reader_stats.timed(client.xread, streams, count=_COUNT, block=block_ms)
-                except (redis.ConnectionError, redis.TimeoutError) as exc:
-                    count_error(self.stats, redis, exc)
-                    self._reader_client_id = None
-                    if client is not None:
-                        client.close()
-                        client = None
-                    if backoff == 0.1:
-                        logger.warning("Redis at %s cannot be reached (%s); retrying", self._shown_url, exc)
-                    backoff = _wait(backoff)
-                    continue
-                except redis.ResponseError as exc:
-                    count_error(self.stats, redis, exc)
-                    # An error reply for the whole XREAD: find the keys that
-                    # cause it and end those channels; wait only if none is found.
-                    if not self._end_broken_channels(client, streams):
-                        self._throttled.warning("xread", "the Redis reader got an error reply (%s); retrying", exc)
-                        backoff = _wait(backoff)
+                    if loop.client is None:
+                        self._reconnect(loop, lane)
+                        continue  # read the key set again: it may have grown while connecting
+                    if loop.interval is not None and time.monotonic() - loop.kept_alive_at >= loop.interval:
+                        loop.kept_alive_at = time.monotonic()
+                        self._keep_alive(loop.client, list(streams))
+                    loop.read_at = time.monotonic()
+                    response = lane.clock.timed(loop.client.xread, streams, count=_COUNT, block=loop.block_ms)
+                except self._redis.RedisError as exc:
+                    self._after_failure(exc, loop, lane, streams)
                     continue
                 if response:
-                    self._dispatch(response, client)
+                    self._dispatch(response, loop.client, lane)
+                    # Each read costs this process O(keys) of CPU (the command
+                    # names every key) while it holds the GIL: when events
+                    # come all the time, let them gather a little (10,000
+                    # keys: 10 ms), or a busy reader starves the publishers
+                    # and streams of this process.
+                    if len(streams) >= 1000:
+                        _sleep(min(len(streams) * _GATHER_COST, 0.02))
         finally:
-            self._reader_client_id = None
-            if client is not None:
+            self._drop_reader_client(loop, lane)
+
+    def _reconnect(self, loop: _Loop, lane: Lane) -> None:
+        loop.client, address = self._connect_reader_for(lane.index, loop.redirect)
+        loop.redirect = None
+        client_id = loop.client.client_id()
+        with self._lock:
+            lane.client_id, lane.address = client_id, address
+        if loop.backoff > 0.1:
+            logger.warning("Redis at %s is reachable again; resuming", self._shown_url)
+        loop.backoff, loop.kept_alive_at = 0.1, 0.0
+
+    def _after_failure(self, exc: Exception, loop: _Loop, lane: Lane, streams: dict[str, str]) -> None:
+        """What the reader does after an XREAD (or a reconnect) failed; the
+        positions stay as they are, so it resumes from its last ids."""
+        redis, exceptions = self._redis, self._redis.exceptions
+        count_error(self.stats, redis, exc)
+        if isinstance(exc, exceptions.MovedError):
+            # A reshard or a failover: the slot has a new master, named here.
+            self._drop_reader_client(loop, lane)
+            loop.redirect = (exc.host, exc.port)
+        elif isinstance(exc, (exceptions.AskError, exceptions.TryAgainError, exceptions.ClusterDownError)):
+            # The slot is moving, or the cluster is electing a master: wait.
+            self._throttled.warning("cluster", "the Redis reader waits for the cluster (%s)", exc)
+            self._drop_reader_client(loop, lane)
+            loop.backoff = _wait(loop.backoff)
+        elif isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+            self._drop_reader_client(loop, lane)
+            if loop.backoff == 0.1:
+                logger.warning("Redis at %s cannot be reached (%s); retrying", self._shown_url, exc)
+            loop.backoff = _wait(loop.backoff)
+        elif isinstance(exc, redis.ResponseError) and loop.client is not None:
+            # An error reply for the whole XREAD: find the keys that cause
+            # it and end those channels; wait only if none is found.
+            if not self._end_broken_channels(loop.client, streams):
+                self._throttled.warning("xread", "the Redis reader got an error reply (%s); retrying", exc)
+                loop.backoff = _wait(loop.backoff)
+        else:
+            raise exc
+
+    def _drop_reader_client(self, loop: _Loop, lane: Lane) -> None:
+        """Close the reader's client, if it has one (the next round reconnects)."""
+        with self._lock:
+            lane.client_id = None
+        client, loop.client = loop.client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
                 client.close()
 
     def _keep_alive(self, client: Any, keys: list[str]) -> None:
@@ -229,18 +359,20 @@ class RedisReader:
         except self._redis.ResponseError as exc:  # OOM, say: XREAD still works, and it is retried
             self._throttled.warning("keep-alive", "the Redis reader could not refresh key TTLs (%s)", exc)
 
-    def _dispatch(self, response: list[Any], client: Any = None) -> None:
+    def _dispatch(self, response: list[Any], client: Any, lane: Lane) -> None:
         """Hand one XREAD answer to the subscribers, in order: per channel, a
         ``stream-reset`` if the entries do not follow the reader's position,
         then one shared wire per entry. (*client*, the reader's, checks a
         foreign first entry: see :meth:`_position_kept`.)"""
         batch: list[tuple[list[Subscription], tuple[int, int], bytes]] = []
         moved: list[tuple[str, str, str]] = []
-        prefix = len(self.prefix)
+        # The key is the prefix, the lane's hash tag (on a cluster), the channel.
+        prefix = len(self.prefix) + (0 if self._partitions is None else len(hash_tag(lane.index)))
+        positions = lane.positions
         for raw_key, raw_entries in response:
             channel = (raw_key.decode() if isinstance(raw_key, bytes) else raw_key)[prefix:]
             with self._lock:
-                position = self._positions.get(channel)
+                position = positions.get(channel)
                 subs = list(self._subscriptions.get(channel, ()))
             if position is None or not raw_entries:
                 continue  # nobody here reads it any more
@@ -277,11 +409,7 @@ class RedisReader:
                     else:
                         batch.append((subs, *reset))
                 if foreign:
-                    self.reader_stats.skipped += 1
-                    self._throttled.warning(
-                        "foreign", "channel %r: skipped entry %s, which has no event (not published by us)",
-                        channel, raw_id.decode("ascii"),
-                    )  # fmt: skip
+                    self._skipped_foreign(channel, raw_id)
                     expected = raw_id
                     continue
                 batch.append((subs, key, b"id: " + raw_id + b"\n" + body))
@@ -292,9 +420,16 @@ class RedisReader:
             self.stats.delivered += len(subs) * delivered
         with self._lock:
             for channel, position, last in moved:
-                if self._positions.get(channel) == position:
-                    self._positions[channel] = last
+                if positions.get(channel) == position:
+                    positions[channel] = last
         fan_out_batch(batch)
+
+    def _skipped_foreign(self, channel: str, raw_id: bytes) -> None:
+        self.reader_stats.skipped += 1
+        self._throttled.warning(
+            "foreign", "channel %r: skipped entry %s, which has no event (not published by us)",
+            channel, raw_id.decode("ascii"),
+        )  # fmt: skip
 
     def _position_kept(self, client: Any, channel: str, position: str) -> bool:
         """True if nothing after *position* was trimmed from the channel's
@@ -347,13 +482,18 @@ class RedisReader:
     def _find_and_end_broken(self, client: Any, streams: dict[str, str]) -> bool:
         broken = find_broken_keys(client, streams)
         for key, (reason, why) in broken.items():
-            self._end_channel(key[len(self.prefix) :], reason, why)
+            self._end_channel(self._channel_of_key(key), reason, why)
         return bool(broken)
+
+    def _channel_of_key(self, key: str) -> str:
+        """The channel whose key is *key* (see :meth:`_key`)."""
+        rest = key[len(self.prefix) :]
+        return rest if self._partitions is None else rest.partition("}")[2]
 
     def _end_channel(self, channel: str, reason: str, why: str) -> None:
         with self._lock:
             subs = self._subscriptions.pop(channel, set())
-            self._positions.pop(channel, None)
+            self._positions_of(channel).pop(channel, None)
         self.reader_stats.ended += 1
         self._throttled.warning(
             f"end:{channel}", "channel %r cannot be read: key %r %s; ending its %d streams with stream-error",

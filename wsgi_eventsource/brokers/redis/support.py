@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-__all__ = ["REDIS_ERROR_KINDS", "ReaderStats", "Throttled", "count_error", "text"]
+__all__ = ["REDIS_ERROR_KINDS", "ReadClock", "ReaderStats", "Throttled", "count_error", "text"]
 
 #: The kinds :func:`count_error` sorts Redis errors into.
 REDIS_ERROR_KINDS = ("connection", "timeout", "response", "other")
@@ -35,11 +35,18 @@ class ReaderStats:
     ended: int = 0
     #: Times the read loop failed unexpectedly and was restarted.
     restarts: int = 0
-    #: ``time.monotonic()`` when the last read returned (or there was nothing
-    #: to read); 0 before the first. Written by the reader thread only.
-    read_returned: float = 0.0
-    #: ``time.monotonic()`` when the read now under way began; 0 when none is.
-    read_began: float = 0.0
+
+
+class ReadClock:
+    """When one reader's reads began and returned, for :meth:`lag`. Written
+    by its reader thread only, read by anyone."""
+
+    def __init__(self) -> None:
+        #: ``time.monotonic()`` when the last read returned (or there was
+        #: nothing to read); 0 before the first.
+        self.read_returned = 0.0
+        #: ``time.monotonic()`` when the read now under way began; 0 when none is.
+        self.read_began = 0.0
 
     def timed(self, read: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``read(*args, **kwargs)`` (an ``XREAD BLOCK``), timed for :meth:`lag`."""
