@@ -40,4 +40,22 @@ def test_readme_is_valid_restructuredtext() -> None:
 
     text = (pathlib.Path(__file__).parent.parent / "README.rst").read_text()
     docutils.core.publish_doctree(text, settings_overrides={"report_level": 2, "halt_level": 2})
-    assert "bash .ci/test" in text.split("Quick start")[0]  # the two commands come first
+    before_the_example = text.split("\nExample\n")[0]
+    assert "bash .ci/demo" in before_the_example  # the two commands come first
+    assert "bash .ci/test" in before_the_example
+
+
+def test_the_readmes_links_into_the_docs_lead_to_pages() -> None:
+    """Issue 13, the README as the landing page: every ``<docs/....rst>`` and
+    ``<CHANGES.rst>`` link names a file of the source tree (the sdist has
+    them too), and every page of the site is linked from it."""
+    import pathlib
+    import re
+
+    root = pathlib.Path(__file__).parent.parent
+    targets = re.findall(r"`[^`<]+<([^>]+)>`_", (root / "README.rst").read_text())
+    assert targets
+    for target in targets:
+        assert (root / target).is_file(), f"README.rst links to {target}, which does not exist"
+    pages = {p.relative_to(root).as_posix() for p in (root / "docs").glob("*.rst")}
+    assert pages - {"docs/index.rst", "docs/changelog.rst"} <= set(targets)

@@ -325,11 +325,16 @@ def _another_worker(master: ServerProcess, old: int) -> bool:
 # -- 2. Chromium, the README's snippet, through nginx -------------------------------------
 
 
+# The page of the documentation that shows the snippet (it was in README.rst
+# until the docs moved to docs/).
+SNIPPET_PAGE = pathlib.Path(ROOT, "docs", "multiplexing.rst")
+
+
 def readme_snippet() -> str:
-    """The browser snippet of the README, as it stands."""
-    readme = pathlib.Path(ROOT, "README.rst").read_text()
-    match = re.search(r"// multiplex-snippet-start\n(.*?)\n\s*// multiplex-snippet-end", readme, re.DOTALL)
-    assert match is not None, "README.rst has no multiplex-snippet-start/-end markers"
+    """The browser snippet of the docs (``docs/multiplexing.rst``), as it stands."""
+    page = SNIPPET_PAGE.read_text()
+    match = re.search(r"// multiplex-snippet-start\n(.*?)\n\s*// multiplex-snippet-end", page, re.DOTALL)
+    assert match is not None, f"{SNIPPET_PAGE.name} has no multiplex-snippet-start/-end markers"
     return match.group(1)
 
 

@@ -21,7 +21,7 @@ Rules this module enforces, and why:
   contain U+0000 NULL, then set the last event ID buffer"), so it raises too.
 * ``retry`` must be a non-negative integer: the spec ignores anything but
   ASCII digits.
-* An event whose data is the empty string is still sent as ``data: `` and is
+* An event whose data is the empty string is still sent as ``"data: "`` and is
   dispatched by the client with empty data ("If the data buffer is an empty
   string" is checked *before* the trailing LF is removed).
 
