@@ -90,6 +90,8 @@ def test_the_api_page_documents_every_public_name(site: pathlib.Path) -> None:
         "wsgi_eventsource.app.spread_retry",
         "wsgi_eventsource.brokers.redis.parse_redis_url",
         "wsgi_eventsource.brokers.parse_cursor",
+        "wsgi_eventsource.brokers.base.STREAM_RESET",
+        "wsgi_eventsource.app.REFUSAL_REASONS",
         "wsgi_eventsource.hub.Hub",
         "wsgi_eventsource.client.follow",
         "wsgi_eventsource.gunicorn_hooks.post_worker_init",
