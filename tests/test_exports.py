@@ -58,4 +58,5 @@ def test_the_readmes_links_into_the_docs_lead_to_pages() -> None:
     for target in targets:
         assert (root / target).is_file(), f"README.rst links to {target}, which does not exist"
     pages = {p.relative_to(root).as_posix() for p in (root / "docs").glob("*.rst")}
-    assert pages - {"docs/index.rst", "docs/changelog.rst"} <= set(targets)
+    unlinked = pages - {"docs/index.rst", "docs/changelog.rst"} - set(targets)
+    assert not unlinked, f"README.rst's Documentation list has no link to {sorted(unlinked)}"
