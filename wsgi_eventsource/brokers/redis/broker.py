@@ -24,11 +24,16 @@ from ..base import (
 )
 from . import scripts
 from .clients import RedisClients, _bracketed
+from .cluster import partition_of
 from .reader import Lane, RedisReader
 from .support import REDIS_ERROR_KINDS, ReaderStats, Throttled, text
 from .urls import DEFAULT_PARTITIONS, RedisTarget, parse_redis_url
 
 __all__ = ["RedisBroker"]
+
+
+class _Redirected(Exception):
+    """A cluster pipeline's command was answered MOVED, ASK or TRYAGAIN."""
 
 
 def _import_redis() -> Any:
@@ -303,21 +308,54 @@ class RedisBroker(RedisReader, RedisClients, Broker):
     ) -> list[tuple[Subscription, ReplayPlan] | ChannelUnavailable]:
         """Every channel of a multiplexed stream in two round trips (one
         pipeline of CURRENTs for the channels new here, one of the rest),
-        not two per channel; as :meth:`_subscribe_planned` does one. (On a
-        cluster, one channel after another: a pipeline there splits by slot
-        anyway.)"""
-        if len(asks) == 1 or self._partitions is not None:
+        not two per channel; as :meth:`_subscribe_planned` does one. On a
+        cluster, two per partition, each on the master of its slot (a
+        cluster pipeline refuses scripts); a partition whose slot is moving
+        (MOVED, ASK) is done one channel after another, which follows them."""
+        if len(asks) == 1:
             return super()._subscribe_planned_many(asks)
         for channel, _ in asks:
             validate_channel(channel)
+        groups: dict[int, list[int]] = {}
+        for index, (channel, _) in enumerate(asks):
+            lane = 0 if self._partitions is None else partition_of(channel, self._partitions)
+            groups.setdefault(lane, []).append(index)
+        done: list[tuple[Subscription, ReplayPlan] | ChannelUnavailable | None] = [None] * len(asks)
+        try:
+            for indexes in groups.values():
+                group = [asks[index] for index in indexes]
+                for index, item in zip(indexes, self._subscribe_group(group), strict=True):
+                    done[index] = item
+        except BaseException:
+            for maybe in done:
+                if maybe is not None and not isinstance(maybe, ChannelUnavailable):
+                    self.unsubscribe(maybe[0])
+            raise
+        return [maybe for maybe in done if maybe is not None]
+
+    def _subscribe_group(
+        self, asks: list[tuple[str, str | None]]
+    ) -> list[tuple[Subscription, ReplayPlan] | ChannelUnavailable]:
+        """The channels of *asks*, all in one lane, in two pipelines."""
         hub = thread_hub()
         subscriptions = [Subscription(channel, hub) for channel, _ in asks]
         try:
             return self._subscribed_many(asks, subscriptions)
+        except _Redirected:
+            for subscription in subscriptions:
+                self.unsubscribe(subscription)
+            return super()._subscribe_planned_many(asks)
         except BaseException:
             for subscription in subscriptions:
                 self.unsubscribe(subscription)
             raise
+
+    def _pipeline_client(self, client: Any, channel: str) -> Any:
+        """What to pipeline *channel*'s scripts on: the client, or on a
+        cluster the client of the master of its slot."""
+        if self._partitions is None:
+            return client
+        return client.get_node_from_key(self._key(channel)).redis_connection
 
     def _subscribed_many(
         self, asks: Sequence[tuple[str, str | None]], subscriptions: list[Subscription]
@@ -325,14 +363,14 @@ class RedisBroker(RedisReader, RedisClients, Broker):
         try:
             client = self._checked_client()
             starts = self._listen_many(client, subscriptions)
-            with client.pipeline(transaction=False) as pipe:
+            with self._pipeline_client(client, asks[0][0]).pipeline(transaction=False) as pipe:
                 for channel, last_event_id in asks:
                     if last_event_id is not None:
                         after = last_event_id if parse_id(last_event_id) is not None else ""
                         self._snapshot_script(keys=[self._key(channel)], args=[self.history, after], client=pipe)
                     elif channel not in starts:
                         self._current_script(keys=[self._key(channel)], args=[""], client=pipe)
-                answers = iter(pipe.execute(raise_on_error=False))
+                answers = iter(self._answers(pipe))
         except self._errors as exc:
             raise self._unavailable(exc) from None
         done: list[tuple[Subscription, ReplayPlan] | ChannelUnavailable] = []
@@ -362,10 +400,10 @@ class RedisBroker(RedisReader, RedisClients, Broker):
                 self._subscriptions.setdefault(subscription.channel, set()).add(subscription)
             new = [s.channel for s in subscriptions if s.channel not in self._positions_of(s.channel)]
         keep = self._keep_alive_ms or ""
-        with client.pipeline(transaction=False) as pipe:
+        with self._pipeline_client(client, subscriptions[0].channel).pipeline(transaction=False) as pipe:
             for channel in new:
                 self._current_script(keys=[self._key(channel)], args=[keep], client=pipe)
-            starts: dict[str, Any] = dict(zip(new, pipe.execute(raise_on_error=False), strict=True))
+            starts: dict[str, Any] = dict(zip(new, self._answers(pipe), strict=True))
         woken: dict[int, Lane] = {}
         with self._lock:
             for channel, start in starts.items():
@@ -383,6 +421,15 @@ class RedisBroker(RedisReader, RedisClients, Broker):
         for lane in woken.values():
             self._wake_reader(client, lane)
         return starts
+
+    def _answers(self, pipe: Any) -> list[Any]:
+        """A pipeline's answers (errors in place); :class:`_Redirected` if the
+        cluster sent one elsewhere (then the caller does them one by one)."""
+        answers: list[Any] = pipe.execute(raise_on_error=False)
+        exceptions = self._redis.exceptions
+        if any(isinstance(answer, (exceptions.AskError, exceptions.TryAgainError)) for answer in answers):
+            raise _Redirected
+        return answers
 
     def _channel_unavailable(self, channel: str, exc: Exception) -> ChannelUnavailable | None:
         """The error for a failure of this channel's key alone (Redis answers,

@@ -21,6 +21,7 @@ import os
 import weakref
 from typing import TYPE_CHECKING, Any
 
+import gevent.lock
 from gevent.monkey import get_original, is_module_patched
 
 from ...connection import os_lock
@@ -158,7 +159,11 @@ class RedisClients:
     def _node_client(self, address: tuple[str, int], **options: Any) -> Any:
         target = self._target
         host, port = address
-        return self._redis.Redis(host=host, port=port, username=target.username, password=target.password, **options)
+        # from_url, not Redis(host=...): that one warns about retry_on_timeout
+        # (deprecated there), and a warning made an error stops the reader.
+        return self._redis.Redis.from_url(
+            f"redis://{_bracketed(host)}:{port}", username=target.username, password=target.password, **options
+        )
 
     def _master_of(self, slot: int) -> tuple[str, int]:
         """The master of *slot*, asked of the URL's nodes in turn (and the
@@ -209,8 +214,17 @@ class RedisClients:
         if is_module_patched("socket"):
             client = getattr(self._local, "client", None)
             if client is None:
-                client = self._local.client = self._connect()
-                self._clients.add(client)
+                # Building a cluster client talks to the cluster, so other
+                # greenlets of this thread run meanwhile: one builds, they
+                # wait (else a storm on a fresh worker built one per request).
+                building = getattr(self._local, "building", None)
+                if building is None:
+                    building = self._local.building = gevent.lock.Semaphore()
+                with building:
+                    client = getattr(self._local, "client", None)
+                    if client is None:
+                        client = self._local.client = self._connect()
+                        self._clients.add(client)
             return client
         client = self._client
         if client is None:
