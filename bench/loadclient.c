@@ -22,6 +22,8 @@
  *       greater than the one before; the bare id line a new stream starts
  *       with must have N entries too). Failures are counted in the JSON.
  *
+ *   Both sub modes connect from SOURCE_ADDRESS when it is set (see bind_source).
+ *
  *   loadclient pub HOST PORT PATH COUNT RATE SIZE [TAG]
  *       POSTs COUNT events (body "<ns> <i> <padding to SIZE>", or
  *       "<ns> <i> TAG <padding>") over one keep-alive connection, RATE per
@@ -58,9 +60,29 @@ static double mono(void) {
     return ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
+/* The address streams connect FROM (environment SOURCE_ADDRESS, e.g.
+   127.0.0.2; unset: the kernel's choice). One source address reaches one
+   server address:port through at most ~28,000 ephemeral ports
+   (net.ipv4.ip_local_port_range), so 50,000 streams to one hub come from
+   several load clients, each from its own loopback address. */
+static void bind_source(int fd) {
+    const char *source = getenv("SOURCE_ADDRESS");
+    if (!source || !*source) return;
+    struct sockaddr_in from = {.sin_family = AF_INET, .sin_port = 0};
+    if (inet_pton(AF_INET, source, &from.sin_addr) != 1) {
+        fprintf(stderr, "SOURCE_ADDRESS is not an IPv4 address: %s\n", source); exit(2);
+    }
+    /* The port is chosen at connect() for the whole 4-tuple, not at bind()
+       for the address alone (which would cap us at the same ~28,000). */
+    int one = 1;
+    setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
+    if (bind(fd, (struct sockaddr *)&from, sizeof from) < 0) { perror("bind SOURCE_ADDRESS"); exit(2); }
+}
+
 static int connect_to(const char *host, int port) {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     if (fd < 0) { perror("socket"); exit(2); }
+    bind_source(fd);
     struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons(port)};
     inet_pton(AF_INET, host, &addr.sin_addr);
     if (connect(fd, (struct sockaddr *)&addr, sizeof addr) < 0) { perror("connect"); exit(2); }

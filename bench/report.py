@@ -129,8 +129,8 @@ def write_report(results: dict[str, Any], docs: Path, quick: bool = False) -> No
             _table(["server", "delivered", "events/s delivered", "p99 ms", "ours / theirs"], rows),
         )
     )
-    scale = results.get("scale_out")
-    if scale:
+    scale = results.get("scale_out")  # an older run's scenario (2 workers, 20,000 streams)
+    if scale and not results.get("scale"):
         text = (
             f"The hub with ``--workers 2 --redis`` (not pinned): {scale.get('streams', 0):,} streams, "
             f"{scale.get('delivered', 0):,} of {scale.get('expected', 0):,} deliveries, "
@@ -139,12 +139,156 @@ def write_report(results: dict[str, Any], docs: Path, quick: bool = False) -> No
             else f"failed: {scale['error']}"
         )
         sections.append(("Scale-out", text))
+    sections += _scale_sections(results)
 
     sections += _multiplexed_sections(results)
     if results.get("hot_path"):
         sections.append(_hot_path_section(results["hot_path"]))
 
     _write(results, sections, target)
+
+
+#: What a partial run may bring to a whole run's results (see :func:`merge_results`).
+_MERGED_TOP = ("scale", "storm", "subscription_cost", "hot_path")
+
+
+def merge_results(whole: dict[str, Any], partial: dict[str, Any]) -> dict[str, Any]:
+    """*whole* (a whole run's results) with what *partial* measured put in
+    place of the same measurements: per server, each scenario it ran (idle,
+    fan-out, throughput, multiplexed); the scale runs per kind of Redis and
+    the storm runs per label (before, after). The machine line stays the
+    whole run's; every scale and storm result carries its own date."""
+    merged: dict[str, Any] = json.loads(json.dumps(whole))  # a deep copy
+    for name, entry in partial.get("servers", {}).items():
+        target = merged.setdefault("servers", {}).setdefault(name, {"label": entry["label"], "idle": [], "fanout": [],
+                                                                      "throughput": None})  # fmt: skip
+        for scenario, result in entry.items():
+            if result not in ([], None):
+                target[scenario] = result
+    for key in _MERGED_TOP:
+        value = partial.get(key)
+        if isinstance(value, dict) and key in ("scale", "storm"):
+            merged.setdefault(key, {}).update(value)
+        elif value is not None:
+            merged[key] = value
+    if partial.get("scale"):
+        merged.pop("scale_out", None)  # superseded by the scale scenario
+    return merged
+
+
+def _cpu(seconds: list[float]) -> str:
+    return f"{sum(seconds):.1f} s"
+
+
+def _scale_sections(results: dict[str, Any]) -> list[tuple[str, str]]:
+    """The scale scenarios (one Redis, a 3-master cluster) and the storm."""
+    sections = []
+    runs: dict[str, Any] = results.get("scale") or {}
+    if runs:
+        rows, notes = [], []
+        for kind, r in runs.items():
+            label = {"single": "one Redis", "cluster": "Redis Cluster, 3 masters"}.get(kind, kind)
+            if "error" in r:
+                rows.append([label, "error", r["error"][:70], *[""] * 10])
+                continue
+            hub_events = sum(r["hub_cpu_events_s"])
+            deliveries = r["delivered"] or 1
+            rows.append([
+                label, f"{r['streams']:,}", f"{r['workers']} x {r['max_connections']:,}", str(r["load_clients"]),
+                f"{r['delivered']:,}/{r['expected']:,}" + ("" if r["delivered_all"] else " (NOT all)"),
+                _fmt(r["p50_ms"]), _fmt(r["p99_ms"]), _fmt(r["hub_kib_per_stream"], 2),
+                f"{_fmt(sum(r['hub_rss_kib']) / 1024)} MiB", _cpu(r["hub_cpu_open_s"]),
+                f"{_cpu(r['hub_cpu_events_s'])} ({_fmt(hub_events * 1e6 / deliveries)} µs)",
+                f"{_cpu(r['redis_cpu_open_s'])} / {_cpu(r['redis_cpu_events_s'])}",
+                f"{_fmt(sum(r['redis_rss_kib']) / 1024)} MiB",
+            ])  # fmt: skip
+            opening = r["redis_commands_open"]
+            notes.append(
+                f"{label} ({r['measured']}): the {r['streams']:,} streams opened in {_fmt(r['open_seconds'])} s;"
+                f" descriptors held per worker: {', '.join(f'{n:,}' for n in r['hub_fds'])}; p99 per load client:"
+                f" {', '.join(_fmt(x) for x in r['p99_ms_per_client'])} ms; Redis commands while the streams opened:"
+                f" {opening['total']['calls']:,} (XREAD {opening['xread']['calls']:,},"
+                f" CLIENT UNBLOCK {opening['client|unblock']['calls']:,}); XREADs during the"
+                f" {r['events']} events: {r['redis_commands_events']['xread']['calls']:,}."
+            )
+        first: dict[str, Any] = next((r for r in runs.values() if "error" not in r), {})
+        intro = (
+            f"``wsgi-eventsource serve --workers N --redis URL`` (gunicorn, gevent workers, not pinned: the workers,"
+            f" Redis and the load clients share the machine's {results['machine'].get('cores', '?')} cores) holding"
+            f" streams of ONE channel from {first.get('load_clients', '?')} load-client processes (each its own share,"
+            " each from its own loopback address: one source address reaches the hub through ~28,000 ephemeral"
+            " ports); ``--max-connections`` per worker with room to spare (the kernel does not spread the streams"
+            f" evenly). {first.get('events', '?')} events published {first.get('interval_s', '?')} s apart through a"
+            " RedisBroker; every stream must get every event and none may end early. Latency: publish to receive,"
+            " the worst load client's p50 and p99. CPU: the hub's workers summed (while the streams opened, and"
+            " while the events were delivered, with that per delivery), Redis's (opening / events). The machine"
+            " allows 20,000 descriptors per process (``ulimit -Hn``), hence the workers and load clients. Shared"
+            " machine: compare ratios. Reproduce: ``python -m bench.run --scenarios scale,cluster --merge-into"
+            " docs/benchmarks.json``."
+        )
+        table = _table(
+            ["Redis", "streams", "workers x max", "load clients", "delivered", "p50 ms", "p99 ms", "hub KiB/stream",
+             "hub RSS", "hub CPU opening", "hub CPU events (per delivery)", "Redis CPU open / events",
+             "Redis RSS"],
+            rows,
+        )  # fmt: skip
+        sections.append(("Scale: streams through several workers and Redis", "\n\n".join([intro, table, *notes])))
+    storms: dict[str, Any] = results.get("storm") or {}
+    if storms:
+        sections.append(_storm_section(storms))
+    return sections
+
+
+def _storm_section(storms: dict[str, Any]) -> tuple[str, str]:
+    """The subscription storm: every labelled run (before, after) side by side."""
+    labels = [label for label in ("before", "after") if label in storms] + [
+        label for label in storms if label not in ("before", "after")
+    ]
+    metrics: list[tuple[str, Any]] = [
+        ("channels", lambda r: _fmt(r["channels"])),
+        ("all live", lambda r: "yes" if r["all_live"] else f"NO ({r['live']:,})"),
+        ("seconds until every subscribe() returned", lambda r: _fmt(r["subscribe_s"], 2)),
+        ("seconds until every channel is live", lambda r: _fmt(r["live_s"], 2)),
+    ]
+    for phase, title in (("commands_subscribing", "while subscribing"), ("commands_total", "in all")):
+        for command in ("xread", "client|unblock", "evalsha", "total"):
+            shown = command.upper().replace("|", " ") if command != "total" else "all commands"
+            metrics.append((
+                f"{shown} {title}: calls",
+                lambda r, p=phase, c=command: _fmt(r[p][c]["calls"]),
+            ))  # fmt: skip
+        metrics.append((
+            f"Redis time in XREAD {title} (ms)",
+            lambda r, p=phase: _fmt(r[p]["xread"]["usec"] / 1000, 0),
+        ))  # fmt: skip
+        metrics.append((
+            f"Redis time in all commands {title} (ms)",
+            lambda r, p=phase: _fmt(r[p]["total"]["usec"] / 1000, 0),
+        ))  # fmt: skip
+    rows = []
+    for name, show in metrics:
+        cells = []
+        for label in labels:
+            r = storms[label]
+            cells.append(show(r) if "error" not in r else ("error" if name == "channels" else ""))
+        rows.append([name, *cells])
+    errors = [f"{label}: {storms[label]['error']}" for label in labels if "error" in storms[label]]
+    described = "; ".join(
+        f"{label}: ``{storms[label].get('commit', '?')[:70]}`` ({storms[label].get('measured', '?')})"
+        for label in labels
+        if "error" not in storms[label]
+    )
+    channels = next((storms[label]["channels"] for label in labels if "error" not in storms[label]), 10_000)
+    text = (
+        f"{channels:,} channels subscribed at once in one process (``broker.subscribe()`` of a RedisBroker in one"
+        " greenlet each, gevent's monkey-patching on, as in a hub worker), then one event published to each"
+        " channel; a channel is live when its subscription got its event. Redis commands from ``INFO"
+        " commandstats`` (all commands include those run inside the broker's Lua scripts: XADD, EXISTS, ...)."
+        f" Runs: {described}. Reproduce: ``python -m bench.run --scenarios storm --storm-before /tmp/before"
+        " --merge-into docs/benchmarks.json`` (``/tmp/before``: ``git worktree add /tmp/before <commit>``)."
+    )
+    table = _table(["", *labels], rows)
+    return ("Subscription storm", "\n\n".join([text, table, *errors]))
 
 
 def _write(results: dict[str, Any], sections: list[tuple[str, str]], target: Path) -> None:
@@ -317,7 +461,8 @@ def _plots(results: dict[str, Any], target: Path) -> None:
     ax.set_ylabel("RSS per stream (KiB)")
     ax.set_title("Memory per idle stream (one worker)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:  # a run without these scenarios plots nothing
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(target / "bench-memory.png", dpi=110)
     plt.close(fig)
@@ -340,7 +485,8 @@ def _plots(results: dict[str, Any], target: Path) -> None:
     ax.set_ylabel("fraction of deliveries")
     ax.set_title("Fan-out latency, 20 events/s (CDF)")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:  # a run without these scenarios plots nothing
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(target / "bench-latency.png", dpi=110)
     plt.close(fig)

@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.run            # everything (about 15 minutes)
     .venv/bin/python -m bench.run --quick    # small sizes: a smoke run (a few minutes)
     .venv/bin/python -m bench.run --only hub,nchan --scenarios multiplexed --skip-scale-out
+    .venv/bin/python -m bench.run --scenarios scale,cluster,storm --merge-into docs/benchmarks.json
     .venv/bin/python -m bench.run --only eventsource,hub --compare-with /tmp/before  # see hot_path()
 
 Each server is started here, one worker process, pinned to core 0; the load
@@ -13,7 +14,13 @@ client (bench/loadclient.c, C and epoll) is pinned to core 1. Scenarios:
   from publish to receive of every event at every subscriber;
 * throughput: 100 subscribers, the publisher flat out: events delivered per
   second, and their latency;
-* scale-out: the hub with ``--workers 2 --redis`` holding 20,000 streams;
+* scale (one Redis) and cluster (a 3-master Redis Cluster): the hub with
+  ``--workers 4 --redis`` holding 50,000 streams of one channel from 4 load
+  clients, 10 events: every delivery counted, p50/p99, CPU time and RSS of
+  every hub worker and Redis server (see ``bench/scale.py``);
+* storm: 10,000 channels subscribed at once in one process: seconds until
+  all are live and the Redis commands issued (``bench/storm.py``), also with
+  another checkout's package (``--storm-before``);
 * multiplexed (the hub and nchan): 1,000 clients each with ONE stream of 10
   channels. Memory per stream against 1,000 single-channel streams and
   1,000 x 10 separate single-channel streams; fan-out at 20 events/s on one
@@ -36,7 +43,6 @@ import contextlib
 import json
 import os
 import platform
-import resource
 import shutil
 import signal
 import socket
@@ -48,6 +54,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
+
+from bench import scale
+from bench.scale import raise_fd_limit
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "bench" / ".build"
@@ -529,60 +538,6 @@ def hot_path(
             "runs": runs}  # fmt: skip
 
 
-def scale_out(streams: int = 20_000, events: int = 10) -> dict[str, Any]:
-    """The hub with two workers and Redis, holding *streams* streams (no pinning)."""
-    from wsgi_eventsource import RedisBroker
-
-    redis_port, hub_port = free_port(), free_port()
-    tmp = tempfile.mkdtemp(prefix="bench-redis-")
-    redis = subprocess.Popen(
-        [shutil.which("redis-server") or "/usr/bin/redis-server", "--port", str(redis_port), "--save", "",
-         "--appendonly", "no", "--dir", tmp], stdout=subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"redis://127.0.0.1:{redis_port}/0"
-    hub = subprocess.Popen(
-        [str(Path(PY).parent / "wsgi-eventsource"), "serve", "--port", str(hub_port), "--workers", "2",
-         "--redis", url, "--worker-connections", str(streams), "--log-level", "warning"],
-        cwd=ROOT, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        wait_for_port(redis_port)
-        wait_for_port(hub_port)
-        time.sleep(1)
-        half = streams // 2
-        clients = []
-        for _ in range(2):  # two client processes: one process may not hold 20,000 descriptors
-            client = subprocess.Popen(
-                [str(CLIENT), "sub", "127.0.0.1", str(hub_port), "/events/scale", str(half), str(events), "30"],
-                stdout=subprocess.PIPE,
-            )
-            assert client.stdout is not None
-            assert client.stdout.readline().startswith(b"READY")
-            clients.append(client)
-        broker = RedisBroker(url)
-        for i in range(events):
-            broker.publish("scale", f"{time.time_ns()} {i} scale")
-            time.sleep(0.5)
-        results = [finish(c, 120) for c in clients]
-        broker.close()
-        delivered = sum(r["events"] for r in results)
-        return {
-            "streams": streams,
-            "events": events,
-            "delivered": delivered,
-            "expected": streams * events,
-            "delivered_all": delivered == streams * events and all(r["closed_early"] == 0 for r in results),
-            "p99_ms": max(r["p99_ms"] for r in results),
-            "p50_ms": max(r["p50_ms"] for r in results),
-        }
-    finally:
-        hub.send_signal(signal.SIGINT)
-        redis.terminate()
-        hub.wait(20)
-        redis.wait(10)
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def machine() -> dict[str, Any]:
     cpu = ""
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
@@ -609,9 +564,24 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--only", default="", help="comma-separated server names (eventsource,hub,naive,starlette,nchan)"
     )
-    parser.add_argument("--skip-scale-out", action="store_true")
+    parser.add_argument("--skip-scale-out", action="store_true", help="leave out scale, cluster and storm")
     parser.add_argument(
-        "--scenarios", default="idle,fanout,throughput,multiplexed", help="comma-separated scenarios to run"
+        "--scenarios", default=",".join(SCENARIOS), help="comma-separated scenarios to run (of: %(default)s)"
+    )
+    parser.add_argument("--scale-streams", type=int, default=0, help="streams of scale and cluster (50,000)")
+    parser.add_argument("--scale-clients", type=int, default=4, help="load-client processes of scale and cluster")
+    parser.add_argument("--scale-events", type=int, default=0, help="events of scale and cluster (10)")
+    parser.add_argument("--storm-channels", type=int, default=0, help="channels of the storm (10,000)")
+    parser.add_argument(
+        "--storm-before",
+        default="",
+        help="a checkout of another commit: the storm runs with its wsgi_eventsource too (before), next to this one's",
+    )
+    parser.add_argument(
+        "--merge-into",
+        default="",
+        help="a whole run's results (docs/benchmarks.json): this run's scenarios replace theirs there, and the"
+        " report beside it is written again from the merge",
     )
     parser.add_argument("--fanout-sizes", default="", help="comma-separated subscriber counts for fan-out")
     parser.add_argument("--throughput-count", type=int, default=0, help="events in the throughput scenario")
@@ -630,8 +600,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
 
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # inherited by servers and clients
+    raise_fd_limit()  # inherited by servers and clients
     build_client()
     idle_sizes = [100] if args.smoke else [200, 500] if args.quick else [1000, 5000, 10000]
     fanout_sizes = [100] if args.smoke else [200] if args.quick else [1000, 5000, 10000]
@@ -642,6 +611,11 @@ def main(argv: list[str] | None = None) -> None:
         fanout_sizes = [int(n) for n in args.fanout_sizes.split(",")]
     throughput_count = args.throughput_count or throughput_count
     scenarios = set(args.scenarios.split(","))
+    unknown = scenarios - set(SCENARIOS)
+    if unknown:
+        _parser().error(f"--scenarios: unknown {', '.join(sorted(unknown))} (known: {', '.join(SCENARIOS)})")
+    if args.skip_scale_out:
+        scenarios -= set(SCALE_SCENARIOS)
     args.quick = args.quick or args.smoke
     chosen = [s for s in servers() if not args.only or s.name in args.only.split(",")]
 
@@ -657,7 +631,7 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     results: dict[str, Any] = {"machine": machine(), "quick": args.quick, "servers": {}}
-    for server in chosen:
+    for server in chosen if scenarios & set(SERVER_SCENARIOS) else []:
         entry: dict[str, Any] = {"label": server.label, "idle": [], "fanout": [], "throughput": None}
         results["servers"][server.name] = entry
         for n in idle_sizes if "idle" in scenarios else []:
@@ -677,19 +651,56 @@ def main(argv: list[str] | None = None) -> None:
         print("subscription cost", results["subscription_cost"], flush=True)
     if args.hot_path:
         results["hot_path"] = json.loads(Path(args.hot_path).read_text())["hot_path"]
-    if not args.skip_scale_out:
-        results["scale_out"] = _attempt(scale_out, 2000 if args.quick else 20_000, 5 if args.quick else 10)
-        print("scale-out", results["scale_out"], flush=True)
+    _scale_scenarios(args, scenarios, results)
+    _write_results(args, scenarios, results)
 
+
+def _write_results(args: argparse.Namespace, scenarios: set[str], results: dict[str, Any]) -> None:
+    """The JSON to ``--output``, and the report: to docs/ after a whole run,
+    beside ``--merge-into`` after merging into it, else to bench/results/."""
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(results, indent=2))
-    from bench.report import write_report
+    from bench.report import merge_results, write_report
 
-    # Only a whole run replaces docs/; a quick or partial one writes to bench/results/.
-    partial = bool(args.only) or scenarios != set(_parser().get_default("scenarios").split(","))
-    write_report(results, ROOT / "docs", quick=args.quick or partial)
+    if args.merge_into:
+        merged_path = Path(args.merge_into)
+        merged = merge_results(json.loads(merged_path.read_text()), results)
+        merged_path.write_text(json.dumps(merged, indent=2) + "\n")
+        write_report(merged, merged_path.parent, quick=args.quick)
+        print(f"merged into {merged_path}", flush=True)
+    else:
+        # Only a whole run replaces docs/; a quick or partial one writes to bench/results/.
+        partial = bool(args.only) or scenarios != set(SCENARIOS)
+        write_report(results, ROOT / "docs", quick=args.quick or partial)
     print(f"results: {output}", flush=True)
+
+
+#: Every scenario (``--scenarios``); those run per server, and those that start their own hub and Redis.
+SERVER_SCENARIOS = ("idle", "fanout", "throughput", "multiplexed")
+SCALE_SCENARIOS = ("scale", "cluster", "storm")
+SCENARIOS = SERVER_SCENARIOS + SCALE_SCENARIOS
+#: The scale scenario of each kind of Redis.
+SCALE_REDIS = {"single": "scale", "cluster": "cluster"}
+
+
+def _scale_scenarios(args: argparse.Namespace, scenarios: set[str], results: dict[str, Any]) -> None:
+    """The scenarios that start their own hub and Redis (scale, cluster, storm), into *results*."""
+    streams = args.scale_streams or (400 if args.smoke else 2000 if args.quick else 50_000)
+    events = args.scale_events or (3 if args.smoke else 5 if args.quick else 10)
+    channels = args.storm_channels or (200 if args.smoke else 1000 if args.quick else 10_000)
+    for kind in [k for k in ("single", "cluster") if SCALE_REDIS[k] in scenarios]:
+        results.setdefault("scale", {})[kind] = _attempt(scale.scale, kind, streams, events, args.scale_clients)
+        print(SCALE_REDIS[kind], _brief(results["scale"][kind]), flush=True)
+    if "storm" in scenarios:
+        runs = {"after": None} if not args.storm_before else {"before": Path(args.storm_before), "after": None}
+        for label, library in runs.items():
+            results.setdefault("storm", {})[label] = _attempt(scale.storm, "single", channels, library)
+            print("storm", label, _brief(results["storm"][label]), flush=True)
+
+
+def _brief(result: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in result.items() if not isinstance(v, (dict, list)) or k in ("commands_total",)}
 
 
 def _attempt(function: Any, *args: Any) -> dict[str, Any]:
