@@ -667,7 +667,7 @@ def _write_results(args: argparse.Namespace, scenarios: set[str], results: dict[
         merged_path = Path(args.merge_into)
         merged = merge_results(json.loads(merged_path.read_text()), results)
         merged_path.write_text(json.dumps(merged, indent=2) + "\n")
-        write_report(merged, merged_path.parent, quick=args.quick)
+        write_report(merged, merged_path.parent)
         print(f"merged into {merged_path}", flush=True)
     else:
         # Only a whole run replaces docs/; a quick or partial one writes to bench/results/.

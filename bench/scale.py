@@ -231,14 +231,15 @@ def redis_deployment(kind: str) -> Iterator[RedisDeployment]:
 
 def hub_workers_for(streams: int, max_fds: int = 20_000) -> tuple[int, int, int]:
     """(workers, worker connections, max connections) for *streams* streams:
-    at least 3 workers; each worker's streams (with headroom: the kernel does
-    not spread connections evenly over the workers) under *max_fds*."""
-    per_worker_max = max_fds - 2_000  # the worker's Redis pool, its listener, logs, ...
-    workers = max(3, -(-streams * 5 // 4 // per_worker_max))  # 25 % headroom
-    if streams >= 40_000:
-        workers = max(workers, 4)
-    max_connections = min(per_worker_max, max(100, -(-streams * 5 // 4 // workers)))
+    at least 3 workers (4 from 40,000 streams); each worker may hold every
+    stream (small runs) or as many as its descriptors allow (its Redis pool,
+    listener and logs take under 1,000 more), since the kernel does not
+    spread the connections evenly over the workers; and the workers together
+    hold the streams with a quarter to spare."""
+    # gunicorn's connections: the streams and a reserve of a tenth, as ``serve`` keeps by default.
+    max_connections = min((max_fds - 1_000) * 10 // 11, streams)
     worker_connections = max_connections + max(20, max_connections // 10)
+    workers = max(4 if streams >= 40_000 else 3, -(-streams * 5 // 4 // max_connections))
     return workers, worker_connections, max_connections
 
 
@@ -259,7 +260,7 @@ def _usage(pids: list[int]) -> dict[str, Any]:
 
 
 def scale(
-    kind: str = "single", streams: int = 50_000, events: int = 10, clients: int = 4, interval: float = 0.5
+    kind: str = "single", streams: int = 50_000, events: int = 10, clients: int = 4, interval: float = 1.0
 ) -> dict[str, Any]:
     """*streams* streams of one channel through the hub (``serve --workers N
     --redis``) on one Redis (*kind* ``"single"``) or a 3-master cluster

@@ -104,3 +104,102 @@ def test_load_client_check_mode_counts_wrong_deliveries() -> None:
     assert results["channel"]["bad_id"] == total, results["channel"]  # c0 first, not c1
     assert results["entries"]["bad_id"] == total + clients, results["entries"]  # and each starting cursor
     assert results["plain"]["bad_id"] == total, results["plain"]
+
+
+def test_bench_smoke_scale_and_storm_merge_into_a_whole_run(tmp_path: Path) -> None:
+    """Issue 11 (measured scale): the scale scenario serves its streams with
+    ``serve --workers N --redis`` (N >= 3) to several load clients and counts
+    every delivery, with the CPU and RSS of every worker and of Redis; the
+    storm gets every channel live and counts the Redis commands; both merge
+    into a whole run's results (``--merge-into``), whose other scenarios stay,
+    and the report beside it shows all of them."""
+    whole = tmp_path / "benchmarks.json"
+    whole.write_text(Path(ROOT, "docs", "benchmarks.json").read_text())
+    before = json.loads(whole.read_text())
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--smoke", "--scenarios", "scale,storm", "--output",
+         str(tmp_path / "smoke.json"), "--merge-into", str(whole)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    scale = json.loads((tmp_path / "smoke.json").read_text())["scale"]["single"]
+    assert "error" not in scale, scale
+    assert scale["workers"] >= 3, scale
+    assert scale["load_clients"] == 4, scale
+    assert scale["delivered"] == scale["expected"] == scale["streams"] * scale["events"] > 0, scale
+    assert scale["delivered_all"], scale
+    assert scale["closed_early"] == 0, scale
+    assert len(scale["hub_rss_kib"]) == len(scale["hub_cpu_events_s"]) == scale["workers"], scale
+    assert sum(scale["hub_fds"]) >= scale["streams"], scale  # every worker's streams are its descriptors
+    assert all(rss > 0 for rss in scale["hub_rss_kib"] + scale["redis_rss_kib"]), scale
+    assert 0 < scale["p50_ms"] <= scale["p99_ms"], scale
+
+    merged = json.loads(whole.read_text())
+    storm = merged["storm"]["after"]
+    assert storm["all_live"], storm
+    assert storm["live"] == storm["channels"] > 0, storm
+    # Every channel subscribed once (CURRENT) and published to once: at least 2 EVALSHA each.
+    assert storm["commands_total"]["evalsha"]["calls"] >= 2 * storm["channels"], storm
+    assert storm["commands_total"]["xread"]["calls"] > 0, storm
+    assert merged["servers"] == before["servers"]  # the whole run's scenarios are kept
+    assert merged["scale"]["single"] == scale
+    assert "scale_out" not in merged  # superseded
+    report = (tmp_path / "benchmarks.rst").read_text()
+    for title in ("Scale: streams through several workers and Redis", "Subscription storm", "Fan-out: one channel"):
+        assert title in report, title
+
+
+def test_scale_sizing_fits_the_descriptor_limit() -> None:
+    """Issue 11: 50,000 streams take at least 4 workers (at least 3 for any
+    size) with every worker's streams, and their 10 % reserve of gunicorn
+    connections, under 20,000 descriptors; the workers hold the streams with
+    a quarter to spare, since the kernel spreads them unevenly."""
+    from bench.scale import hub_workers_for
+
+    for streams in (400, 2000, 20_000, 50_000, 60_000):
+        workers, worker_connections, max_connections = hub_workers_for(streams)
+        assert workers >= (4 if streams >= 40_000 else 3), (streams, workers)
+        assert max_connections < worker_connections < 20_000 - 100, (streams, worker_connections)
+        assert workers * max_connections >= streams * 1.25, (streams, workers, max_connections)
+        assert max_connections >= min(streams, 15_000), (streams, max_connections)  # room for a skewed spread
+
+
+def test_load_client_connects_from_source_address() -> None:
+    """Issue 11: the load client's streams come from SOURCE_ADDRESS (so that
+    several clients get past the ~28,000 ephemeral ports of one address),
+    and an address that is not one is refused with a message naming it."""
+    import socket
+
+    from bench import run
+
+    run.build_client()
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        listener.settimeout(10)
+        port = listener.getsockname()[1]
+        client = subprocess.Popen(
+            [str(run.CLIENT), "sub", "127.0.0.1", str(port), "/events", "3", "0", "1"],
+            stdout=subprocess.PIPE, env={"SOURCE_ADDRESS": "127.0.0.7"},
+        )  # fmt: skip
+        try:
+            peers, accepted = [], []
+            for _ in range(3):
+                conn, peer = listener.accept()
+                accepted.append(conn)
+                peers.append(peer[0])
+                conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: text/event-stream\r\n\r\n")
+            assert client.stdout is not None
+            assert client.stdout.readline().startswith(b"READY 3")
+        finally:
+            for conn in accepted:
+                conn.close()
+            client.kill()
+            client.communicate(timeout=10)
+    assert peers == ["127.0.0.7"] * 3
+    refused = subprocess.run(
+        [str(run.CLIENT), "sub", "127.0.0.1", str(port), "/events", "1", "0", "1"],
+        env={"SOURCE_ADDRESS": "localhost"}, capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert refused.returncode == 2
+    assert "SOURCE_ADDRESS is not an IPv4 address: localhost" in refused.stderr
