@@ -209,17 +209,24 @@ def _scale_sections(results: dict[str, Any]) -> list[tuple[str, str]]:
                 f" {', '.join(_fmt(x) for x in r['p99_ms_per_client'])} ms; Redis commands while the streams opened:"
                 f" {opening['total']['calls']:,} (XREAD {opening['xread']['calls']:,},"
                 f" CLIENT UNBLOCK {opening['client|unblock']['calls']:,}); XREADs during the"
-                f" {r['events']} events: {r['redis_commands_events']['xread']['calls']:,}."
+                f" {r['events']} events: {r['redis_commands_events']['xread']['calls']:,}"
+                + (
+                    f" ({', '.join(f'{n:,}' for n in r['redis_xread_events_per_server'])} on the masters)."
+                    if len(r.get("redis_xread_events_per_server", [])) > 1
+                    else "."
+                )
             )
         first: dict[str, Any] = next((r for r in runs.values() if "error" not in r), {})
         intro = (
             f"``wsgi-eventsource serve --workers N --redis URL`` (gunicorn, gevent workers, not pinned: the workers,"
             f" Redis and the load clients share the machine's {results['machine'].get('cores', '?')} cores) holding"
-            f" streams of ONE channel from {first.get('load_clients', '?')} load-client processes (each its own share,"
-            " each from its own loopback address: one source address reaches the hub through ~28,000 ephemeral"
-            " ports); ``--max-connections`` per worker with room to spare (the kernel does not spread the streams"
-            f" evenly). {first.get('events', '?')} events published {first.get('interval_s', '?')} s apart through a"
-            " RedisBroker; every stream must get every event and none may end early. Latency: publish to receive,"
+            f" the streams of {first.get('load_clients', '?')} load-client processes (each its own share of the"
+            " streams, all on a channel of its own: on the cluster the channels fall on every master in turn; each"
+            " client connects from its own loopback address, since one source address reaches the hub through"
+            " ~28,000 ephemeral ports); ``--max-connections`` per worker with room to spare (the kernel does not"
+            f" spread the streams evenly). {first.get('events', '?')} events to each channel, published"
+            f" {first.get('interval_s', '?')} s apart through a RedisBroker; every stream must get every event"
+            " and none may end early. Latency: publish to receive,"
             " the worst load client's p50 and p99. CPU: the hub's workers summed (while the streams opened, and"
             " while the events were delivered, with that per delivery), Redis's (opening / events). The machine"
             " allows 20,000 descriptors per process (``ulimit -Hn``), hence the workers and load clients. Shared"

@@ -243,13 +243,42 @@ def hub_workers_for(streams: int, max_fds: int = 20_000) -> tuple[int, int, int]
     return workers, worker_connections, max_connections
 
 
-def _publish_events(url: str, channel: str, events: int, interval: float) -> None:
+def spread_channels(redis: RedisDeployment, count: int) -> tuple[list[str], int]:
+    """*count* channel names, and how many Redis servers hold them: on a
+    cluster, chosen so that they fall on every master in turn (each channel's
+    partition's slot, as RedisBroker places it with its default partitions)."""
+    if redis.kind != "cluster":
+        return [f"scale-{k}" for k in range(count)], 1
+    import redis as redis_py
+
+    from wsgi_eventsource.brokers.redis.cluster import master_of_slot, partition_of, slot_of
+    from wsgi_eventsource.brokers.redis.urls import DEFAULT_PARTITIONS
+
+    client = redis_py.Redis(port=redis.ports[0])
+    try:
+        names: list[str] = []
+        for j in range(10_000):
+            if len(names) == count:
+                break
+            name = f"scale-{j}"
+            master = master_of_slot(client, slot_of(partition_of(name, DEFAULT_PARTITIONS)))
+            if master is not None and master[1] == redis.ports[len(names) % len(redis.ports)]:
+                names.append(name)
+    finally:
+        client.close()
+    if len(names) < count:
+        raise RuntimeError(f"found only {len(names)} channel names over the cluster's masters")
+    return names, min(count, len(redis.ports))
+
+
+def _publish_events(url: str, channels: list[str], events: int, interval: float) -> None:
     from wsgi_eventsource import RedisBroker
 
     broker = RedisBroker(url)
     try:
         for i in range(events):
-            broker.publish(channel, f"{time.time_ns()} {i} {channel}")
+            for channel in channels:
+                broker.publish(channel, f"{time.time_ns()} {i} {channel}")
             time.sleep(interval)
     finally:
         broker.close()
@@ -262,18 +291,20 @@ def _usage(pids: list[int]) -> dict[str, Any]:
 def scale(
     kind: str = "single", streams: int = 50_000, events: int = 10, clients: int = 4, interval: float = 1.0
 ) -> dict[str, Any]:
-    """*streams* streams of one channel through the hub (``serve --workers N
-    --redis``) on one Redis (*kind* ``"single"``) or a 3-master cluster
-    (``"cluster"``), held by *clients* load-client processes; *events* events
-    published *interval* s apart through a RedisBroker of this process. Every
+    """*streams* streams through the hub (``serve --workers N --redis``) on
+    one Redis (*kind* ``"single"``) or a 3-master cluster (``"cluster"``),
+    held by *clients* load-client processes, each subscribed to a channel of
+    its own (on a cluster, the channels fall on every master); *events*
+    events to each channel, *interval* s apart, published through a
+    RedisBroker of this process. Every
     delivery is counted; the CPU time and RSS of every hub worker and Redis
     server are taken before the streams open, once they are open, and after
     the events."""
     if streams % clients:
         raise ValueError(f"streams ({streams}) must split evenly over {clients} clients")
     workers, worker_connections, max_connections = hub_workers_for(streams)
-    channel = "scale"
     with redis_deployment(kind) as redis:
+        channels, servers_used = spread_channels(redis, clients)
         hub_port = free_port()
         hub = subprocess.Popen(
             [str(Path(PY).parent / "wsgi-eventsource"), "serve", "--port", str(hub_port), "--workers", str(workers),
@@ -289,7 +320,7 @@ def scale(
             share = streams // clients
             opened = time.monotonic()
             for k in range(clients):
-                command = [str(CLIENT), "sub", "127.0.0.1", str(hub_port), f"/events/{channel}", str(share),
+                command = [str(CLIENT), "sub", "127.0.0.1", str(hub_port), f"/events/{channels[k]}", str(share),
                            str(events), "60"]  # fmt: skip
                 source = {"SOURCE_ADDRESS": f"127.0.0.{2 + k}"}  # see the module docstring
                 load.append(subprocess.Popen(command, stdout=subprocess.PIPE, env={**os.environ, **source}))
@@ -303,10 +334,12 @@ def scale(
             connected = {"hub": _usage(hub_pids), "redis": _usage(redis.pids)}
             fds = [open_fds(p) for p in hub_pids]
             stats_connected = redis.commandstats()
-            _publish_events(redis.url, channel, events, interval)
+            xreads_connected = [_commandstats(port).get("xread", {}).get("calls", 0) for port in redis.ports]
+            _publish_events(redis.url, channels, events, interval)
             results = [_finish(client, 180) for client in load]
             after = {"hub": _usage(hub_pids), "redis": _usage(redis.pids)}
             stats_after = redis.commandstats()
+            xreads_after = [_commandstats(port).get("xread", {}).get("calls", 0) for port in redis.ports]
         finally:
             for client in load:
                 if client.poll() is None:
@@ -326,6 +359,8 @@ def scale(
     return {
         "redis": kind,
         "redis_servers": len(redis.ports),
+        "channels": channels,
+        "redis_servers_used": servers_used,
         "streams": streams,
         "events": events,
         "interval_s": interval,
@@ -354,6 +389,7 @@ def scale(
         "redis_cpu_events_s": spent("redis", connected, after),
         "redis_commands_open": _summary(stats_connected),
         "redis_commands_events": reads,
+        "redis_xread_events_per_server": [b - a for a, b in zip(xreads_connected, xreads_after, strict=True)],
         "hub_errors": _problems(errors),
         "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }

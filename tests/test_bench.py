@@ -109,30 +109,37 @@ def test_load_client_check_mode_counts_wrong_deliveries() -> None:
 def test_bench_smoke_scale_and_storm_merge_into_a_whole_run(tmp_path: Path) -> None:
     """Issue 11 (measured scale): the scale scenario serves its streams with
     ``serve --workers N --redis`` (N >= 3) to several load clients and counts
-    every delivery, with the CPU and RSS of every worker and of Redis; the
-    storm gets every channel live and counts the Redis commands; both merge
+    every delivery, with the CPU and RSS of every worker and of Redis, on one
+    Redis and on a real 3-master Redis Cluster (every master read); the
+    storm gets every channel live and counts the Redis commands; all merge
     into a whole run's results (``--merge-into``), whose other scenarios stay,
     and the report beside it shows all of them."""
     whole = tmp_path / "benchmarks.json"
     whole.write_text(Path(ROOT, "docs", "benchmarks.json").read_text())
     before = json.loads(whole.read_text())
     result = subprocess.run(
-        [sys.executable, "-m", "bench.run", "--smoke", "--scenarios", "scale,storm", "--output",
+        [sys.executable, "-m", "bench.run", "--smoke", "--scenarios", "scale,cluster,storm", "--output",
          str(tmp_path / "smoke.json"), "--merge-into", str(whole)],
         cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
-    scale = json.loads((tmp_path / "smoke.json").read_text())["scale"]["single"]
-    assert "error" not in scale, scale
-    assert scale["workers"] >= 3, scale
-    assert scale["load_clients"] == 4, scale
-    assert scale["delivered"] == scale["expected"] == scale["streams"] * scale["events"] > 0, scale
-    assert scale["delivered_all"], scale
-    assert scale["closed_early"] == 0, scale
-    assert len(scale["hub_rss_kib"]) == len(scale["hub_cpu_events_s"]) == scale["workers"], scale
-    assert sum(scale["hub_fds"]) >= scale["streams"], scale  # every worker's streams are its descriptors
-    assert all(rss > 0 for rss in scale["hub_rss_kib"] + scale["redis_rss_kib"]), scale
-    assert 0 < scale["p50_ms"] <= scale["p99_ms"], scale
+    runs = json.loads((tmp_path / "smoke.json").read_text())["scale"]
+    for kind, servers in (("single", 1), ("cluster", 3)):
+        scale = runs[kind]
+        assert "error" not in scale, scale
+        assert scale["workers"] >= 3, scale
+        assert scale["load_clients"] == 4, scale
+        assert scale["delivered"] == scale["expected"] == scale["streams"] * scale["events"] > 0, scale
+        assert scale["delivered_all"], scale
+        assert scale["closed_early"] == 0, scale
+        assert len(scale["hub_rss_kib"]) == len(scale["hub_cpu_events_s"]) == scale["workers"], scale
+        assert sum(scale["hub_fds"]) >= scale["streams"], scale  # every worker's streams are its descriptors
+        assert len(scale["redis_rss_kib"]) == scale["redis_servers"] == servers, scale
+        assert all(rss > 0 for rss in scale["hub_rss_kib"] + scale["redis_rss_kib"]), scale
+        assert 0 < scale["p50_ms"] <= scale["p99_ms"], scale
+        # The events were read from every server: on the cluster, from each master.
+        assert scale["redis_servers_used"] == servers, scale
+        assert all(n > 0 for n in scale["redis_xread_events_per_server"]), scale
 
     merged = json.loads(whole.read_text())
     storm = merged["storm"]["after"]
@@ -142,7 +149,7 @@ def test_bench_smoke_scale_and_storm_merge_into_a_whole_run(tmp_path: Path) -> N
     assert storm["commands_total"]["evalsha"]["calls"] >= 2 * storm["channels"], storm
     assert storm["commands_total"]["xread"]["calls"] > 0, storm
     assert merged["servers"] == before["servers"]  # the whole run's scenarios are kept
-    assert merged["scale"]["single"] == scale
+    assert merged["scale"] == runs
     assert "scale_out" not in merged  # superseded
     report = (tmp_path / "benchmarks.rst").read_text()
     for title in ("Scale: streams through several workers and Redis", "Subscription storm", "Fan-out: one channel"):
