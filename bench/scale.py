@@ -289,28 +289,35 @@ def _usage(pids: list[int]) -> dict[str, Any]:
 
 
 def scale(
-    kind: str = "single", streams: int = 50_000, events: int = 10, clients: int = 4, interval: float = 1.0
+    kind: str = "single",
+    streams: int = 50_000,
+    events: int = 10,
+    clients: int = 4,
+    interval: float = 1.0,
+    *,
+    library: Path | None = None,
 ) -> dict[str, Any]:
     """*streams* streams through the hub (``serve --workers N --redis``) on
     one Redis (*kind* ``"single"``) or a 3-master cluster (``"cluster"``),
     held by *clients* load-client processes, each subscribed to a channel of
     its own (on a cluster, the channels fall on every master); *events*
     events to each channel, *interval* s apart, published through a
-    RedisBroker of this process. Every
-    delivery is counted; the CPU time and RSS of every hub worker and Redis
-    server are taken before the streams open, once they are open, and after
-    the events."""
+    RedisBroker of this process. Every delivery is counted; the CPU time and
+    RSS of every hub worker and Redis server are taken before the streams
+    open, once they are open, and after the events. *library*: another
+    checkout whose ``wsgi_eventsource`` package the hub runs (None: this
+    checkout's)."""
     if streams % clients:
         raise ValueError(f"streams ({streams}) must split evenly over {clients} clients")
     workers, worker_connections, max_connections = hub_workers_for(streams)
-    with redis_deployment(kind) as redis:
+    with redis_deployment(kind) as redis, _tree(library) as tree:
         channels, servers_used = spread_channels(redis, clients)
         hub_port = free_port()
         hub = subprocess.Popen(
-            [str(Path(PY).parent / "wsgi-eventsource"), "serve", "--port", str(hub_port), "--workers", str(workers),
+            [PY, "-m", "wsgi_eventsource", "serve", "--port", str(hub_port), "--workers", str(workers),
              "--redis", redis.url, "--worker-connections", str(worker_connections),
              "--max-connections", str(max_connections), "--log-level", "warning"],
-            cwd=ROOT, stderr=subprocess.PIPE,
+            cwd=tree, stderr=subprocess.PIPE, env={**os.environ, "PYTHONFAULTHANDLER": "1"},  # a crash shows where
         )  # fmt: skip
         load: list[subprocess.Popen[bytes]] = []
         try:
@@ -391,6 +398,8 @@ def scale(
         "redis_commands_events": reads,
         "redis_xread_events_per_server": [b - a for a, b in zip(xreads_connected, xreads_after, strict=True)],
         "hub_errors": _problems(errors),
+        "library": str(library or ROOT),
+        "commit": _commit(library or ROOT),
         "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
 
@@ -421,7 +430,7 @@ def _problems(stderr: bytes) -> str:
     lines per worker, about the ssl module gunicorn imports first)."""
     lines = stderr.decode(errors="replace").splitlines()
     kept = [line for line in lines if "MonkeyPatchWarning" not in line and line.strip() != "monkey.patch_all()"]
-    return "\n".join(kept)[-2000:]
+    return "\n".join(kept)[-6000:]
 
 
 def _summary(stats: dict[str, dict[str, float]]) -> dict[str, Any]:
@@ -449,14 +458,7 @@ def storm(kind: str = "single", channels: int = 10_000, library: Path | None = N
     """The subscription storm (:mod:`bench.storm`) against a fresh Redis of
     *kind*, in a process of its own; *library*: another checkout whose
     ``wsgi_eventsource`` package it runs with (None: this checkout's)."""
-    with redis_deployment(kind) as redis, tempfile.TemporaryDirectory(prefix="bench-storm-") as tmp:
-        cwd = ROOT
-        if library is not None:
-            cwd = Path(tmp)
-            (cwd / "bench").symlink_to(ROOT / "bench")
-            (cwd / "wsgi_eventsource").symlink_to(library.resolve() / "wsgi_eventsource")
-        # python -m puts the working directory first on sys.path: the other
-        # checkout's package is the one imported.
+    with redis_deployment(kind) as redis, _tree(library) as cwd:
         done = subprocess.run(
             [PY, "-m", "bench.storm", "--url", redis.url, "--ports", ",".join(map(str, redis.ports)),
              "--channels", str(channels)],
@@ -470,6 +472,20 @@ def storm(kind: str = "single", channels: int = 10_000, library: Path | None = N
         result["commit"] = _commit(library or ROOT)
         result["measured"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         return result
+
+
+@contextlib.contextmanager
+def _tree(library: Path | None) -> Iterator[Path]:
+    """A working directory for ``python -m`` that imports *library*'s
+    ``wsgi_eventsource`` (``-m`` puts it first on sys.path) and this
+    checkout's ``bench``; this checkout itself when *library* is None."""
+    if library is None:
+        yield ROOT
+        return
+    with tempfile.TemporaryDirectory(prefix="bench-tree-") as tmp:
+        (Path(tmp) / "bench").symlink_to(ROOT / "bench")
+        (Path(tmp) / "wsgi_eventsource").symlink_to(library.resolve() / "wsgi_eventsource")
+        yield Path(tmp)
 
 
 def _commit(tree: Path) -> str:
