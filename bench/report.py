@@ -215,6 +215,7 @@ def _scale_sections(results: dict[str, Any]) -> list[tuple[str, str]]:
                     if len(r.get("redis_xread_events_per_server", [])) > 1
                     else "."
                 )
+                + _shutdown_problems(r.get("hub_errors", ""))
             )
         first: dict[str, Any] = next((r for r in runs.values() if "error" not in r), {})
         intro = (
@@ -244,6 +245,18 @@ def _scale_sections(results: dict[str, Any]) -> list[tuple[str, str]]:
     if storms:
         sections.append(_storm_section(storms))
     return sections
+
+
+def _shutdown_problems(stderr: str) -> str:
+    """What the hub wrote to stderr (after every delivery was counted: when it was stopped), in short."""
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    if not lines:
+        return ""
+    crashed = sum("was sent SIG" in line for line in lines)
+    first = next((line for line in lines if "was sent SIG" not in line), lines[0])
+    return f" The hub wrote to stderr when it was stopped: ``{first[:100]}``" + (
+        f" ({crashed} worker(s) killed by a signal)." if crashed else "."
+    )
 
 
 def _storm_section(storms: dict[str, Any]) -> tuple[str, str]:
