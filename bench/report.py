@@ -307,7 +307,7 @@ def _storm_section(storms: dict[str, Any]) -> tuple[str, str]:
         f" Runs: {described}. Reproduce: ``python -m bench.run --scenarios storm --storm-before /tmp/before"
         " --merge-into docs/benchmarks.json`` (``/tmp/before``: ``git worktree add /tmp/before <commit>``)."
     )
-    table = _table(["", *labels], rows)
+    table = _table(["measured", *labels], rows)
     return ("Subscription storm", "\n\n".join([text, table, *errors]))
 
 
