@@ -176,8 +176,8 @@ def merge_results(whole: dict[str, Any], partial: dict[str, Any]) -> dict[str, A
     return merged
 
 
-def _cpu(seconds: list[float]) -> str:
-    return f"{sum(seconds):.1f} s"
+def _cpu(seconds: list[float], digits: int = 1) -> str:
+    return f"{sum(seconds):.{digits}f} s"
 
 
 def _scale_sections(results: dict[str, Any]) -> list[tuple[str, str]]:
@@ -199,7 +199,7 @@ def _scale_sections(results: dict[str, Any]) -> list[tuple[str, str]]:
                 _fmt(r["p50_ms"]), _fmt(r["p99_ms"]), _fmt(r["hub_kib_per_stream"], 2),
                 f"{_fmt(sum(r['hub_rss_kib']) / 1024)} MiB", _cpu(r["hub_cpu_open_s"]),
                 f"{_cpu(r['hub_cpu_events_s'])} ({_fmt(hub_events * 1e6 / deliveries)} µs)",
-                f"{_cpu(r['redis_cpu_open_s'])} / {_cpu(r['redis_cpu_events_s'])}",
+                f"{_cpu(r['redis_cpu_open_s'], 2)} / {_cpu(r['redis_cpu_events_s'], 2)}",
                 f"{_fmt(sum(r['redis_rss_kib']) / 1024)} MiB",
             ])  # fmt: skip
             opening = r["redis_commands_open"]
