@@ -285,6 +285,10 @@ def _storm_section(storms: dict[str, Any]) -> tuple[str, str]:
             f"Redis time in all commands {title} (ms)",
             lambda r, p=phase: _fmt(r[p]["total"]["usec"] / 1000, 0),
         ))  # fmt: skip
+    metrics.append((
+        "Redis time of one XREAD naming every channel's key, nothing new (µs)",
+        lambda r: _fmt(r["xread_all_keys"]["usec_per_call"], 0) if r.get("xread_all_keys") else "n/a",
+    ))  # fmt: skip
     rows = []
     for name, show in metrics:
         cells = []

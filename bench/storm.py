@@ -70,6 +70,30 @@ def difference(after: dict[str, dict[str, int]], before: dict[str, dict[str, int
     return counted
 
 
+def probe_xread(port: int, keys: list[str], calls: int = 20) -> dict[str, Any]:
+    """What one ``XREAD`` naming every key costs Redis when nothing is new
+    (as a reader's read does, before it blocks): *calls* of them, each key
+    at ``$``, not blocking; the microseconds per call from ``INFO
+    commandstats`` (Redis's own time, not the round trip)."""
+    import redis
+
+    client = redis.Redis(port=port)
+    try:
+        before = commandstats([port]).get("xread", {"calls": 0, "usec": 0})
+        for _ in range(calls):
+            client.xread(dict.fromkeys(keys, "$"))
+        after = commandstats([port]).get("xread", {"calls": 0, "usec": 0})
+    finally:
+        client.close()
+    usec = (after["usec"] - before["usec"]) / max(1, after["calls"] - before["calls"])
+    return {
+        "keys": len(keys),
+        "calls": calls,
+        "usec_per_call": round(usec, 1),
+        "usec_per_key": round(usec / len(keys), 3),
+    }
+
+
 def run(url: str, ports: list[int], channels: int, timeout: float) -> dict[str, Any]:
     from wsgi_eventsource import RedisBroker
 
@@ -106,6 +130,7 @@ def run(url: str, ports: list[int], channels: int, timeout: float) -> dict[str, 
                 gevent.sleep(0.005)
         live = time.monotonic()
         end_stats = commandstats(ports)
+        xread_probe = probe_xread(ports[0], [broker.prefix + name for name in names])
     finally:
         publisher.close()
         broker.close()
@@ -118,6 +143,7 @@ def run(url: str, ports: list[int], channels: int, timeout: float) -> dict[str, 
         "live_s": round(live - started, 3),
         "commands_subscribing": difference(subscribe_stats, start_stats),
         "commands_total": difference(end_stats, start_stats),
+        "xread_all_keys": xread_probe,
     }
 
 

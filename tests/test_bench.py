@@ -148,6 +148,8 @@ def test_bench_smoke_scale_and_storm_merge_into_a_whole_run(tmp_path: Path) -> N
     # Every channel subscribed once (CURRENT) and published to once: at least 2 EVALSHA each.
     assert storm["commands_total"]["evalsha"]["calls"] >= 2 * storm["channels"], storm
     assert storm["commands_total"]["xread"]["calls"] > 0, storm
+    assert storm["xread_all_keys"]["keys"] == storm["channels"], storm
+    assert storm["xread_all_keys"]["usec_per_call"] > 0, storm
     assert merged["servers"] == before["servers"]  # the whole run's scenarios are kept
     assert merged["scale"] == runs
     assert "scale_out" not in merged  # superseded
