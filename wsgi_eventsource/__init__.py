@@ -23,6 +23,7 @@ from .errors import (
     EventSourceError,
     InvalidChannel,
     InvalidEvent,
+    NotReplicated,
     Unauthorized,
 )
 from .stream import Stream
@@ -41,6 +42,7 @@ __all__ = [
     "InvalidChannel",
     "InvalidEvent",
     "MemoryBroker",
+    "NotReplicated",
     "PublisherApp",
     "RedisBroker",
     "Stream",

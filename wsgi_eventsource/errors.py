@@ -9,6 +9,7 @@ builtin it resembles, so callers may catch either::
      +-- InvalidChannel(ValueError)
      +-- BrokerUnavailable(ConnectionError)
      |    +-- ChannelUnavailable
+     |    +-- NotReplicated
      +-- Unauthorized
 """
 
@@ -23,6 +24,7 @@ __all__ = [
     "EventSourceError",
     "InvalidChannel",
     "InvalidEvent",
+    "NotReplicated",
     "Unauthorized",
 ]
 
@@ -56,7 +58,8 @@ class InvalidChannel(EventSourceError, ValueError):
 class BrokerUnavailable(EventSourceError, ConnectionError):
     """The broker's backing store (Redis) cannot be reached right now.
 
-    Nothing was published. The publisher app answers ``503`` with it.
+    Nothing was published (but see :class:`NotReplicated`). The publisher
+    app answers ``503`` with it.
     """
 
 
@@ -76,6 +79,29 @@ class ChannelUnavailable(BrokerUnavailable):
         #: ``"wrong_type"`` (the key is not a stream) or ``"error"`` (another
         #: error for this key alone), as in the reader's ``stream-error``.
         self.reason = reason
+
+
+class NotReplicated(BrokerUnavailable):
+    """A publish with ``wait_replicas=N``: the Redis master stored the event,
+    but fewer than N replicas confirmed it within ``wait_timeout``.
+
+    Unlike any other :class:`BrokerUnavailable` the event WAS published:
+    subscribers may have it already, and publishing it again makes a second
+    event. It is not yet safe from a failover (replication is asynchronous:
+    a replica promoted now may not have it). The publisher app answers
+    ``503`` with a JSON body that gives the id.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(self, message: str, *, event_id: str, replicas: int, wanted: int) -> None:
+        super().__init__(message)
+        #: The id the event was stored with.
+        self.event_id = event_id
+        #: How many replicas confirmed it (fewer than :attr:`wanted`).
+        self.replicas = replicas
+        #: How many were asked for (``wait_replicas``).
+        self.wanted = wanted
 
 
 # RFC 6750 3: error and error_description "MUST NOT include characters

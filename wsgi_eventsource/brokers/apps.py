@@ -30,7 +30,7 @@ from werkzeug.wsgi import get_content_length, get_input_stream
 from ..app import EventSource, HeadersLike, check_authorized, plain_response
 from ..connection import Connection, last_event_id
 from ..encoding import Data
-from ..errors import BrokerUnavailable, InvalidChannel, InvalidEvent
+from ..errors import BrokerUnavailable, InvalidChannel, InvalidEvent, NotReplicated
 from .base import Broker, Subscription, validate_channel
 from .multiplex import Multiplex
 
@@ -79,6 +79,23 @@ def _unavailable(start_response: StartResponse, exc: BrokerUnavailable) -> list[
         "The event broker cannot be reached; try again shortly\n",
         [("Retry-After", RETRY_AFTER)],
     )
+
+
+def _not_replicated(start_response: StartResponse, channel: str, exc: NotReplicated) -> list[bytes]:
+    """503 for a publish that IS stored but not yet on enough replicas:
+    the body says so and gives the id (as a 201 would). No ``Retry-After``:
+    publishing again would make a second event."""
+    _log_unavailable(exc)
+    error = (
+        f"The event was stored with id {exc.event_id}, but {exc.replicas} of {exc.wanted} replicas confirmed it "
+        "in time: a Redis failover now could lose it. Publishing it again makes a second event."
+    )
+    payload = json.dumps(
+        {"id": exc.event_id, "channel": channel, "replicas": exc.replicas, "wanted": exc.wanted, "error": error}
+    ).encode()
+    headers = [("Content-Type", "application/json"), ("Content-Length", str(len(payload)))]
+    start_response("503 Service Unavailable", headers)
+    return [payload]
 
 
 def _channels_or_error(
@@ -298,7 +315,11 @@ class PublisherApp:
     ``403`` when ``authorize`` refuses, ``404``/``400`` for a missing or bad
     channel, ``405`` for a method other than ``POST``, ``413`` for a body over
     *max_body* bytes, ``415`` for another content type, and ``503`` (with
-    ``Retry-After``) when the broker cannot be reached.
+    ``Retry-After``) when the broker cannot be reached. A publish that was
+    stored but not confirmed by ``wait_replicas`` replicas in time
+    (:class:`NotReplicated`) is a ``503`` without ``Retry-After`` and with
+    JSON ``{"id", "channel", "replicas", "wanted", "error"}``: it is
+    published, and publishing it again would make a second event.
 
     :param authorize: ``authorize(environ, channel) -> bool``. Without it,
         anyone who can reach this app can publish to any channel.
@@ -350,6 +371,8 @@ class PublisherApp:
             event_id = self.broker.publish(channel, data, event=event, retry=retry)
         except InvalidEvent as exc:
             return plain_response(start_response, "400 Bad Request", f"{exc}\n")
+        except NotReplicated as exc:
+            return _not_replicated(start_response, channel, exc)
         except BrokerUnavailable as exc:
             return _unavailable(start_response, exc)
         payload = json.dumps({"id": event_id, "channel": channel}).encode()

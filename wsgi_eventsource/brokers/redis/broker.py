@@ -9,7 +9,7 @@ from typing import Any
 
 from ...connection import os_lock, thread_hub
 from ...encoding import Data
-from ...errors import ChannelUnavailable
+from ...errors import ChannelUnavailable, NotReplicated
 from ..base import (
     DEFAULT_HISTORY,
     Broker,
@@ -72,6 +72,14 @@ class RedisBroker(RedisReader, RedisClients, Broker):
         subscribes waits for a free one instead of failing.
     :param pool_timeout: seconds a publish or subscribe waits for a free
         connection before it fails with :class:`BrokerUnavailable`.
+    :param wait_replicas: if above 0, each publish waits until this many
+        replicas have the event (Redis ``WAIT``, on the publish's own
+        connection), and raises :class:`NotReplicated` (the event stays
+        published) when fewer confirm it within *wait_timeout*. Redis
+        replicates asynchronously: without it, an event the master
+        acknowledged can be lost in a failover.
+    :param wait_timeout: seconds a publish waits for *wait_replicas*
+        (below 5, the socket timeout).
 
     No connection is made until the first publish or subscribe, so the broker
     may be created at import time, before gunicorn forks its workers.
@@ -81,6 +89,8 @@ class RedisBroker(RedisReader, RedisClients, Broker):
     .. versionchanged:: 0.1
         ``max_connections`` and ``pool_timeout``; replay honours ``history``
         exactly; with ``max_age`` keys expire; Sentinel and Cluster URLs.
+    .. versionchanged:: 0.1
+        ``wait_replicas`` and ``wait_timeout``.
     """
 
     def __init__(
@@ -93,6 +103,8 @@ class RedisBroker(RedisReader, RedisClients, Broker):
         block: float = 1.0,
         max_connections: int = 50,
         pool_timeout: float = 10.0,
+        wait_replicas: int = 0,
+        wait_timeout: float = 0.1,
     ) -> None:
         self._redis = _import_redis()
         check_history(history, max_age)
@@ -102,12 +114,19 @@ class RedisBroker(RedisReader, RedisClients, Broker):
             raise ValueError(f"max_connections must be a positive int, not {max_connections!r}")
         if not (isinstance(pool_timeout, (int, float)) and not isinstance(pool_timeout, bool) and pool_timeout > 0):
             raise ValueError(f"pool_timeout must be a positive number of seconds, not {pool_timeout!r}")
+        if not (isinstance(wait_replicas, int) and not isinstance(wait_replicas, bool) and wait_replicas >= 0):
+            raise ValueError(f"wait_replicas must be an int >= 0 (replicas that confirm), not {wait_replicas!r}")
+        if not (isinstance(wait_timeout, (int, float)) and not isinstance(wait_timeout, bool) and 0 < wait_timeout < 5):
+            # WAIT's reply must come before the connection's socket timeout (5 s).
+            raise ValueError(f"wait_timeout must be a positive number of seconds below 5, not {wait_timeout!r}")
         self._target = parse_redis_url(url)
         self.url = url
         # On a cluster, channels are spread over partitions (see .cluster).
         self._partitions = self._target.partitions if self._target.kind == "cluster" else None
         if self._partitions is not None and ("{" in prefix or "}" in prefix):
             raise ValueError(f"on a cluster the prefix may not contain '{{' or '}}' (the hash tag's), not {prefix!r}")
+        if wait_replicas and self._target.kind == "cluster":
+            raise ValueError("wait_replicas is not supported with redis+cluster:// yet")
         # Every failure redis-py may raise (a cluster's topology errors are not RedisErrors).
         self._errors: tuple[type[Exception], ...] = (
             self._redis.RedisError,
@@ -119,6 +138,8 @@ class RedisBroker(RedisReader, RedisClients, Broker):
         self.block = block
         self.max_connections = max_connections
         self.pool_timeout = pool_timeout
+        self.wait_replicas = wait_replicas
+        self.wait_timeout = wait_timeout
         self.stats = BrokerStats(errors=dict.fromkeys(REDIS_ERROR_KINDS, 0))
         self.reader_stats = ReaderStats()
         self._throttled = Throttled()
@@ -216,14 +237,51 @@ class RedisBroker(RedisReader, RedisClients, Broker):
         validate_channel(channel)
         body = encode_body(data, event, retry)
         max_age_ms = "" if self.max_age is None else max(1, int(self.max_age * 1000))
+        args = [self.history, body, max_age_ms, self._key_ttl_ms or ""]
         try:
             client = self._checked_client()
-            args = [self.history, body, max_age_ms, self._key_ttl_ms or ""]
-            event_id = self._publish_script(keys=[self._key(channel)], args=args, client=client)
+            if not self.wait_replicas:
+                event_id = text(self._publish_script(keys=[self._key(channel)], args=args, client=client))
+                replicas = 0
+            else:
+                event_id, replicas = self._publish_and_wait(client, channel, args)
         except self._errors as exc:
             raise self._unavailable(exc) from None
         self.stats.published += 1
-        return text(event_id)
+        if replicas < self.wait_replicas:
+            raise NotReplicated(
+                f"event {event_id} is stored in the Redis master at {self._shown_url}, but {replicas} of "
+                f"{self.wait_replicas} replicas confirmed it within wait_timeout={self.wait_timeout:g} s: a failover "
+                "now could lose it (publishing it again makes a second event)",
+                event_id=event_id,
+                replicas=replicas,
+                wanted=self.wait_replicas,
+            )
+        return event_id
+
+    def _publish_and_wait(self, client: Any, channel: str, args: list[Any]) -> tuple[str, int]:
+        """Publish, then ``WAIT``: one round trip, on one connection (``WAIT``
+        counts the writes of the connection it is sent on). The new id and
+        how many replicas have it."""
+        script = self._publish_script
+        wait_ms = max(1, int(self.wait_timeout * 1000))
+        for attempt in (1, 2):
+            # EVALSHA by hand: a pipeline that runs a Script first asks
+            # SCRIPT EXISTS, a second round trip on every publish.
+            with client.pipeline(transaction=False) as pipe:
+                pipe.evalsha(script.sha, 1, self._key(channel), *args)
+                pipe.wait(self.wait_replicas, wait_ms)
+                event_id, replicas = pipe.execute(raise_on_error=False)
+            if isinstance(event_id, self._redis.exceptions.NoScriptError) and attempt == 1:
+                # A new master (a failover) or SCRIPT FLUSH: nothing was
+                # written; load it and publish again.
+                client.script_load(script.script)
+                continue
+            for answer in (event_id, replicas):
+                if isinstance(answer, Exception):
+                    raise answer
+            break
+        return text(event_id), int(replicas)
 
     # -- subscribing -------------------------------------------------------------------
 

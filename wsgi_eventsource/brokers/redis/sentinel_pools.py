@@ -1,0 +1,79 @@
+"""The redis-py pieces :mod:`.sentinel` builds its clients from. This module
+imports redis-py, so only :mod:`.sentinel`'s functions import it (the package
+must import without the ``redis`` extra).
+
+redis-py 8 has no *blocking* Sentinel pool: its ``SentinelConnectionPool``
+raises on the checkout after ``max_connections``, where the broker needs a
+bounded pool that waits for a free connection (see :mod:`.clients`).
+:class:`BlockingSentinelConnectionPool` is the two redis-py pools combined.
+(redis-py's sentinel module is untyped: hence the ignores.)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.connection import BlockingConnectionPool
+from redis.retry import Retry
+from redis.sentinel import Sentinel, SentinelConnectionPool
+
+__all__ = ["BlockingSentinelConnectionPool", "SentinelRedis", "sentinels_of"]
+
+#: The longest a sentinel may take to connect or answer (seconds).
+SENTINEL_TIMEOUT = 2.0
+
+
+class BlockingSentinelConnectionPool(SentinelConnectionPool, BlockingConnectionPool):
+    """A bounded pool of connections to the Sentinel master that waits
+    (``timeout`` seconds) for a free connection instead of failing.
+
+    ``SentinelConnectionPool`` gives the connections that find the master;
+    ``BlockingConnectionPool`` the bounded queue. A connection to a former
+    master is not taken back (``owns_connection``): its slot is freed for a
+    new connection to the current master.
+
+    .. versionadded:: 0.1
+    """
+
+    def release(self, connection: Any) -> None:
+        owned = self.owns_connection(connection)  # type: ignore[no-untyped-call]
+        super().release(connection)  # type: ignore[no-untyped-call]
+        if not owned:
+            # BlockingConnectionPool lists every connection it made (to
+            # disconnect them); a dropped one would stay listed for good,
+            # one more after every failover.
+            with self._lock:
+                if connection in self._connections:
+                    self._connections.remove(connection)
+
+
+class SentinelRedis(redis.Redis):
+    """A client of the Sentinel master that owns its pool and its clients
+    of the sentinels: closing it closes them too.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(self, pool: SentinelConnectionPool, sentinels: Sentinel) -> None:
+        super().__init__(connection_pool=pool)
+        self.auto_close_connection_pool = True  # as Redis.from_pool does
+        self.sentinels = sentinels
+
+    def close(self) -> None:
+        super().close()
+        self.sentinels.close()
+
+
+def sentinels_of(nodes: tuple[tuple[str, int], ...], connect_timeout: float) -> Sentinel:
+    """Clients of the sentinels at *nodes*: asked without a password, each
+    connect and answer bounded, never retried (redis-py's default retries
+    ten times with backoff: seconds lost per sentinel that is down)."""
+    sentinel_kwargs = {
+        "socket_connect_timeout": min(connect_timeout, SENTINEL_TIMEOUT),
+        "socket_timeout": SENTINEL_TIMEOUT,
+        "retry": Retry(NoBackoff(), 0),
+        "health_check_interval": 0,
+    }
+    return Sentinel(list(nodes), sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
