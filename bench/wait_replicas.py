@@ -1,0 +1,145 @@
+"""What ``wait_replicas`` costs a publish: a local master and replica
+(``redis-server``, no persistence), N publishes through ``RedisBroker`` with
+``wait_replicas=0`` and with ``wait_replicas=1``, one at a time; the median
+and p99 latency of each and their ratio.
+
+::
+
+    .venv/bin/python -m bench.wait_replicas [--events 5000] [--json out.json]
+
+Both nodes run on this machine, so the replica's acknowledgement costs a
+loopback round trip plus the replica's own scheduling: across hosts add the
+network round trip between master and replica.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import socket
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import redis
+
+from wsgi_eventsource import RedisBroker
+
+__all__ = ["main", "measure"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@contextmanager
+def _redis_server(directory: str, replica_of: int | None = None) -> Iterator[int]:
+    port = _free_port()
+    args = [shutil.which("redis-server") or "/usr/bin/redis-server", "--port", str(port), "--bind", "127.0.0.1"]
+    args += ["--dir", directory, "--save", "", "--appendonly", "no"]
+    if replica_of is not None:
+        args += ["--replicaof", "127.0.0.1", str(replica_of)]
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL)
+    try:
+        client = redis.Redis(port=port)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        client.close()
+        yield port
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def _wait_in_sync(master: int, timeout: float = 10) -> None:
+    client = redis.Redis(port=master)
+    deadline = time.monotonic() + timeout
+    while client.info("replication").get("slave0", {}).get("state") != "online":
+        if time.monotonic() > deadline:
+            raise RuntimeError("the replica did not come online")
+        time.sleep(0.05)
+    client.close()
+
+
+def _latencies(url: str, events: int, wait_replicas: int) -> list[float]:
+    broker = RedisBroker(url, wait_replicas=wait_replicas, wait_timeout=1.0)
+    try:
+        for i in range(100):  # warm up: connection, script load
+            broker.publish("warm", f"warm {i}")
+        payload = "x" * 100
+        out = []
+        for _ in range(events):
+            started = time.perf_counter()
+            broker.publish("bench", payload)
+            out.append((time.perf_counter() - started) * 1000)
+        return out
+    finally:
+        broker.close()
+
+
+def _summary(latencies: list[float]) -> dict[str, float]:
+    ordered = sorted(latencies)
+    return {
+        "median_ms": statistics.median(ordered),
+        "p99_ms": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))],
+        "mean_ms": statistics.fmean(ordered),
+    }
+
+
+def measure(events: int = 5000) -> dict[str, Any]:
+    """Run the scenario; the results by ``wait_replicas`` and the ratios."""
+    with (
+        tempfile.TemporaryDirectory() as master_dir,
+        tempfile.TemporaryDirectory() as replica_dir,
+        _redis_server(master_dir) as master,
+        _redis_server(replica_dir, replica_of=master),
+    ):
+        _wait_in_sync(master)
+        url = f"redis://127.0.0.1:{master}/0"
+        results: dict[str, Any] = {"events": events}
+        # Interleaved rounds, so that the machine's other load hits both alike.
+        runs: dict[int, list[float]] = {0: [], 1: []}
+        for _ in range(2):
+            for wait in (0, 1):
+                runs[wait] += _latencies(url, events // 2, wait)
+        for wait, latencies in runs.items():
+            results[f"wait_replicas={wait}"] = _summary(latencies)
+    plain, waited = results["wait_replicas=0"], results["wait_replicas=1"]
+    results["median_ratio"] = waited["median_ms"] / plain["median_ms"]
+    results["p99_ratio"] = waited["p99_ms"] / plain["p99_ms"]
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=5000, help="publishes per setting (default 5000)")
+    parser.add_argument("--json", help="also write the results to this file")
+    options = parser.parse_args(argv)
+    results = measure(options.events)
+    print(f"{options.events} publishes each, master + replica on this machine")
+    for wait in (0, 1):
+        row = results[f"wait_replicas={wait}"]
+        print(f"  wait_replicas={wait}: median {row['median_ms']:.3f} ms, p99 {row['p99_ms']:.3f} ms")
+    print(f"  ratio (1 / 0): median {results['median_ratio']:.2f}x, p99 {results['p99_ratio']:.2f}x")
+    if options.json:
+        with open(options.json, "w") as out:
+            json.dump(results, out, indent=2)
+
+
+if __name__ == "__main__":
+    main()
