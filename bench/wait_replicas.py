@@ -5,7 +5,7 @@ and p99 latency of each and their ratio.
 
 ::
 
-    .venv/bin/python -m bench.wait_replicas [--events 5000] [--json out.json]
+    .venv/bin/python -m bench.wait_replicas [--events 5000] [--rounds 10] [--json out.json]
 
 Both nodes run on this machine, so the replica's acknowledgement costs a
 loopback round trip plus the replica's own scheduling: across hosts add the
@@ -44,7 +44,7 @@ def _free_port() -> int:
 def _redis_server(directory: str, replica_of: int | None = None) -> Iterator[int]:
     port = _free_port()
     args = [shutil.which("redis-server") or "/usr/bin/redis-server", "--port", str(port), "--bind", "127.0.0.1"]
-    args += ["--dir", directory, "--save", "", "--appendonly", "no"]
+    args += ["--dir", directory, "--save", "", "--appendonly", "no", "--repl-diskless-sync-delay", "0"]
     if replica_of is not None:
         args += ["--replicaof", "127.0.0.1", str(replica_of)]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL)
@@ -101,7 +101,7 @@ def _summary(latencies: list[float]) -> dict[str, float]:
     }
 
 
-def measure(events: int = 5000) -> dict[str, Any]:
+def measure(events: int = 5000, rounds: int = 10) -> dict[str, Any]:
     """Run the scenario; the results by ``wait_replicas`` and the ratios."""
     with (
         tempfile.TemporaryDirectory() as master_dir,
@@ -111,12 +111,12 @@ def measure(events: int = 5000) -> dict[str, Any]:
     ):
         _wait_in_sync(master)
         url = f"redis://127.0.0.1:{master}/0"
-        results: dict[str, Any] = {"events": events}
+        results: dict[str, Any] = {"events": events, "rounds": rounds}
         # Interleaved rounds, so that the machine's other load hits both alike.
         runs: dict[int, list[float]] = {0: [], 1: []}
-        for _ in range(2):
+        for _ in range(rounds):
             for wait in (0, 1):
-                runs[wait] += _latencies(url, events // 2, wait)
+                runs[wait] += _latencies(url, max(1, events // rounds), wait)
         for wait, latencies in runs.items():
             results[f"wait_replicas={wait}"] = _summary(latencies)
     plain, waited = results["wait_replicas=0"], results["wait_replicas=1"]
@@ -128,9 +128,10 @@ def measure(events: int = 5000) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=5000, help="publishes per setting (default 5000)")
+    parser.add_argument("--rounds", type=int, default=10, help="interleaved rounds the events are split in")
     parser.add_argument("--json", help="also write the results to this file")
     options = parser.parse_args(argv)
-    results = measure(options.events)
+    results = measure(options.events, options.rounds)
     print(f"{options.events} publishes each, master + replica on this machine")
     for wait in (0, 1):
         row = results[f"wait_replicas={wait}"]

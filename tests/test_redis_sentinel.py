@@ -6,13 +6,20 @@ where no replica can confirm anything."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
+import gevent
 import pytest
 import redis
 from gevent.pywsgi import WSGIServer
 
+from tests.conftest import ROOT, ServerProcess
 from tests.helpers import StreamClient
 from tests.sentinel_setup import PASSWORD, SentinelSetup, sentinel, sentinel_setup  # noqa: F401
 from wsgi_eventsource import BrokerUnavailable, NotReplicated, RedisBroker
@@ -137,3 +144,199 @@ def _replica_port(setup: SentinelSetup) -> int:
     master = setup.master_port()
     (port,) = (port for port in setup.data_ports if port != master)
     return port
+
+
+# -- through a redis+sentinel:// URL ------------------------------------------------------------------
+
+
+def connected(port: int, path: str, **options: Any) -> StreamClient:
+    client = StreamClient(port, path, **options)
+    client.wait_for(lambda c: c.raw)
+    return client
+
+
+def test_publish_subscribe_and_replay_through_sentinel(
+    sentinel: SentinelSetup,  # noqa: F811
+    broker_of: Callable[..., RedisBroker],
+    serve: Callable[..., WSGIServer],
+) -> None:
+    broker = broker_of(sentinel.url())
+    port = serve(broker.subscriber_app(keepalive=0.2)).server_port
+    live = connected(port, "/news")
+    ids = [broker.publish("news", f"event {i}") for i in range(3)]
+    assert [(e.last_event_id, e.data) for e in live.events(3)] == [(i, f"event {n}") for n, i in enumerate(ids)]
+    late = StreamClient(port, "/news", headers={"Last-Event-ID": ids[0]})
+    assert [e.last_event_id for e in late.events(2)] == ids[1:]
+    with sentinel.admin() as admin:
+        assert [raw.decode() for raw, _ in admin.xrange("wsgi-eventsource:news")] == ids
+    assert PASSWORD not in repr(broker)
+
+
+def test_no_sentinel_answering_is_unavailable_at_once(broker_of: Callable[..., RedisBroker]) -> None:
+    """Nothing listens at the sentinels' ports: BrokerUnavailable, fast (a
+    refused connect per sentinel, never redis-py's ten retries each)."""
+    from tests.conftest import free_port
+
+    hosts = ",".join(f"127.0.0.1:{free_port()}" for _ in range(3))
+    broker = broker_of(f"redis+sentinel://:{PASSWORD}@{hosts}/nowhere/0")
+    started = time.monotonic()
+    with pytest.raises(BrokerUnavailable, match="No master found for 'nowhere'") as caught:
+        broker.publish("news", "lost")
+    assert time.monotonic() - started < 1
+    assert PASSWORD not in str(caught.value)
+
+
+def test_a_wrong_password_is_never_shown(
+    sentinel: SentinelSetup,  # noqa: F811
+    broker_of: Callable[..., RedisBroker],
+    serve: Callable[..., WSGIServer],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    wrong = "not-the-password-0815"
+    broker = broker_of(sentinel.url(password=wrong))
+    with pytest.raises(BrokerUnavailable) as caught:
+        broker.publish("news", "refused")
+    assert "invalid username-password pair" in str(caught.value) or "WRONGPASS" in str(caught.value)
+    refused = StreamClient(serve(broker.subscriber_app()).server_port, "/news")
+    refusal = refused.read_body().decode()
+    assert (refused.status, refusal.startswith("retry:")) == (200, True)  # soft: the browser retries
+    answer = StreamClient(serve(broker.publisher_app()).server_port, "/news", method="POST", body=b"x")
+    assert answer.status == 503
+    shown = [str(caught.value), repr(broker), refusal, answer.read_body().decode(), caplog.text]
+    for text in shown:
+        assert wrong not in text
+        assert PASSWORD not in text
+
+
+# -- a failover while a stream is open ------------------------------------------------------------------
+
+
+def test_a_failover_keeps_streams_open_and_loses_no_confirmed_event(
+    sentinel: SentinelSetup,  # noqa: F811
+    broker_of: Callable[..., RedisBroker],
+    serve: Callable[..., WSGIServer],
+) -> None:
+    """The master is SIGKILLed under an open stream. Publishing fails fast
+    with BrokerUnavailable until a replica is promoted, then succeeds; the
+    stream stays open meanwhile (keepalives), gets the new events live (the
+    reader followed the master) and each event once, in order; the events
+    confirmed by a replica (wait_replicas=1) before the kill are all in the
+    new master: a client that missed them gets them by Last-Event-ID."""
+    subscriber = broker_of(sentinel.url())
+    safe = broker_of(sentinel.url(), wait_replicas=1, wait_timeout=2)
+    plain = broker_of(sentinel.url(), pool_timeout=2)
+    port = serve(subscriber.subscriber_app(keepalive=0.2)).server_port
+    live = connected(port, "/news")
+    before = [safe.publish("news", f"before {i}") for i in range(5)]
+    assert [e.last_event_id for e in live.events(5)] == before
+
+    old = sentinel.kill_master()
+    attempts: list[float] = []
+    after: list[str] = []
+    deadline = time.monotonic() + 30
+    while not after:
+        assert time.monotonic() < deadline, f"no publish succeeded within 30 s ({len(attempts)} attempts)"
+        started = time.monotonic()
+        try:
+            after.append(plain.publish("news", "after 0"))
+        except BrokerUnavailable:
+            gevent.sleep(0.05)
+        attempts.append(time.monotonic() - started)
+    assert len(attempts) > 1, "the first publish after the kill succeeded: no failover was seen"
+    assert max(attempts) < 3, f"a publish took {max(attempts):.1f} s to fail"
+    assert sentinel.master_port() != old
+    comments = len(live.parser.comments)
+    after += [plain.publish("news", f"after {i}") for i in range(1, 3)]
+
+    events = live.events(8, timeout=20)
+    assert [e.last_event_id for e in events] == before + after  # no reset, nothing twice, in order
+    assert [e.data for e in events] == [f"before {i}" for i in range(5)] + [f"after {i}" for i in range(3)]
+    live.wait_for(lambda c: len(c.parser.comments) >= comments + 2, timeout=5)  # still open, kept alive
+    assert not live.eof
+    late = StreamClient(port, "/news", headers={"Last-Event-ID": before[0]})
+    assert [e.last_event_id for e in late.events(7)] == before[1:] + after
+    # The new master has no replica (the old one is dead): a publish that
+    # wants one is stored and says it is not confirmed.
+    hasty = broker_of(sentinel.url(), wait_replicas=1, wait_timeout=0.1)
+    with pytest.raises(NotReplicated) as caught:
+        hasty.publish("news", "unconfirmed")
+    assert caught.value.replicas == 0
+    assert live.events(9)[-1].last_event_id == caught.value.event_id
+
+
+# -- the pool ----------------------------------------------------------------------------------------------
+
+
+def test_the_pool_is_bounded_and_waits_for_a_free_connection(
+    sentinel: SentinelSetup,  # noqa: F811
+    broker_of: Callable[..., RedisBroker],
+) -> None:
+    """redis-py's own SentinelConnectionPool raises on the checkout after
+    max_connections; the broker's waits (pool_timeout) like
+    BlockingConnectionPool, then fails with a message that says so."""
+    broker = broker_of(sentinel.url(), max_connections=2, pool_timeout=0.3)
+    broker.publish("warm", "up")
+    pool = broker._ensure_client().connection_pool
+    held = [pool.get_connection(), pool.get_connection()]
+    started = time.monotonic()
+    with pytest.raises(BrokerUnavailable, match=r"no connection .* was free within pool_timeout=0.3 s"):
+        broker.publish("news", "waits, then fails")
+    assert 0.3 <= time.monotonic() - started < 2
+    results: list[str] = []
+    threads = [threading.Thread(target=lambda: results.append(broker.publish("news", "x"))) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    gevent.sleep(0.05)
+    pool.release(held.pop())  # one connection for eight publishers, one after another
+    for thread in threads:
+        thread.join(10)
+    assert len(results) == 8
+    with sentinel.admin() as admin:
+        assert admin.xlen("wsgi-eventsource:news") == 8
+
+
+def test_a_failover_under_gunicorn_gevent(
+    sentinel: SentinelSetup,  # noqa: F811
+    gunicorn: Callable[..., ServerProcess],
+) -> None:
+    """The same under gunicorn -k gevent (monkey-patched: a pool per OS
+    thread, the reader a real thread): publishing over HTTP answers 503
+    while no master is known, 201 again after the promotion, and the open
+    stream gets every event once, in order."""
+    server = gunicorn("tests.apps.channels:app", env={"REDIS_URL": sentinel.url(), "TEST_KEEPALIVE": "0.2"})
+
+    def publish(data: str) -> StreamClient:
+        return StreamClient(server.port, "/publish/news", method="POST", body=data.encode())
+
+    live = connected(server.port, "/events/news")
+    before = [json.loads(publish(f"before {i}").read_body())["id"] for i in range(3)]
+    assert [e.last_event_id for e in live.events(3)] == before
+    sentinel.kill_master()
+    statuses: list[int] = []
+    deadline = time.monotonic() + 30
+    while not statuses or statuses[-1] != 201:
+        assert time.monotonic() < deadline, f"no publish succeeded within 30 s: {statuses}"
+        answer = publish("after 0")
+        statuses.append(answer.status)
+        if answer.status == 201:
+            after = [json.loads(answer.read_body())["id"]]
+        else:
+            gevent.sleep(0.05)
+    assert set(statuses[:-1]) == {503}, statuses
+    after += [json.loads(publish(f"after {i}").read_body())["id"] for i in range(1, 3)]
+    assert [e.last_event_id for e in live.events(6, timeout=20)] == before + after
+    assert PASSWORD not in "".join(server.log)
+
+
+def test_the_wait_replicas_bench_runs(tmp_path: Path) -> None:
+    """A smoke run of ``python -m bench.wait_replicas`` (timing not checked)."""
+    output = tmp_path / "wait.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.wait_replicas", "--events", "200", "--rounds", "2", "--json", str(output)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    results = json.loads(output.read_text())
+    for wait in (0, 1):
+        assert 0 < results[f"wait_replicas={wait}"]["median_ms"] <= results[f"wait_replicas={wait}"]["p99_ms"]
+    assert "ratio (1 / 0)" in result.stdout
