@@ -18,11 +18,13 @@ import gevent
 import pytest
 import redis
 from gevent.pywsgi import WSGIServer
+from redis.sentinel import Sentinel
 
 from tests.conftest import ROOT, ServerProcess
 from tests.helpers import StreamClient
-from tests.sentinel_setup import PASSWORD, SentinelSetup, sentinel, sentinel_setup  # noqa: F401
+from tests.sentinel_setup import PASSWORD, SERVICE, SentinelSetup, sentinel, sentinel_setup  # noqa: F401
 from wsgi_eventsource import BrokerUnavailable, NotReplicated, RedisBroker
+from wsgi_eventsource.hub import Hub
 
 pytestmark = pytest.mark.server
 
@@ -94,6 +96,26 @@ def test_a_publish_no_replica_confirms_is_stored_and_says_so(
     assert (body["channel"], body["replicas"], body["wanted"]) == ("news", 0, 1)
     assert body["id"] == broker.history_of("news")[-1].id
     assert f"stored with id {body['id']}" in body["error"]
+
+
+def test_the_hub_answers_an_unconfirmed_publish_with_its_id(
+    redis_url: str, broker_of: Callable[..., RedisBroker], serve: Callable[..., WSGIServer]
+) -> None:
+    broker = broker_of(redis_url, wait_replicas=1, wait_timeout=0.05)
+    port = serve(Hub(broker, publish_token="pub-token")).server_port
+    answer = StreamClient(
+        port, "/publish/news", method="POST", body=b"hi", headers={"Authorization": "Bearer pub-token"}
+    )
+    assert answer.status == 503
+    body = json.loads(answer.read_body())
+    assert body["id"] == broker.history_of("news")[0].id
+    assert (body["replicas"], body["wanted"]) == (0, 1)
+
+
+def test_wait_replicas_is_refused_on_a_cluster_url() -> None:
+    with pytest.raises(ValueError, match=r"wait_replicas is not supported with redis\+cluster:// yet"):
+        RedisBroker("redis+cluster://127.0.0.1:7000/", wait_replicas=1)
+    RedisBroker("redis+cluster://127.0.0.1:7000/", wait_replicas=0).close()  # nothing connects yet
 
 
 def test_wait_replicas_zero_sends_no_wait(redis_url: str, broker_of: Callable[..., RedisBroker]) -> None:
@@ -170,6 +192,29 @@ def test_publish_subscribe_and_replay_through_sentinel(
     with sentinel.admin() as admin:
         assert [raw.decode() for raw, _ in admin.xrange("wsgi-eventsource:news")] == ids
     assert PASSWORD not in repr(broker)
+
+
+def test_from_client_takes_a_sentinel_master_for_client(
+    sentinel: SentinelSetup,  # noqa: F811
+    broker_of: Callable[..., RedisBroker],
+    serve: Callable[..., WSGIServer],
+) -> None:
+    """RedisBroker.from_client(Sentinel(...).master_for(...)): the broker
+    follows the same master with the client's password, and shows none."""
+    sentinels = Sentinel(sentinel.sentinel_addresses, socket_timeout=2)  # type: ignore[no-untyped-call]
+    client = sentinels.master_for(SERVICE, password=PASSWORD, socket_timeout=2)  # type: ignore[no-untyped-call]
+    broker = RedisBroker.from_client(client, block=0.2, wait_replicas=1, wait_timeout=2)
+    try:
+        port = serve(broker.subscriber_app(keepalive=0.2)).server_port
+        live = connected(port, "/news")
+        ids = [broker.publish("news", f"event {i}") for i in range(2)]
+        assert [e.last_event_id for e in live.events(2)] == ids
+        assert [raw.decode() for raw, _ in client.xrange("wsgi-eventsource:news")] == ids
+        assert PASSWORD not in repr(broker)
+    finally:
+        broker.close()
+        client.close()
+        sentinels.close()
 
 
 def test_no_sentinel_answering_is_unavailable_at_once(broker_of: Callable[..., RedisBroker]) -> None:
