@@ -309,6 +309,54 @@ def test_a_failover_keeps_streams_open_and_loses_no_confirmed_event(
     assert live.events(9)[-1].last_event_id == caught.value.event_id
 
 
+# -- URLs: gaps found in the parser ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        pytest.param("redis+sentinel://:pa/ss-x1@h1:26379/svc/0", id="sentinel-slash"),
+        pytest.param("redis+sentinel://:pa?ss-x1@h1:26379/svc/0", id="sentinel-question-mark"),
+        pytest.param("redis+sentinel://:pa#ss-x1@h1:26379/svc/0", id="sentinel-hash"),
+        pytest.param("redis+cluster://:pa/ss-x1@h1:7000/", id="cluster-slash"),
+        pytest.param("redis://:pa/ss-x1@h1:6379/0", id="single-slash"),
+        pytest.param("redis://user:pa?ss-x1@h1:6379/0", id="single-question-mark"),
+    ],
+)
+def test_a_password_with_a_reserved_character_is_never_shown(url: str) -> None:
+    """Issue 11 (URLs): a password with an unescaped '/', '?' or '#' ends
+    the URL's authority early, so the parser took the password's first part
+    for a host (":pa" is not a host name) and the masking found no password
+    to mask: the error message showed it. Now the URL is read up to its last
+    '@' (Sentinel and Cluster URLs take such a password; redis-py refuses it
+    in a redis:// URL, so the error says to percent-encode it) and every
+    message masks what lies before that '@'."""
+    try:
+        broker = RedisBroker(url)
+    except ValueError as exc:
+        message = str(exc)
+        assert "percent-encode" in message, message
+    else:
+        message = repr(broker)
+        assert broker._target.password == "pa" + url.split("pa", 1)[1][0] + "ss-x1"
+        broker.close()
+    assert "ss-x1" not in message
+    for part in ("pa/", "pa?", "pa#", "'pa", ":pa"):
+        assert part not in message
+    assert "h1" in message  # where, without the password
+
+
+def test_shown_url_masks_everything_before_the_last_at() -> None:
+    """Issue 11 (URLs), the masking alone (it is used for every message and repr)."""
+    from wsgi_eventsource.brokers.redis.urls import shown_url
+
+    assert shown_url("redis+sentinel://:pa/ss@h1,h2/svc/0") == "redis+sentinel://:***@h1,h2/svc/0"
+    assert shown_url("redis://user:pa?ss@h1:6379/0") == "redis://user:***@h1:6379/0"
+    assert shown_url("redis://:pw@h1:6379/0") == "redis://:***@h1:6379/0"  # as before
+    assert shown_url("redis://user@h1:6379/0") == "redis://user@h1:6379/0"  # no password: nothing to mask
+    assert shown_url("unix:///tmp/r.sock?db=0&password=pw").endswith("/tmp/r.sock?db=0&password=***")
+
+
 # -- the pool ----------------------------------------------------------------------------------------------
 
 

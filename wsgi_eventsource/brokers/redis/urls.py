@@ -78,13 +78,18 @@ def parse_redis_url(url: object) -> RedisTarget:
     if scheme in _SINGLE:
         return _single(url)
     shown = shown_url(url)
+    # Up to the last '@' is the user and password, whatever they hold: an
+    # unescaped '/', '?' or '#' in a password would end urlsplit's netloc
+    # early (the password's start taken for a host, and shown). No '@' may
+    # follow in these URLs (service names and options have none).
+    userinfo, at, after = url.partition("://")[2].rpartition("@")
+    if not at:
+        userinfo = ""
     try:
-        parts = urlsplit(url)
+        parts = urlsplit(f"{scheme}://{after}")
     except ValueError as exc:  # "[::1" without "]"
         raise ValueError(f"{exc}: a host is not a host name or address: {shown}") from None
-    userinfo, at, hosts = parts.netloc.rpartition("@")
-    if not at:
-        userinfo, hosts = "", parts.netloc
+    hosts = parts.netloc
     username, _, password = userinfo.partition(":")
     nodes = _nodes(hosts, _DEFAULT_PORT[scheme], shown)
     options = _query(parts.query, shown, allowed=("partitions",) if scheme == _CLUSTER else ())
@@ -114,6 +119,13 @@ def check_redis_url(url: object) -> str:
 
 def shown_url(url: str) -> str:
     """*url* for messages, logs and ``repr``: each password replaced by ``***``."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, after = rest.rpartition("@")
+    if sep and at and ":" in userinfo:
+        # Everything before the last '@' but a user name: a password may
+        # hold an unescaped '/', '?' or '#', which urlsplit would take for
+        # the end of the netloc (and show the rest).
+        url = f"{scheme}://{userinfo.partition(':')[0]}:***@{after}"
     try:
         parts = urlsplit(url)
     except ValueError:  # "[" without "]": nothing sensible to show
@@ -137,6 +149,13 @@ def _single(url: str) -> RedisTarget:
         parts = urlsplit(url)
         parts.port  # noqa: B018  (raises on a port that is not a number)
     except ValueError as exc:
+        if "@" in url.partition("://")[2]:
+            # The error may quote a piece of a password (a '/' in one ends
+            # the netloc early: "Port could not be cast ... 'pa'").
+            raise ValueError(
+                f"the Redis URL {shown_url(url)} cannot be read: percent-encode a '/', '?', '#' or '@' "
+                "in its user name or password (%2F, %3F, %23, %40)"
+            ) from None
         raise ValueError(f"{exc} in the Redis URL {shown_url(url)}") from None
     if parts.scheme == "unix" and not parts.path:
         raise ValueError(f"the Redis URL {shown_url(url)} names no socket path")
