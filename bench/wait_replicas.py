@@ -1,7 +1,8 @@
 """What ``wait_replicas`` costs a publish: a local master and replica
 (``redis-server``, no persistence), N publishes through ``RedisBroker`` with
 ``wait_replicas=0`` and with ``wait_replicas=1``, one at a time; the median
-and p99 latency of each and their ratio.
+and p99 latency of each and their ratio. Last, the replica stops
+replicating: what a publish that wants it costs then (``wait_timeout``).
 
 ::
 
@@ -28,7 +29,7 @@ from typing import Any
 
 import redis
 
-from wsgi_eventsource import RedisBroker
+from wsgi_eventsource import NotReplicated, RedisBroker
 
 __all__ = ["main", "measure"]
 
@@ -92,6 +93,26 @@ def _latencies(url: str, events: int, wait_replicas: int) -> list[float]:
         broker.close()
 
 
+def _replica_gone(url: str, replica: int, events: int = 20, wait_timeout: float = 0.1) -> dict[str, Any]:
+    """The replica stops replicating (REPLICAOF NO ONE): each publish with
+    wait_replicas=1 waits the whole wait_timeout, then says NotReplicated."""
+    with redis.Redis(port=replica) as client:
+        client.replicaof("NO", "ONE")
+    broker = RedisBroker(url, wait_replicas=1, wait_timeout=wait_timeout)
+    out, unconfirmed = [], 0
+    try:
+        for _ in range(events):
+            started = time.perf_counter()
+            try:
+                broker.publish("bench", "x")
+            except NotReplicated:
+                unconfirmed += 1
+            out.append((time.perf_counter() - started) * 1000)
+    finally:
+        broker.close()
+    return {"wait_timeout_ms": wait_timeout * 1000, "unconfirmed": unconfirmed, "events": events, **_summary(out)}
+
+
 def _summary(latencies: list[float]) -> dict[str, float]:
     ordered = sorted(latencies)
     return {
@@ -107,7 +128,7 @@ def measure(events: int = 5000, rounds: int = 10) -> dict[str, Any]:
         tempfile.TemporaryDirectory() as master_dir,
         tempfile.TemporaryDirectory() as replica_dir,
         _redis_server(master_dir) as master,
-        _redis_server(replica_dir, replica_of=master),
+        _redis_server(replica_dir, replica_of=master) as replica,
     ):
         _wait_in_sync(master)
         url = f"redis://127.0.0.1:{master}/0"
@@ -119,6 +140,7 @@ def measure(events: int = 5000, rounds: int = 10) -> dict[str, Any]:
                 runs[wait] += _latencies(url, max(1, events // rounds), wait)
         for wait, latencies in runs.items():
             results[f"wait_replicas={wait}"] = _summary(latencies)
+        results["replica_gone"] = _replica_gone(url, replica)
     plain, waited = results["wait_replicas=0"], results["wait_replicas=1"]
     results["median_ratio"] = waited["median_ms"] / plain["median_ms"]
     results["p99_ratio"] = waited["p99_ms"] / plain["p99_ms"]
@@ -137,6 +159,11 @@ def main(argv: list[str] | None = None) -> None:
         row = results[f"wait_replicas={wait}"]
         print(f"  wait_replicas={wait}: median {row['median_ms']:.3f} ms, p99 {row['p99_ms']:.3f} ms")
     print(f"  ratio (1 / 0): median {results['median_ratio']:.2f}x, p99 {results['p99_ratio']:.2f}x")
+    gone = results["replica_gone"]
+    print(
+        f"  replica gone, wait_timeout={gone['wait_timeout_ms']:g} ms: median {gone['median_ms']:.1f} ms, "
+        f"{gone['unconfirmed']} of {gone['events']} publishes NotReplicated"
+    )
     if options.json:
         with open(options.json, "w") as out:
             json.dump(results, out, indent=2)

@@ -433,3 +433,6 @@ def test_the_wait_replicas_bench_runs(tmp_path: Path) -> None:
     for wait in (0, 1):
         assert 0 < results[f"wait_replicas={wait}"]["median_ms"] <= results[f"wait_replicas={wait}"]["p99_ms"]
     assert "ratio (1 / 0)" in result.stdout
+    gone = results["replica_gone"]
+    assert gone["unconfirmed"] == gone["events"]
+    assert gone["median_ms"] >= gone["wait_timeout_ms"]
