@@ -101,7 +101,8 @@ class SentinelSetup:
 
     def wait_for_new_master(self, old_port: int, timeout: float = 30.0) -> int:
         """Wait (bounded) until every sentinel reports a master other than
-        *old_port*, and it answers as a master; returns its port."""
+        *old_port*, it answers as a master, and *old_port* (if it still
+        runs) as a replica; returns the new master's port."""
 
         def promoted() -> bool:
             ports = set()
@@ -117,7 +118,15 @@ class SentinelSetup:
                 return bool(client.info("replication")["role"] == "master")
 
         wait_until(promoted, timeout=timeout, interval=0.1, message=f"a new master instead of port {old_port}")
-        return self.master_port()
+        new = self.master_port()
+        if old_port in self.data:
+            # Alive (a SENTINEL FAILOVER): a master, taking writes from the
+            # clients still connected, until a sentinel's next INFO of it
+            # (every 10 s) sees it and sends it REPLICAOF. Sent here at once.
+            with self.admin(old_port) as client:
+                if client.info("replication")["role"] == "master":
+                    client.replicaof("127.0.0.1", new)
+        return new
 
     def heal(self, timeout: float = 30.0) -> None:
         """Restart every data node a test killed, as a replica of the current

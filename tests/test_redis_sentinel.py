@@ -388,6 +388,44 @@ def test_the_pool_is_bounded_and_waits_for_a_free_connection(
         assert admin.xlen("wsgi-eventsource:news") == 8
 
 
+def test_a_graceful_failover_moves_the_reader_to_the_new_master(
+    sentinel: SentinelSetup,  # noqa: F811
+    broker_of: Callable[..., RedisBroker],
+    serve: Callable[..., WSGIServer],
+) -> None:
+    """Issue 11 (Sentinel): after a SENTINEL FAILOVER the old master lives
+    on as a replica; Redis ends the reader's blocked XREAD with "UNBLOCKED
+    ... (master -> replica?)", an error reply, and the reader read on, on
+    the replica: events came (replicated), but the CLIENT UNBLOCK a new
+    subscribe sends went to the new master, and with block=30 the subscribe
+    of a new channel waited 30 s. Now the reader reconnects to the new master."""
+    broker = broker_of(sentinel.url(), block=30)
+    port = serve(broker.subscriber_app(keepalive=0.2)).server_port
+    live = connected(port, "/one")
+    first = broker.publish("one", "before")
+    assert live.events(1)[0].last_event_id == first
+    old = sentinel.master_port()
+    with redis.Redis("127.0.0.1", sentinel.sentinel_ports[0]) as one_sentinel:
+        one_sentinel.execute_command("SENTINEL", "FAILOVER", SERVICE)
+    new = sentinel.wait_for_new_master(old)
+    after: list[str] = []
+    deadline = time.monotonic() + 20
+    while not after:
+        assert time.monotonic() < deadline
+        try:
+            after.append(broker.publish("one", "after"))
+        except BrokerUnavailable:  # the demoted master answers READONLY once per pooled connection
+            gevent.sleep(0.05)
+    assert [e.last_event_id for e in live.events(2, timeout=10)] == [first, *after]
+    started = time.monotonic()
+    other = connected(port, "/two", timeout=5)  # the subscribe waits until the reader reads the channel
+    broker.publish("two", "new channel")
+    assert other.events(1, timeout=5)[0].data == "new channel"
+    assert time.monotonic() - started < 5, "the wake-up did not reach the reader"
+    with sentinel.admin(new) as admin:
+        assert any(client["cmd"] == "xread" for client in admin.client_list())
+
+
 def test_a_failover_under_gunicorn_gevent(
     sentinel: SentinelSetup,  # noqa: F811
     gunicorn: Callable[..., ServerProcess],

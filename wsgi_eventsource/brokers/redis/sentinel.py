@@ -61,7 +61,9 @@ def pool_client(
 def reader_client(target: RedisTarget, *, socket_timeout: float, **connection_kwargs: Any) -> redis.Redis:
     """The reader thread's client: one connection to the current master
     (the reader sends one command at a time); after a connection error the
-    reader makes a new client, which asks the sentinels again.
+    reader makes a new client, which asks the sentinels again. A master
+    that becomes a replica under it counts as a connection error
+    (:class:`.sentinel_pools.ReaderConnection`).
 
     :param target: a parsed ``redis+sentinel://`` URL.
     :param socket_timeout: seconds a reply may take (above the reader's
@@ -71,12 +73,13 @@ def reader_client(target: RedisTarget, *, socket_timeout: float, **connection_kw
     """
     from redis.sentinel import SentinelConnectionPool
 
-    from .sentinel_pools import SentinelRedis, sentinels_of
+    from .sentinel_pools import ReaderConnection, SentinelRedis, sentinels_of
 
     sentinels = sentinels_of(target.nodes, connection_kwargs.get("socket_connect_timeout") or 2.0)
     pool = SentinelConnectionPool(  # type: ignore[no-untyped-call]
         _service(target),
         sentinels,
+        connection_class=ReaderConnection,
         max_connections=1,
         socket_timeout=socket_timeout,
         **_node_kwargs(target),

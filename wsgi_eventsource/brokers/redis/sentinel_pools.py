@@ -17,9 +17,9 @@ import redis
 from redis.backoff import NoBackoff
 from redis.connection import BlockingConnectionPool
 from redis.retry import Retry
-from redis.sentinel import Sentinel, SentinelConnectionPool
+from redis.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
 
-__all__ = ["BlockingSentinelConnectionPool", "SentinelRedis", "sentinels_of"]
+__all__ = ["BlockingSentinelConnectionPool", "ReaderConnection", "SentinelRedis", "sentinels_of"]
 
 #: The longest a sentinel may take to connect or answer (seconds).
 SENTINEL_TIMEOUT = 2.0
@@ -47,6 +47,33 @@ class BlockingSentinelConnectionPool(SentinelConnectionPool, BlockingConnectionP
             with self._lock:
                 if connection in self._connections:
                     self._connections.remove(connection)
+
+
+class ReaderConnection(SentinelManagedConnection):
+    """The reader's connection to the Sentinel master, which it leaves when
+    that master becomes a replica.
+
+    Redis ends every blocked command when it turns into a replica (a
+    ``SENTINEL FAILOVER``, or a master that comes back after a failover)
+    with ``UNBLOCKED ... instance state changed (master -> replica?)``.
+    Reading on there would still bring events (replicated), late, but never
+    the ``CLIENT UNBLOCK`` a new subscribe sends to the new master: the
+    subscribe would wait up to ``block`` seconds. Answered as a lost
+    connection, the reader reconnects, through the sentinels, to the new
+    master. (Only a ``READONLY`` answer tells redis-py so, and a reader
+    writes nothing.)
+
+    .. versionadded:: 0.1
+    """
+
+    def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().read_response(*args, **kwargs)
+        except redis.ResponseError as exc:
+            if not str(exc).startswith("UNBLOCKED") or "instance state changed" not in str(exc):
+                raise
+            self.disconnect()  # type: ignore[no-untyped-call]
+            raise redis.ConnectionError(f"the master became a replica ({exc}); asking the sentinels again") from None
 
 
 class SentinelRedis(redis.Redis):
