@@ -140,7 +140,7 @@ def measure(events: int = 5000, rounds: int = 10) -> dict[str, Any]:
                 runs[wait] += _latencies(url, max(1, events // rounds), wait)
         for wait, latencies in runs.items():
             results[f"wait_replicas={wait}"] = _summary(latencies)
-        results["replica_gone"] = _replica_gone(url, replica)
+        results["replica_gone"] = _replica_gone(url, replica, events=max(3, min(20, events // 100)))
     plain, waited = results["wait_replicas=0"], results["wait_replicas=1"]
     results["median_ratio"] = waited["median_ms"] / plain["median_ms"]
     results["p99_ratio"] = waited["p99_ms"] / plain["p99_ms"]

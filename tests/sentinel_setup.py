@@ -5,13 +5,14 @@ without persistence. The data nodes need a password (``requirepass``,
 
 Import the fixtures into a test module::
 
-    from tests.sentinel_setup import sentinel, sentinel_setup  # noqa: F401
+    from tests.sentinel_setup import fresh_sentinel, sentinel, sentinel_setup  # noqa: F401
 
 ``sentinel_setup`` is module-scoped (five processes; each sentinel is told
 the others and the replica in its config, so they start knowing each other
 in ~0.1 s instead of seconds); ``sentinel`` gives each test the same
 deployment healed (a node a test killed is back, as a replica of the current
-master) and emptied.
+master) and emptied; ``fresh_sentinel`` one of its own, for a test that
+fails the master over.
 
 A failover takes ``down-after-milliseconds`` (1 s here) until the sentinels
 agree the master is down, then an election and the promotion: about 2-5 s.
@@ -29,7 +30,7 @@ import redis
 from tests.conftest import ServerProcess, free_port
 from tests.helpers import wait_until
 
-__all__ = ["PASSWORD", "SERVICE", "SentinelSetup", "sentinel", "sentinel_setup"]
+__all__ = ["PASSWORD", "SERVICE", "SentinelSetup", "fresh_sentinel", "sentinel", "sentinel_setup"]
 
 #: The Sentinel service name of the master.
 SERVICE = "wsgi-es-test"
@@ -99,10 +100,10 @@ class SentinelSetup:
         process.stop()
         return port
 
-    def wait_for_new_master(self, old_port: int, timeout: float = 30.0) -> int:
+    def wait_for_new_master(self, old_port: int, timeout: float = 30.0, *, demote: bool = True) -> int:
         """Wait (bounded) until every sentinel reports a master other than
-        *old_port*, it answers as a master, and *old_port* (if it still
-        runs) as a replica; returns the new master's port."""
+        *old_port* and it answers as a master; returns its port. With
+        *demote*, *old_port* (if it still runs) is made its replica at once."""
 
         def promoted() -> bool:
             ports = set()
@@ -119,7 +120,7 @@ class SentinelSetup:
 
         wait_until(promoted, timeout=timeout, interval=0.1, message=f"a new master instead of port {old_port}")
         new = self.master_port()
-        if old_port in self.data:
+        if demote and old_port in self.data:
             # Alive (a SENTINEL FAILOVER): a master, taking writes from the
             # clients still connected, until a sentinel's next INFO of it
             # (every 10 s) sees it and sends it REPLICAOF. Sent here at once.
@@ -132,16 +133,23 @@ class SentinelSetup:
         """Restart every data node a test killed, as a replica of the current
         master, and wait until it is in sync and every sentinel sees it."""
         master = self.master_port()
+        for port in self.data:
+            if port != master:
+                # A former master a test left running as one (see
+                # wait_for_new_master): what a sentinel would do, now.
+                with self.admin(port) as client:
+                    if client.info("replication")["role"] == "master":
+                        client.replicaof("127.0.0.1", master)
         restarted = [port for port in self.data_ports if port not in self.data]
         for port in restarted:
             self._start_data_node(port, master)
         self._wait_replicas_online(master, len(self.data_ports) - 1, timeout)
-        if restarted:
-            self.wait_until_known(timeout)
+        self.wait_until_known(timeout)
 
     def wait_until_known(self, timeout: float = 30.0) -> None:
         """Wait until every sentinel sees the master up, its replica up and
-        the two other sentinels (until then a failover cannot be agreed)."""
+        in sync, and the two other sentinels (until then a failover cannot
+        be agreed, or finds no replica to promote)."""
 
         def known() -> bool:
             for port in self.sentinel_ports:
@@ -151,7 +159,16 @@ class SentinelSetup:
                         replicas = client.sentinel_slaves(SERVICE)
                     except redis.ResponseError:
                         return False  # not monitoring it yet
-                up = [r for r in replicas if not (r["is_sdown"] or r["is_odown"])]
+                # As a sentinel picks a replica to promote: up, and in sync
+                # by its last INFO of it (taken every 10 s: one taken while
+                # a restarted replica synced says "NOGOODSLAVE" until the next).
+                up = [
+                    r
+                    for r in replicas
+                    if not (r["is_sdown"] or r["is_odown"] or r["is_disconnected"])
+                    and r.get("master-link-status") == "ok"
+                    and not r.get("master-link-down-time")
+                ]
                 if state["is_sdown"] or state["num-other-sentinels"] < 2 or len(up) < len(self.data_ports) - 1:
                     return False
             return True
@@ -241,3 +258,14 @@ def sentinel(sentinel_setup: SentinelSetup) -> SentinelSetup:
     sentinel_setup.heal()
     sentinel_setup.flush()
     return sentinel_setup
+
+
+@pytest.fixture
+def fresh_sentinel(tmp_path: pathlib.Path) -> Iterator[SentinelSetup]:
+    """A deployment of the test's own, for a test that fails the master
+    over: after a failover the sentinels refresh what they know of the
+    former master only every 10 s (their INFO period), and until then may
+    find no replica to promote ("NOGOODSLAVE"). Starting one takes ~0.1 s."""
+    setup = SentinelSetup(tmp_path)
+    yield setup
+    setup.stop()

@@ -22,7 +22,7 @@ from redis.sentinel import Sentinel
 
 from tests.conftest import ROOT, ServerProcess
 from tests.helpers import StreamClient
-from tests.sentinel_setup import PASSWORD, SERVICE, SentinelSetup, sentinel, sentinel_setup  # noqa: F401
+from tests.sentinel_setup import PASSWORD, SERVICE, SentinelSetup, fresh_sentinel, sentinel, sentinel_setup  # noqa: F401
 from wsgi_eventsource import BrokerUnavailable, NotReplicated, RedisBroker
 from wsgi_eventsource.hub import Hub
 
@@ -257,7 +257,7 @@ def test_a_wrong_password_is_never_shown(
 
 
 def test_a_failover_keeps_streams_open_and_loses_no_confirmed_event(
-    sentinel: SentinelSetup,  # noqa: F811
+    fresh_sentinel: SentinelSetup,  # noqa: F811
     broker_of: Callable[..., RedisBroker],
     serve: Callable[..., WSGIServer],
 ) -> None:
@@ -267,15 +267,15 @@ def test_a_failover_keeps_streams_open_and_loses_no_confirmed_event(
     reader followed the master) and each event once, in order; the events
     confirmed by a replica (wait_replicas=1) before the kill are all in the
     new master: a client that missed them gets them by Last-Event-ID."""
-    subscriber = broker_of(sentinel.url())
-    safe = broker_of(sentinel.url(), wait_replicas=1, wait_timeout=2)
-    plain = broker_of(sentinel.url(), pool_timeout=2)
+    subscriber = broker_of(fresh_sentinel.url())
+    safe = broker_of(fresh_sentinel.url(), wait_replicas=1, wait_timeout=2)
+    plain = broker_of(fresh_sentinel.url(), pool_timeout=2)
     port = serve(subscriber.subscriber_app(keepalive=0.2)).server_port
     live = connected(port, "/news")
     before = [safe.publish("news", f"before {i}") for i in range(5)]
     assert [e.last_event_id for e in live.events(5)] == before
 
-    old = sentinel.kill_master()
+    old = fresh_sentinel.kill_master()
     attempts: list[float] = []
     after: list[str] = []
     deadline = time.monotonic() + 30
@@ -289,7 +289,7 @@ def test_a_failover_keeps_streams_open_and_loses_no_confirmed_event(
         attempts.append(time.monotonic() - started)
     assert len(attempts) > 1, "the first publish after the kill succeeded: no failover was seen"
     assert max(attempts) < 3, f"a publish took {max(attempts):.1f} s to fail"
-    assert sentinel.master_port() != old
+    assert fresh_sentinel.master_port() != old
     comments = len(live.parser.comments)
     after += [plain.publish("news", f"after {i}") for i in range(1, 3)]
 
@@ -302,7 +302,7 @@ def test_a_failover_keeps_streams_open_and_loses_no_confirmed_event(
     assert [e.last_event_id for e in late.events(7)] == before[1:] + after
     # The new master has no replica (the old one is dead): a publish that
     # wants one is stored and says it is not confirmed.
-    hasty = broker_of(sentinel.url(), wait_replicas=1, wait_timeout=0.1)
+    hasty = broker_of(fresh_sentinel.url(), wait_replicas=1, wait_timeout=0.1)
     with pytest.raises(NotReplicated) as caught:
         hasty.publish("news", "unconfirmed")
     assert caught.value.replicas == 0
@@ -389,7 +389,7 @@ def test_the_pool_is_bounded_and_waits_for_a_free_connection(
 
 
 def test_a_graceful_failover_moves_the_reader_to_the_new_master(
-    sentinel: SentinelSetup,  # noqa: F811
+    fresh_sentinel: SentinelSetup,  # noqa: F811
     broker_of: Callable[..., RedisBroker],
     serve: Callable[..., WSGIServer],
 ) -> None:
@@ -399,15 +399,15 @@ def test_a_graceful_failover_moves_the_reader_to_the_new_master(
     the replica: events came (replicated), but the CLIENT UNBLOCK a new
     subscribe sends went to the new master, and with block=30 the subscribe
     of a new channel waited 30 s. Now the reader reconnects to the new master."""
-    broker = broker_of(sentinel.url(), block=30)
+    broker = broker_of(fresh_sentinel.url(), block=30)
     port = serve(broker.subscriber_app(keepalive=0.2)).server_port
     live = connected(port, "/one")
     first = broker.publish("one", "before")
     assert live.events(1)[0].last_event_id == first
-    old = sentinel.master_port()
-    with redis.Redis("127.0.0.1", sentinel.sentinel_ports[0]) as one_sentinel:
+    old = fresh_sentinel.master_port()
+    with redis.Redis("127.0.0.1", fresh_sentinel.sentinel_ports[0]) as one_sentinel:
         one_sentinel.execute_command("SENTINEL", "FAILOVER", SERVICE)
-    new = sentinel.wait_for_new_master(old)
+    new = fresh_sentinel.wait_for_new_master(old)
     after: list[str] = []
     deadline = time.monotonic() + 20
     while not after:
@@ -422,19 +422,51 @@ def test_a_graceful_failover_moves_the_reader_to_the_new_master(
     broker.publish("two", "new channel")
     assert other.events(1, timeout=5)[0].data == "new channel"
     assert time.monotonic() - started < 5, "the wake-up did not reach the reader"
-    with sentinel.admin(new) as admin:
+    with fresh_sentinel.admin(new) as admin:
         assert any(client["cmd"] == "xread" for client in admin.client_list())
 
 
+def test_the_broker_follows_the_sentinels_while_the_old_master_still_takes_writes(
+    fresh_sentinel: SentinelSetup,  # noqa: F811
+    broker_of: Callable[..., RedisBroker],
+    serve: Callable[..., WSGIServer],
+) -> None:
+    """Issue 11 (Sentinel): a master the sentinels replaced, but that still
+    runs as a master (a sentinel demotes it at its next INFO, up to 10 s
+    later; behind a network partition, never), took every publish of the
+    pooled connections and kept the reader: the events went to a Redis the
+    rest of the system had left, and were lost when it was demoted. Now
+    the pool and the reader ask the sentinels at most once a second and
+    leave a former master."""
+    broker = broker_of(fresh_sentinel.url())
+    port = serve(broker.subscriber_app(keepalive=0.2)).server_port
+    live = connected(port, "/news")
+    first = broker.publish("news", "before")
+    assert live.events(1)[0].last_event_id == first
+    old = fresh_sentinel.master_port()
+    with redis.Redis("127.0.0.1", fresh_sentinel.sentinel_ports[0]) as one_sentinel:
+        one_sentinel.execute_command("SENTINEL", "FAILOVER", SERVICE)
+    new = fresh_sentinel.wait_for_new_master(old, demote=False)
+    with fresh_sentinel.admin(old) as admin:
+        assert admin.info("replication")["role"] == "master"  # still: the window this test is about
+    gevent.sleep(1.1)  # the longest a pool or reader goes without asking the sentinels
+    after = broker.publish("news", "after")
+    with fresh_sentinel.admin(new) as admin:
+        assert [raw.decode() for raw, _ in admin.xrange("wsgi-eventsource:news")] == [first, after]
+    assert [e.last_event_id for e in live.events(2, timeout=5)] == [first, after]
+    with fresh_sentinel.admin(old) as admin:
+        assert admin.info("replication")["role"] == "master"  # the events did not come through it
+
+
 def test_a_failover_under_gunicorn_gevent(
-    sentinel: SentinelSetup,  # noqa: F811
+    fresh_sentinel: SentinelSetup,  # noqa: F811
     gunicorn: Callable[..., ServerProcess],
 ) -> None:
     """The same under gunicorn -k gevent (monkey-patched: a pool per OS
     thread, the reader a real thread): publishing over HTTP answers 503
     while no master is known, 201 again after the promotion, and the open
     stream gets every event once, in order."""
-    server = gunicorn("tests.apps.channels:app", env={"REDIS_URL": sentinel.url(), "TEST_KEEPALIVE": "0.2"})
+    server = gunicorn("tests.apps.channels:app", env={"REDIS_URL": fresh_sentinel.url(), "TEST_KEEPALIVE": "0.2"})
 
     def publish(data: str) -> StreamClient:
         return StreamClient(server.port, "/publish/news", method="POST", body=data.encode())
@@ -442,7 +474,7 @@ def test_a_failover_under_gunicorn_gevent(
     live = connected(server.port, "/events/news")
     before = [json.loads(publish(f"before {i}").read_body())["id"] for i in range(3)]
     assert [e.last_event_id for e in live.events(3)] == before
-    sentinel.kill_master()
+    fresh_sentinel.kill_master()
     statuses: list[int] = []
     deadline = time.monotonic() + 30
     while not statuses or statuses[-1] != 201:

@@ -11,6 +11,7 @@ bounded pool that waits for a free connection (see :mod:`.clients`).
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import redis
@@ -23,6 +24,22 @@ __all__ = ["BlockingSentinelConnectionPool", "ReaderConnection", "SentinelRedis"
 
 #: The longest a sentinel may take to connect or answer (seconds).
 SENTINEL_TIMEOUT = 2.0
+#: The longest a pool or the reader goes on with a master without asking
+#: the sentinels whether it still is the one (seconds).
+MASTER_CHECK_INTERVAL = 1.0
+
+
+def _master_moved(pool: Any) -> bool:
+    """Ask the sentinels where the master is; True if not where the pool
+    last found it. (A pool whose master moved disconnects its idle
+    connections: they reconnect to the new one.) False if no sentinel
+    names a master: connections to a master that is really gone fail by
+    themselves, and one that still answers is better than none."""
+    known = pool.master_address
+    try:
+        return bool(pool.get_master_address() != known and known is not None)
+    except (redis.ConnectionError, redis.TimeoutError):
+        return False
 
 
 class BlockingSentinelConnectionPool(SentinelConnectionPool, BlockingConnectionPool):
@@ -34,8 +51,23 @@ class BlockingSentinelConnectionPool(SentinelConnectionPool, BlockingConnectionP
     master is not taken back (``owns_connection``): its slot is freed for a
     new connection to the current master.
 
+    Redis Sentinel does not tell a client that the master moved; a former
+    master that still runs (until a sentinel demotes it, up to 10 s after
+    the promotion; behind a network partition, never) takes every write
+    sent to it, and loses them once it is demoted. So a checkout asks the
+    sentinels, at most every :data:`MASTER_CHECK_INTERVAL` seconds.
+
     .. versionadded:: 0.1
     """
+
+    _checked_at = 0.0
+
+    def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        now = time.monotonic()
+        if now - self._checked_at >= MASTER_CHECK_INTERVAL:
+            self._checked_at = now
+            _master_moved(self)  # if it moved, the idle connections are closed: they reconnect there
+        return super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
 
     def release(self, connection: Any) -> None:
         owned = self.owns_connection(connection)  # type: ignore[no-untyped-call]
@@ -51,7 +83,9 @@ class BlockingSentinelConnectionPool(SentinelConnectionPool, BlockingConnectionP
 
 class ReaderConnection(SentinelManagedConnection):
     """The reader's connection to the Sentinel master, which it leaves when
-    that master becomes a replica.
+    that master becomes a replica, or when the sentinels name another one
+    (asked at most every :data:`MASTER_CHECK_INTERVAL` seconds, before a
+    command).
 
     Redis ends every blocked command when it turns into a replica (a
     ``SENTINEL FAILOVER``, or a master that comes back after a failover)
@@ -65,6 +99,23 @@ class ReaderConnection(SentinelManagedConnection):
 
     .. versionadded:: 0.1
     """
+
+    _checked_at = 0.0
+
+    def connect_to(self, address: tuple[str, int]) -> None:
+        super().connect_to(address)  # type: ignore[no-untyped-call]
+        self._checked_at = time.monotonic()  # the sentinels were just asked
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        # A master the sentinels replaced may still run and answer (see
+        # BlockingSentinelConnectionPool): ask them between two reads.
+        now = time.monotonic()
+        if self._sock is not None and now - self._checked_at >= MASTER_CHECK_INTERVAL:
+            self._checked_at = now
+            if _master_moved(self.connection_pool):
+                self.disconnect()
+                raise redis.ConnectionError("the sentinels name another master; reconnecting to it")
+        super().send_packed_command(command, check_health)  # type: ignore[no-untyped-call]
 
     def read_response(self, *args: Any, **kwargs: Any) -> Any:
         try:
