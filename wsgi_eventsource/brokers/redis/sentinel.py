@@ -46,7 +46,9 @@ def pool_client(
     """
     from .sentinel_pools import BlockingSentinelConnectionPool, SentinelRedis, sentinels_of
 
-    sentinels = sentinels_of(target.nodes, connection_kwargs.get("socket_connect_timeout") or 2.0)
+    connect_timeout = connection_kwargs.get("socket_connect_timeout") or 2.0
+    # One more than the pool: its connections connect at once in a storm, and a checkout asks too.
+    sentinels = sentinels_of(target.nodes, connect_timeout, max(100, max_connections + 1))
     pool = BlockingSentinelConnectionPool(  # type: ignore[no-untyped-call]
         _service(target),
         sentinels,

@@ -144,11 +144,14 @@ class SentinelRedis(redis.Redis):
         self.sentinels.close()
 
 
-def sentinels_of(nodes: tuple[tuple[str, int], ...], connect_timeout: float) -> Sentinel:
+def sentinels_of(nodes: tuple[tuple[str, int], ...], connect_timeout: float, connections: int = 100) -> Sentinel:
     """Clients of the sentinels at *nodes*: asked without a password, each
     connect and answer bounded, never retried (redis-py's default retries
-    ten times with backoff: seconds lost per sentinel that is down)."""
+    ten times with backoff: seconds lost per sentinel that is down). Each
+    may open *connections* at once: every new connection to the master
+    asks them first (redis-py's pools refuse the 101st by default)."""
     sentinel_kwargs = {
+        "max_connections": connections,
         "socket_connect_timeout": min(connect_timeout, SENTINEL_TIMEOUT),
         "socket_timeout": SENTINEL_TIMEOUT,
         "retry": Retry(NoBackoff(), 0),
