@@ -112,12 +112,6 @@ def test_the_hub_answers_an_unconfirmed_publish_with_its_id(
     assert (body["replicas"], body["wanted"]) == (0, 1)
 
 
-def test_wait_replicas_is_refused_on_a_cluster_url() -> None:
-    with pytest.raises(ValueError, match=r"wait_replicas is not supported with redis\+cluster:// yet"):
-        RedisBroker("redis+cluster://127.0.0.1:7000/", wait_replicas=1)
-    RedisBroker("redis+cluster://127.0.0.1:7000/", wait_replicas=0).close()  # nothing connects yet
-
-
 def test_wait_replicas_zero_sends_no_wait(redis_url: str, broker_of: Callable[..., RedisBroker]) -> None:
     broker = broker_of(redis_url)
     admin = redis.Redis.from_url(redis_url)

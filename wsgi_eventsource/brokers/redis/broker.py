@@ -125,8 +125,6 @@ class RedisBroker(RedisReader, RedisClients, Broker):
         self._partitions = self._target.partitions if self._target.kind == "cluster" else None
         if self._partitions is not None and ("{" in prefix or "}" in prefix):
             raise ValueError(f"on a cluster the prefix may not contain '{{' or '}}' (the hash tag's), not {prefix!r}")
-        if wait_replicas and self._target.kind == "cluster":
-            raise ValueError("wait_replicas is not supported with redis+cluster:// yet")
         # Every failure redis-py may raise (a cluster's topology errors are not RedisErrors).
         self._errors: tuple[type[Exception], ...] = (
             self._redis.RedisError,
@@ -266,16 +264,24 @@ class RedisBroker(RedisReader, RedisClients, Broker):
         script = self._publish_script
         wait_ms = max(1, int(self.wait_timeout * 1000))
         for attempt in (1, 2):
+            # On a cluster, on the master of the channel's slot (a cluster
+            # pipeline refuses EVALSHA, and WAIT has no key to route by).
+            node = self._pipeline_client(client, channel)
             # EVALSHA by hand: a pipeline that runs a Script first asks
             # SCRIPT EXISTS, a second round trip on every publish.
-            with client.pipeline(transaction=False) as pipe:
+            with node.pipeline(transaction=False) as pipe:
                 pipe.evalsha(script.sha, 1, self._key(channel), *args)
                 pipe.wait(self.wait_replicas, wait_ms)
                 event_id, replicas = pipe.execute(raise_on_error=False)
             if isinstance(event_id, self._redis.exceptions.NoScriptError) and attempt == 1:
                 # A new master (a failover) or SCRIPT FLUSH: nothing was
                 # written; load it and publish again.
-                client.script_load(script.script)
+                node.script_load(script.script)
+                continue
+            if isinstance(event_id, self._redis.exceptions.MovedError) and attempt == 1:
+                # The slot has moved (a reshard, a failover): nothing was
+                # written; learn where it is now and publish there.
+                client.nodes_manager.initialize()
                 continue
             for answer in (event_id, replicas):
                 if isinstance(answer, Exception):
