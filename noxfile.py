@@ -48,7 +48,8 @@ PYTHONS = ("3.10", "3.12", "3.13")
 #: The tests that need no process but redis-server and the tests' own
 #: (gunicorn, nginx, Chromium, Node and the hub's CLI are left to the full
 #: suite): the wire format, brokers, apps, cursors, multiplexing, tokens, and
-#: the gevent.pywsgi and werkzeug servers in this process. About 85 s a Python.
+#: the gevent.pywsgi and werkzeug servers in this process. 45 to 90 s a Python
+#: on the 2-core machines, by their load (the whole suite: about 7 min).
 UNIT_TEST_FILES = (
     "tests/test_encoding.py",
     "tests/test_exports.py",
@@ -79,6 +80,9 @@ nox.options.sessions = ["tests"]
 nox.options.reuse_venv = "yes"
 # Nothing can be downloaded but packages: an interpreter is there or not.
 nox.options.download_python = "never"
+# A kept virtualenv whose interpreter is no longer the one found (pyenv moved
+# from 3.12.1 to 3.12.5, say) is made anew rather than reused broken.
+os.environ.setdefault("NOX_ENABLE_STALENESS_CHECK", "1")
 
 
 def pyenv_bin(root: pathlib.Path, python: str) -> pathlib.Path | None:
