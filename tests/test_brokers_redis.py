@@ -249,6 +249,55 @@ def test_a_forked_child_gets_live_events_on_a_channel_its_parent_read(redis_url:
     assert result.returncode == 0, result.stderr
 
 
+STORM_SCRIPT = """
+import json, sys, time
+from gevent import monkey
+monkey.patch_all()
+import gevent
+from gevent.pool import Pool
+import redis
+from wsgi_eventsource import RedisBroker
+
+url, n = sys.argv[1], int(sys.argv[2])
+admin = redis.Redis.from_url(url)
+broker = RedisBroker(url, block=5)
+broker.subscribe("warm", None)  # a reader that is already blocked in XREAD, as in a serving worker
+time.sleep(0.3)
+admin.config_resetstat()
+subscriptions = []
+Pool(100).map(lambda i: subscriptions.append(broker.subscribe(f"storm/{i}", None)[0]), range(n))
+for i in range(n):
+    broker.publish(f"storm/{i}", "x")
+deadline = time.monotonic() + 60
+while not all(s.buffer for s in subscriptions) and time.monotonic() < deadline:
+    gevent.sleep(0.01)
+stats = admin.info("commandstats")
+calls = {name: stats.get("cmdstat_" + name, {}).get("calls", 0) for name in ("xread", "client|unblock", "evalsha")}
+print(json.dumps({"live": sum(bool(s.buffer) for s in subscriptions), **calls}))
+broker.close()
+"""
+
+
+def test_a_storm_of_new_channels_costs_a_few_reads_of_the_key_set_not_one_each(redis_url: str) -> None:
+    """Issue 11: every new channel sent CLIENT UNBLOCK and so a fresh XREAD
+    naming every channel (2,000 channels at once: ~2,000 of each). Batched:
+    one subscriber wakes the reader for all that arrive meanwhile, and a
+    changed key set is read at most every 10 us per key. (Fails before the
+    batching: ~2,000 UNBLOCKs.) Every channel is live."""
+    result = subprocess.run(
+        [sys.executable, "-c", STORM_SCRIPT, redis_url, "2000"],
+        capture_output=True,
+        text=True,
+        timeout=100,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    counts = json.loads(result.stdout.strip().splitlines()[-1])
+    assert counts["live"] == 2000, counts
+    assert counts["client|unblock"] < 200, counts
+    assert counts["xread"] < 200, counts
+
+
 def test_a_redis_error_reply_is_a_503_not_a_500(serve: Callable[..., WSGIServer], redis_url: str) -> None:
     # A key of another type where a channel's stream should be (WRONGTYPE).
     redis.Redis.from_url(redis_url).set("wsgi-eventsource:clash", "not a stream")
