@@ -21,7 +21,7 @@ from gevent.pywsgi import WSGIServer
 from redis.sentinel import Sentinel
 
 from tests.conftest import ROOT, ServerProcess
-from tests.helpers import StreamClient
+from tests.helpers import StreamClient, wait_until
 from tests.sentinel_setup import PASSWORD, SERVICE, SentinelSetup, fresh_sentinel, sentinel, sentinel_setup  # noqa: F401
 from wsgi_eventsource import BrokerUnavailable, NotReplicated, RedisBroker
 from wsgi_eventsource.hub import Hub
@@ -403,6 +403,12 @@ def test_a_graceful_failover_moves_the_reader_to_the_new_master(
     first = broker.publish("one", "before")
     assert live.events(1)[0].last_event_id == first
     old = fresh_sentinel.master_port()
+    # SENTINEL FAILOVER does not wait for the replica: under load "first" may
+    # not have reached it yet, and would then be lost (correctly announced by
+    # a stream-reset, but not what this test is about). Wait until it has.
+    replica = next(port for port in fresh_sentinel.data_ports if port != old)
+    with fresh_sentinel.admin(replica) as replica_admin:
+        wait_until(lambda: bool(replica_admin.xrange("wsgi-eventsource:one")), 10, message="the replica has 'first'")
     with redis.Redis("127.0.0.1", fresh_sentinel.sentinel_ports[0]) as one_sentinel:
         one_sentinel.execute_command("SENTINEL", "FAILOVER", SERVICE)
     new = fresh_sentinel.wait_for_new_master(old)
@@ -442,6 +448,12 @@ def test_the_broker_follows_the_sentinels_while_the_old_master_still_takes_write
     first = broker.publish("news", "before")
     assert live.events(1)[0].last_event_id == first
     old = fresh_sentinel.master_port()
+    # SENTINEL FAILOVER does not wait for the replica: under load "first" may
+    # not have reached it yet, and would then be lost (correctly announced by
+    # a stream-reset, but not what this test is about). Wait until it has.
+    replica = next(port for port in fresh_sentinel.data_ports if port != old)
+    with fresh_sentinel.admin(replica) as replica_admin:
+        wait_until(lambda: bool(replica_admin.xrange("wsgi-eventsource:news")), 10, message="the replica has 'first'")
     with redis.Redis("127.0.0.1", fresh_sentinel.sentinel_ports[0]) as one_sentinel:
         one_sentinel.execute_command("SENTINEL", "FAILOVER", SERVICE)
     new = fresh_sentinel.wait_for_new_master(old, demote=False)
