@@ -11,6 +11,8 @@
     GET  /stats               JSON: connections, events, drops, refusals, uptime,
                               delivery latency, reader lag, Redis errors
     GET  /metrics             the same as a Prometheus text exposition
+    GET  /dashboard           a live page of those numbers, with a chart
+    GET  /dashboard/events    its event stream (``stats`` once a second)
 
 With several gunicorn workers sharing ``PROMETHEUS_MULTIPROC_DIR`` (``serve
 --workers N`` sets it up), ``/stats`` and ``/metrics`` of any worker answer
@@ -20,7 +22,7 @@ for all of them: see :mod:`wsgi_eventsource.workers`.
 WSGI app that can be mounted anywhere.
 
 Who may do what, without signed tokens: with a publish token, publishing,
-``/stats`` and ``/metrics`` need it (``Authorization: Bearer <token>``).
+``/stats``, ``/metrics`` and ``/dashboard`` need it (``Authorization: Bearer <token>``).
 Without one, they are for this machine only, and every request but
 ``/healthz`` must be addressed to a loopback name or to one of
 ``allowed_hosts``: otherwise a page whose own name was made to resolve to
@@ -33,16 +35,27 @@ the stream, except on ``auth.public`` channels (header, cookie or query
 parameter, as TokenAuth reads them). Publishing needs the publish token, or
 a token whose publish patterns cover the channel, in the ``Authorization``
 header only: a cookie comes with requests that any page makes, so it would
-let other sites publish as the user (CSRF). ``/stats`` and ``/metrics`` need
+let other sites publish as the user (CSRF). ``/stats``, ``/metrics`` and ``/dashboard`` need
 the publish token or a token that may publish to every channel (``"**"``).
 The loopback rule and the ``Host`` check are off: when nothing private is
 answered without a token, a name rebound to this machine gains nothing (a
 browser sends the real site's cookie to the real site only).
+
+The dashboard follows the rules of ``/stats``, but a browser's
+``EventSource`` cannot send a header: ``/dashboard`` and its stream also
+take the token from the ``eventsource_token`` cookie (:attr:`Hub.token_cookie`,
+which its form and the demo page set, ``SameSite=Strict``), never from the
+URL: a URL lands in access logs, browser history and ``Referer``, and this
+token is the most powerful one. The cookie is no CSRF risk here: both
+answers are ``GET``, change nothing, carry no CORS headers (no other site can
+read them), and a ``SameSite=Strict`` cookie is not even sent with another
+site's requests. Publishing still reads the header only.
 """
 
 from __future__ import annotations
 
 import hmac
+import html
 import ipaddress
 import json
 import os
@@ -52,15 +65,17 @@ from collections.abc import Iterable, Sequence
 from importlib import resources
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
+from werkzeug.sansio.http import parse_cookie
 
-from .app import plain_response, unauthorized
+from .app import EXPIRES_KEY, plain_response, unauthorized
 from .auth import CLAIM
 from .auth import bearer_token as _bearer
 from .brokers.apps import _channel_or_error
 from .brokers.base import Broker
+from .dashboard import Dashboard
 from .errors import Unauthorized
 from .metrics import CONTENT_TYPE, Reporter, exposition
 from .workers import SHARED_CHANNELS, merge, shared_directory
@@ -168,8 +183,8 @@ class Hub:
         proxy (``X-Forwarded-For``, ``Forwarded``, ``X-Real-IP``), from a
         browser page of another site (``Origin``, ``Sec-Fetch-Site``), or with
         a ``Host`` that is not loopback (DNS rebinding). A refused publish
-        gets ``403`` with the reason. ``/stats`` and ``/metrics`` follow the
-        same rule (they name the channels).
+        gets ``403`` with the reason. ``/stats``, ``/metrics`` and
+        ``/dashboard`` follow the same rule (they name the channels).
     :param cors_origin: if set, the origin (``https://example.org``, no path)
         allowed to subscribe and publish from a browser on another site. A
         specific origin is also allowed to send credentials
@@ -203,9 +218,13 @@ class Hub:
 
     .. versionadded:: 0.1
     .. versionchanged:: 0.1
-        ``auth``.
+        ``auth``; ``/dashboard``.
     """
 
+    #: The cookie ``/dashboard`` and its stream also read the token from (a
+    #: browser's ``EventSource`` cannot send a header); the dashboard's form
+    #: and the demo page set it.
+    token_cookie: str = "eventsource_token"
     #: Upper bounds of the buckets of the subscribers-per-channel histogram.
     subscriber_buckets: tuple[float, ...] = (1, 2, 5, 10, 100, 1000, 10_000)
 
@@ -259,7 +278,12 @@ class Hub:
         )
         self.publisher = broker.publisher_app()  # refusals come first, in _publish, with a reason
         self._app = DispatcherMiddleware(self._root, {"/events": self._subscribe, "/publish": self._publish})
-        self._page = resources.files(__package__).joinpath("static/demo.html").read_bytes()
+        static = resources.files(__package__).joinpath("static")
+        self._page = static.joinpath("demo.html").read_bytes()
+        self._dashboard_page = static.joinpath("dashboard.html").read_bytes()
+        self._login_page = static.joinpath("dashboard-login.html").read_text(encoding="utf-8")
+        #: What ``/dashboard`` shows, computed once a second while anyone watches.
+        self.dashboard = Dashboard(self._dashboard_numbers, keepalive=keepalive, shutdown_retry=shutdown_retry)
         directory = shared_directory()
         #: With a directory shared by the workers: what writes this worker's
         #: part of ``/stats`` and ``/metrics`` (started by the first request).
@@ -304,7 +328,7 @@ class Hub:
         # Subscribes still waiting on the broker (a Redis stall, a pool wait,
         # a reconnect storm) count too: each becomes a stream, and left
         # uncounted a storm would pass the check all at once.
-        if source.connection_count + self._opening >= self.max_connections:
+        if source.connection_count + self._opening + self.dashboard.viewers >= self.max_connections:
             # Soft: a 503 would make a browser give up for good. The stream
             # headers (and so the CORS headers) are the subscriber app's.
             why = f"this server holds its maximum of {self.max_connections} streams; reconnect later"
@@ -377,15 +401,22 @@ class Hub:
 
         return self.publisher(environ, with_cors)
 
-    def _refusal(self, environ: WSGIEnvironment, what: str = "") -> str | None:
+    def _refusal(self, environ: WSGIEnvironment, what: str = "", *, cookie: bool = False) -> str | None:
         """Why this publish (or, with *what*, a request for that page) is
-        refused, or None if it may go ahead."""
+        refused, or None if it may go ahead. With *cookie*, the token may
+        also come in the :attr:`token_cookie` cookie."""
         if self.publish_token is not None:
-            token = _bearer(environ)
+            token = self._credential(environ, cookie)
             if token is None:
+                if cookie:
+                    return (
+                        f"{what[:1].upper()}{what[1:]} needs the publish token: the header "
+                        f"Authorization: Bearer <publish token>, or the {self.token_cookie} cookie "
+                        "(the form of this page sets it)"
+                    )
                 return f"{what or 'Publishing'} needs the header Authorization: Bearer <publish token>"
             # Constant time, so the token cannot be guessed byte by byte.
-            if not hmac.compare_digest(token.encode("latin-1"), self.publish_token.encode()):
+            if not hmac.compare_digest(token.encode("latin-1", "replace"), self.publish_token.encode()):
                 return "The publish token is wrong"
             return None
         why = self._not_from_this_machine(environ, self.cors_origin)
@@ -401,30 +432,61 @@ class Hub:
             "Set a publish token (--publish-token) to publish from elsewhere"
         )
 
-    def _publish_token_given(self, environ: WSGIEnvironment) -> bool:
+    def _cookie_token(self, environ: WSGIEnvironment) -> str | None:
+        """The token of the :attr:`token_cookie` cookie, or ``None``."""
+        cookies: str = environ.get("HTTP_COOKIE", "")
+        if not cookies:
+            return None
+        # Leniently, as TokenAuth.token_of does: one stray byte in any cookie
+        # of the site must not make a 500.
+        value = parse_cookie(cookies.encode("latin-1", "replace").decode("utf-8", "replace")).get(self.token_cookie)
+        # The pages write it with encodeURIComponent (a JWT is left as it is).
+        return unquote(value) if value else None
+
+    def _credential(self, environ: WSGIEnvironment, cookie: bool) -> str | None:
+        """The token of the ``Authorization`` header, else (with *cookie*) of
+        the :attr:`token_cookie` cookie; never of the URL."""
+        token = _bearer(environ)
+        if token is None and cookie:
+            token = self._cookie_token(environ)
+        return token
+
+    def _publish_token_given(self, environ: WSGIEnvironment, cookie: bool = False) -> bool:
         """Whether the request carries the (static) publish token."""
         if self.publish_token is None:
             return False
-        token = _bearer(environ)
+        token = self._credential(environ, cookie)
         # Constant time, so the token cannot be guessed byte by byte.
         return token is not None and hmac.compare_digest(
             token.encode("latin-1", "replace"), self.publish_token.encode()
         )
 
     def _token_refusal(
-        self, auth: TokenAuth, environ: WSGIEnvironment, start_response: StartResponse, channel: str | None
+        self,
+        auth: TokenAuth,
+        environ: WSGIEnvironment,
+        start_response: StartResponse,
+        channel: str | None,
+        *,
+        cookie: bool = False,
     ) -> list[bytes] | None:
         """With signed tokens (*auth*): ``None`` if the request may publish to
-        *channel* (``None``: read ``/stats`` or ``/metrics``), else the ``401``
-        or ``403`` to answer (with the CORS headers)."""
-        if self._publish_token_given(environ):
+        *channel* (``None``: read ``/stats``, ``/metrics`` or ``/dashboard``),
+        else the ``401`` or ``403`` to answer (with the CORS headers). With
+        *cookie* (the dashboard), the token may also come in the
+        :attr:`token_cookie` cookie, and a stream ends when it expires."""
+        if self._publish_token_given(environ, cookie):
             return None
         what = f"Publishing to {channel!r}" if channel is not None else f"Reading {environ.get('PATH_INFO')}"
-        if _bearer(environ) is None:
-            missing = Unauthorized(f"{what} needs the header Authorization: Bearer <token>", error=None)
+        token = self._credential(environ, cookie)
+        if token is None:
+            where = f", or the {self.token_cookie} cookie (the form of this page sets it)" if cookie else ""
+            missing = Unauthorized(f"{what} needs the header Authorization: Bearer <token>{where}", error=None)
             return unauthorized(start_response, missing, self.cors_headers)
-        # The header only: a cookie comes with requests any page makes (CSRF).
+        # The header only (or the dashboard's cookie, read above): a cookie
+        # comes with requests any page makes (CSRF); a URL lands in logs.
         header_only = {k: v for k, v in environ.items() if k not in ("HTTP_COOKIE", "QUERY_STRING")}
+        header_only["HTTP_AUTHORIZATION"] = f"Bearer {token}"
         try:
             if channel is None:
                 section = auth.claims_of(header_only).get(CLAIM, {})
@@ -436,6 +498,8 @@ class Hub:
                 exc = Unauthorized(f"{exc.description}, and it is not the publish token", exc.error)
             return unauthorized(start_response, exc, self.cors_headers)
         if allowed:
+            if cookie and EXPIRES_KEY in header_only:
+                environ[EXPIRES_KEY] = header_only[EXPIRES_KEY]  # the stream ends with the token
             return None
         if channel is None:
             why = f"{what} needs a token that may publish to every channel ('**')"
@@ -499,6 +563,8 @@ class Hub:
             if ping is not None and not ping():
                 return plain_response(start_response, "503 Service Unavailable", "broker unreachable\n")
             return plain_response(start_response, "200 OK", "ok\n")
+        if path in ("/dashboard", "/dashboard/events"):
+            return self._dashboard_route(environ, start_response, path)
         if path in ("/stats", "/metrics") and self.auth is not None:
             # They name channels: only for whoever may publish to them all.
             answer = self._token_refusal(self.auth, environ, start_response, None)
@@ -516,6 +582,87 @@ class Hub:
         if path == "/metrics":
             return self._metrics(start_response)
         return plain_response(start_response, "404 Not Found", "Not found\n")
+
+    # -- the dashboard ---------------------------------------------------------------------
+
+    def _dashboard_route(self, environ: WSGIEnvironment, start_response: StartResponse, path: str) -> Iterable[bytes]:
+        page = path == "/dashboard"
+        captured: list[Any] = []
+
+        def capture(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            captured[:] = [status, headers]
+            return lambda data: None
+
+        # A refusal of the stream stays a 401 or 403: it is for good (a token
+        # will not appear by itself), so the browser may as well give up.
+        answer = self._watch_refusal(environ, capture if page else start_response)
+        if answer is not None:
+            if not page:
+                return answer
+            return self._login(start_response, captured[0], captured[1], b"".join(answer).decode())
+        if page:
+            start_response(
+                "200 OK",
+                [
+                    ("Content-Type", "text/html; charset=utf-8"),
+                    ("Content-Length", str(len(self._dashboard_page))),
+                    ("Cache-Control", "no-cache"),
+                ],
+            )
+            return [self._dashboard_page] if environ.get("REQUEST_METHOD") == "GET" else []
+        if environ.get("REQUEST_METHOD") != "GET":
+            return plain_response(start_response, "405 Method Not Allowed", "Use GET\n", [("Allow", "GET")])
+        viewers = self.dashboard
+        if (
+            self.max_connections is not None
+            and self.subscriber.source.connection_count + self._opening + viewers.viewers >= self.max_connections
+        ):
+            # Soft, as for any stream: the viewer comes back when there is room.
+            why = f"this server holds its maximum of {self.max_connections} streams; reconnect later"
+            return viewers.source.refuse(start_response, "over_max_connections", why)
+        return viewers.open(environ, start_response)
+
+    def _watch_refusal(self, environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes] | None:
+        """``None`` if the request may see the dashboard, else the answer
+        ``/stats`` would get (``401`` or ``403``), the cookie counting as a header."""
+        if self.auth is not None:
+            return self._token_refusal(self.auth, environ, start_response, None, cookie=True)
+        refusal = self._refusal(environ, "the dashboard", cookie=True)
+        if refusal is not None:
+            return plain_response(start_response, "403 Forbidden", f"{refusal}\n")
+        return None
+
+    def _login(
+        self, start_response: StartResponse, status: str, headers: list[tuple[str, str]], why: str
+    ) -> list[bytes]:
+        """The refusal of ``/dashboard`` as a page: its status and why, and a
+        form for the token when one would help."""
+        token_helps = self.publish_token is not None or self.auth is not None
+        body = (
+            self._login_page.replace("@STATUS@", html.escape(status))
+            .replace("@WHY@", html.escape(why.strip()))
+            .replace("@COOKIE@", self.token_cookie)
+            .replace("@FORM@", "" if token_helps else "hidden")
+            .encode("utf-8", "backslashreplace")
+        )
+        kept = [(name, value) for name, value in headers if name.lower() not in ("content-type", "content-length")]
+        start_response(
+            status,
+            [
+                ("Content-Type", "text/html; charset=utf-8"),
+                ("Content-Length", str(len(body))),
+                ("Cache-Control", "no-store"),
+                *kept,
+            ],
+        )
+        return [body]
+
+    def _dashboard_numbers(self) -> dict[str, Any]:
+        """What a dashboard ``stats`` event shows: :meth:`stats` and the broker's state."""
+        numbers = self.stats()
+        ping = getattr(self.broker, "ping", None)
+        numbers["broker"] = {"kind": type(self.broker).__name__, "reachable": None if ping is None else bool(ping())}
+        return numbers
 
     # -- statistics ------------------------------------------------------------------------
 
@@ -570,8 +717,10 @@ class Hub:
             "channel_counts": counts_shared,
             "published": stats.published,
             "delivered": stats.delivered,
-            "slow_clients_dropped": source.dropped,
-            "refused": dict(source.refused),
+            "slow_clients_dropped": source.dropped + self.dashboard.source.dropped,
+            "refused": {
+                reason: count + self.dashboard.source.refused[reason] for reason, count in source.refused.items()
+            },
             "redis_errors": dict(stats.errors),
             "reader_lag_seconds": None if lag is None else round(lag, 3),
             "latency": {"bounds": latency.bounds, "counts": latency.counts, "sum": latency.sum},
