@@ -81,9 +81,9 @@ def test_viewers_get_the_history_then_stats_computed_once_a_tick_for_all(serve: 
     for viewer in viewers:
         assert viewer.status == 200
         assert viewer.headers["content-type"].startswith("text/event-stream")
-        first, latest = viewer.events(2)
+        first, opened = viewer.events(2)
         assert (first.type, json.loads(first.data)) == ("history", [])
-        assert latest.type == "stats"
+        assert opened.type == "stats"
     opening = json.loads(viewers[0].parser.events[1].data)
     assert opening["connections"]["per_channel"] == {"lobby": 1}
     assert opening["broker"] == {"kind": "MemoryBroker", "reachable": None}
