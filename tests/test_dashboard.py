@@ -269,9 +269,10 @@ def test_who_may_not_see_the_dashboard(
 
 
 def test_the_refusal_page_escapes_what_the_request_sent() -> None:
-    status, _, page = _ask(_hub("loopback"), "/dashboard", {"HTTP_ORIGIN": "https://evil.example/<b>x</b>"})
+    origin = "https://evil.example/<b>x</b>@FORM@"
+    status, _, page = _ask(_hub("loopback"), "/dashboard", {"HTTP_ORIGIN": origin})
     assert status.startswith("403")
-    assert "&lt;b&gt;x&lt;/b&gt;" in page
+    assert "https://evil.example/&lt;b&gt;x&lt;/b&gt;@FORM@" in page  # quoted as sent, not filled in
     assert "<b>" not in page
 
 
@@ -388,6 +389,8 @@ def test_the_dashboard_in_chromium_asks_for_the_token_then_updates_live(two_work
         try:
             context = chromium.new_context(viewport={"width": 1100, "height": 900})
             page = context.new_page()
+            requested: list[str] = []
+            page.on("request", lambda request: requested.append(request.url))
             answer = page.goto(f"{origin}/dashboard")
             assert answer is not None
             assert answer.status == 403
@@ -404,6 +407,7 @@ def test_the_dashboard_in_chromium_asks_for_the_token_then_updates_live(two_work
             channels = page.locator("#per-channel tr").all_inner_texts()
             assert [line.split()[:2] for line in channels] == [["news", "3"], ["alerts", "1"]]
 
+            before = page.get_attribute("#published-line", "points")
             auth = {"Authorization": f"Bearer {TOKEN}"}
             deadline = time.monotonic() + 4
             sent = 0
@@ -417,10 +421,14 @@ def test_the_dashboard_in_chromium_asks_for_the_token_then_updates_live(two_work
                 f"document.getElementById('delivered').textContent === '{3 * sent:,}'", timeout=10_000
             )
             points = page.get_attribute("#published-line", "points") or ""
+            assert points != before
             heights = [float(point.split(",")[1]) for point in points.split()]
             assert len(heights) >= 3
             assert min(heights) < 150
             assert float(page.inner_text("#chart-max").replace(",", "")) > 1
+            # Offline: the page asked for nothing but itself and its stream.
+            paths = {url.removeprefix(origin) for url in requested} - {"/favicon.ico"}
+            assert paths == {"/dashboard", "/dashboard/events"}, requested
 
             target = (
                 pathlib.Path(ROOT, "docs", "dashboard.png")

@@ -640,9 +640,10 @@ class Hub:
         token_helps = self.publish_token is not None or self.auth is not None
         body = (
             self._login_page.replace("@STATUS@", html.escape(status))
-            .replace("@WHY@", html.escape(why.strip()))
             .replace("@COOKIE@", self.token_cookie)
             .replace("@FORM@", "" if token_helps else "hidden")
+            # Last: the reason may quote the request, placeholders included.
+            .replace("@WHY@", html.escape(why.strip()))
             .encode("utf-8", "backslashreplace")
         )
         kept = [(name, value) for name, value in headers if name.lower() not in ("content-type", "content-length")]
