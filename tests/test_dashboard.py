@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, VENV_BIN, Nginx, RedisServer, ServerProcess, call
+from tests.conftest import ROOT, VENV_BIN, Nginx, RedisServer, Serve, ServerProcess, call
 from tests.helpers import StreamClient, parse, wait_until
 from wsgi_eventsource import MemoryBroker
 from wsgi_eventsource.hub import Hub
@@ -345,6 +345,21 @@ def test_a_server_shutting_down_refuses_a_viewer_softly(serve: Callable[..., Any
     assert 1000 <= (late.parser.reconnection_time or 0) <= 3000
     assert not [e for e in late.parser.events if e.type == "stats"]
     assert hub.stats()["refused"]["shutting_down"] == 1
+
+
+@pytest.mark.server
+def test_sigterm_ends_the_viewers_of_a_gunicorn_worker_with_a_retry_hint(hub_server: Serve) -> None:
+    """The viewers' streams have an EventSource of their own: gunicorn's
+    SIGTERM must end them too (with the hint), not leave them to the SIGKILL."""
+    server = hub_server("--graceful-timeout", "30", "--shutdown-retry", "1234")
+    viewer = StreamClient(server.port, "/dashboard/events")
+    viewer.events(2)
+    started = time.monotonic()
+    server.proc.send_signal(signal.SIGTERM)
+    viewer.read_to_end(timeout=10)
+    assert 617 <= (viewer.parser.reconnection_time or 0) <= 1851
+    assert server.wait(15) == 0
+    assert time.monotonic() - started < 6  # well before the 30 s graceful timeout
 
 
 # -- Chromium ----------------------------------------------------------------------------------------
