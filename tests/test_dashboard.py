@@ -86,7 +86,7 @@ def test_viewers_get_the_history_then_stats_computed_once_a_tick_for_all(serve: 
         assert opened.type == "stats"
     opening = json.loads(viewers[0].parser.events[1].data)
     assert opening["connections"]["per_channel"] == {"lobby": 1}
-    assert opening["broker"] == {"kind": "MemoryBroker", "reachable": None}
+    assert opening["broker"] == {"kind": "MemoryBroker", "probe": False, "reachable": None, "silent_seconds": None}
 
     computed = hub.dashboard.snapshots
     for i in range(5):
@@ -125,22 +125,57 @@ def test_the_ticker_stops_when_the_last_viewer_leaves(serve: Callable[..., Any])
     assert hub.dashboard.snapshots == computed
 
 
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A redis-server of this test alone (it is stopped and killed)."""
+    server = RedisServer()
+    yield server
+    if server.process is not None and server.process.proc.poll() is None:
+        os.kill(server.process.proc.pid, signal.SIGCONT)
+    server.stop()
+
+
 @pytest.mark.server
-def test_the_dashboard_shows_redis_reachable_then_not(
-    serve: Callable[..., Any], redis_server: RedisServer, redis_url: str
-) -> None:
+def test_the_dashboard_shows_redis_reachable_then_not(serve: Callable[..., Any], own_redis: RedisServer) -> None:
     from wsgi_eventsource.brokers.redis import RedisBroker
 
-    hub = fast(Hub(RedisBroker(redis_url)))
-    server = serve(hub)
-    viewer = StreamClient(server.server_port, "/dashboard/events")
-    viewer.wait_for(lambda c: any(s["broker"]["reachable"] is True for s in stats_events(c)))
-    assert stats_events(viewer)[-1]["broker"]["kind"] == "RedisBroker"
-    redis_server.kill()
+    broker = RedisBroker(own_redis.url, block=0.2)
     try:
+        hub = fast(Hub(broker))
+        server = serve(hub)
+        viewer = StreamClient(server.server_port, "/dashboard/events")
+        viewer.wait_for(lambda c: any(s["broker"]["reachable"] is True for s in stats_events(c)))
+        assert stats_events(viewer)[-1]["broker"]["kind"] == "RedisBroker"
+        own_redis.kill()
         viewer.wait_for(lambda c: stats_events(c)[-1]["broker"]["reachable"] is False, timeout=15)
+        own_redis.start()
+        viewer.wait_for(lambda c: stats_events(c)[-1]["broker"]["reachable"] is True, timeout=15)
     finally:
-        redis_server.start()
+        broker.close()
+
+
+@pytest.mark.server
+def test_a_frozen_redis_does_not_hold_the_dashboards_ticks(hub_server: Serve, own_redis: RedisServer) -> None:
+    """A Redis that does not answer (SIGSTOP) would hold every tick for the
+    ping's socket timeout (5 s), just when the dashboard matters: under
+    gunicorn the ticks go on once a second and say since when Redis has not
+    answered. (Fails with the ping inside the tick.)"""
+    server = hub_server("--redis", own_redis.url)
+    viewer = StreamClient(server.port, "/dashboard/events", timeout=30)
+    viewer.wait_for(lambda c: any(s["broker"]["reachable"] is True for s in stats_events(c)))
+    assert own_redis.process is not None
+    os.kill(own_redis.process.proc.pid, signal.SIGSTOP)  # Redis answers nothing now
+    try:
+        frozen_at = time.monotonic()
+        viewer.wait_for(lambda c: stats_events(c)[-1]["broker"]["reachable"] is False, timeout=10)
+        assert time.monotonic() - frozen_at < 3.5  # a second of silence and a tick, not the 5 s timeout
+        ticks = len(stats_events(viewer))
+        viewer.wait_for(lambda c: len(stats_events(c)) >= ticks + 2, timeout=10)
+        assert time.monotonic() - frozen_at < 5.5  # still once a second
+        assert stats_events(viewer)[-1]["broker"]["silent_seconds"] > 1
+    finally:
+        os.kill(own_redis.process.proc.pid, signal.SIGCONT)
+    viewer.wait_for(lambda c: stats_events(c)[-1]["broker"]["reachable"] is True, timeout=15)
 
 
 # -- who may see it -------------------------------------------------------------------------------

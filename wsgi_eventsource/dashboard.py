@@ -11,6 +11,12 @@ last :attr:`Dashboard.history_length` seconds, for the chart) and the
 latest ``stats``. Nothing runs on the path of an event: the counters read
 are the ones ``/stats`` reads, and without viewers nothing runs at all.
 
+Whether the broker answers is asked by a greenlet of its own, once a
+second, and the ticker reads its last answer: a Redis that does not answer
+(frozen, or a network that drops packets) would otherwise hold every tick
+for a socket timeout, just when the dashboard matters. Past a second
+without an answer, the broker counts as unreachable.
+
 The viewers' streams belong to an :class:`~wsgi_eventsource.EventSource`
 of their own, so that they are not counted among the channels' streams in
 ``/stats``; at shutdown they end with the hub's ``retry:`` hint like any
@@ -51,9 +57,10 @@ class Dashboard:
     """The numbers behind ``/dashboard``, computed once a second while
     anyone watches and shared by every viewer of this process.
 
-    :param numbers: what a ``stats`` event shows (the hub's ``/stats`` and
-        the broker's state), a JSON-able dict with ``events.published`` and
-        ``events.delivered``.
+    :param numbers: what a ``stats`` event shows (the hub's ``/stats``), a
+        JSON-able dict with ``events.published`` and ``events.delivered``.
+    :param probe: ``probe() -> bool``, whether the broker answers right now
+        (``RedisBroker.ping``); ``None`` for a broker in this process.
     :param keepalive: seconds between keepalive comments (none are needed
         while the ticker runs, but a viewer's stream outlives a stalled one).
     :param shutdown_retry: the ``retry:`` hint (ms, spread) viewers get when
@@ -72,10 +79,15 @@ class Dashboard:
         self,
         numbers: Callable[[], dict[str, Any]],
         *,
+        probe: Callable[[], bool] | None = None,
         keepalive: float | None = 15.0,
         shutdown_retry: int | None = 2000,
     ) -> None:
         self._numbers = numbers
+        self._probe = probe
+        self._reachable: bool | None = None  # the probe's last answer
+        self._asking_since: float | None = None  # monotonic time the probe's question went out
+        self._prober: gevent.Greenlet[Any, Any] | None = None
         #: The viewers' streams.
         self.source = EventSource(_no_handler, keepalive=keepalive, shutdown_retry=shutdown_retry)
         #: ``{"t": POSIX seconds, "published": per second, "delivered": per second}``, oldest first.
@@ -103,6 +115,8 @@ class Dashboard:
         stream = self.source.open_stream(environ, start_response, None, preamble)
         if self._ticker is None:
             self._ticker = gevent.spawn(self._tick)
+        if self._prober is None and self._probe is not None:
+            self._prober = gevent.spawn(self._ask_broker)
         return stream
 
     def snapshot(self) -> bytes:
@@ -123,9 +137,35 @@ class Dashboard:
             }
             self.history.append(rates)
         self._previous = (now, published, delivered)
-        self._latest = _encode("stats", {**numbers, "rates": rates, "viewers": self.viewers})
+        broker = {**numbers.get("broker", {}), **self._broker_state(now)}
+        self._latest = _encode("stats", {**numbers, "broker": broker, "rates": rates, "viewers": self.viewers})
         self._latest_at = now
         return self._latest
+
+    def _broker_state(self, now: float) -> dict[str, Any]:
+        """``probe`` (whether there is one), ``reachable`` (None: no probe, or
+        no answer yet) and ``silent_seconds`` (how long the question in flight
+        has been waiting)."""
+        if self._probe is None:
+            return {"probe": False, "reachable": None, "silent_seconds": None}
+        silent = None if self._asking_since is None else now - self._asking_since
+        reachable = False if silent is not None and silent > self.interval else self._reachable
+        return {"probe": True, "reachable": reachable, "silent_seconds": None if silent is None else round(silent, 1)}
+
+    def _ask_broker(self) -> None:
+        probe = self._probe
+        assert probe is not None
+        try:
+            while self.source.connection_count:
+                asked = self._asking_since = time.monotonic()
+                try:
+                    self._reachable = bool(probe())
+                except Exception:
+                    self._reachable = False
+                self._asking_since = None
+                gevent.sleep(max(0.0, self.interval - (time.monotonic() - asked)))
+        finally:
+            self._prober = None
 
     def _tick(self) -> None:
         try:

@@ -283,7 +283,12 @@ class Hub:
         self._dashboard_page = static.joinpath("dashboard.html").read_bytes()
         self._login_page = static.joinpath("dashboard-login.html").read_text(encoding="utf-8")
         #: What ``/dashboard`` shows, computed once a second while anyone watches.
-        self.dashboard = Dashboard(self._dashboard_numbers, keepalive=keepalive, shutdown_retry=shutdown_retry)
+        self.dashboard = Dashboard(
+            self._dashboard_numbers,
+            probe=getattr(broker, "ping", None),
+            keepalive=keepalive,
+            shutdown_retry=shutdown_retry,
+        )
         directory = shared_directory()
         #: With a directory shared by the workers: what writes this worker's
         #: part of ``/stats`` and ``/metrics`` (started by the first request).
@@ -659,10 +664,10 @@ class Hub:
         return [body]
 
     def _dashboard_numbers(self) -> dict[str, Any]:
-        """What a dashboard ``stats`` event shows: :meth:`stats` and the broker's state."""
+        """What a dashboard ``stats`` event shows: :meth:`stats` and the kind
+        of broker (the dashboard adds whether it answers)."""
         numbers = self.stats()
-        ping = getattr(self.broker, "ping", None)
-        numbers["broker"] = {"kind": type(self.broker).__name__, "reachable": None if ping is None else bool(ping())}
+        numbers["broker"] = {"kind": type(self.broker).__name__}
         return numbers
 
     # -- statistics ------------------------------------------------------------------------
