@@ -453,7 +453,7 @@ def test_the_dashboard_in_chromium_asks_for_the_token_then_updates_live(two_work
 
             page.wait_for_function("document.getElementById('streams').textContent === '4'", timeout=10_000)
             assert page.inner_text("#workers") == "2"
-            assert page.inner_text("#redis-state") == "yes"
+            page.wait_for_function("document.getElementById('redis-state').textContent === 'yes'", timeout=5000)
             channels = page.locator("#per-channel tr").all_inner_texts()
             assert [line.split()[:2] for line in channels] == [["news", "3"], ["alerts", "1"]]
 
