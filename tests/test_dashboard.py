@@ -86,6 +86,7 @@ def test_viewers_get_the_history_then_stats_computed_once_a_tick_for_all(serve: 
         assert opened.type == "stats"
     opening = json.loads(viewers[0].parser.events[1].data)
     assert opening["connections"]["per_channel"] == {"lobby": 1}
+    assert opening["viewers"] == 1  # the viewer itself, counted
     assert opening["broker"] == {"kind": "MemoryBroker", "probe": False, "reachable": None, "silent_seconds": None}
 
     computed = hub.dashboard.snapshots

@@ -109,10 +109,10 @@ class Dashboard:
         the latest ``stats``, then a ``stats`` every :attr:`interval`."""
         if self.source.shutting_down:
             return self.source.open_stream(environ, start_response, None)  # a soft refusal
+        stream = self.source.open_stream(environ, start_response, None, _encode("history", list(self.history)))
         if time.monotonic() - self._latest_at >= self.interval:
-            self.snapshot()  # nobody watched lately (or a second has passed)
-        preamble = _encode("history", list(self.history)) + self._latest
-        stream = self.source.open_stream(environ, start_response, None, preamble)
+            self.snapshot()  # nobody watched lately (or a second has passed); counts this viewer
+        stream.connection._enqueue(self._latest)
         if self._ticker is None:
             self._ticker = gevent.spawn(self._tick)
         if self._prober is None and self._probe is not None:
