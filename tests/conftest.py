@@ -397,10 +397,11 @@ def redis_broker_options() -> dict[str, Any]:
     return {}
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "redis-cluster"])
 def make_broker(request: pytest.FixtureRequest, redis_broker_options: dict[str, Any]) -> Iterator[Callable[..., Any]]:
-    """Make brokers of both kinds: MemoryBroker, and RedisBroker on a real
-    redis-server (``redis_url``); every one is closed afterwards."""
+    """Make brokers of every kind: MemoryBroker, and RedisBroker on a real
+    redis-server (``redis_url``) and on a real Redis Cluster (``cluster_url``,
+    tests/cluster_setup.py); every one is closed afterwards."""
     from wsgi_eventsource import Broker, MemoryBroker, RedisBroker
 
     made: list[Broker] = []
@@ -410,10 +411,17 @@ def make_broker(request: pytest.FixtureRequest, redis_broker_options: dict[str, 
         if request.param == "memory":
             broker = MemoryBroker(**options)
         else:
-            broker = RedisBroker(request.getfixturevalue("redis_url"), **{**redis_broker_options, **options})
+            url = request.getfixturevalue("redis_url" if request.param == "redis" else "cluster_url")
+            broker = RedisBroker(url, **{**redis_broker_options, **options})
         made.append(broker)
         return broker
 
     yield make
     for broker in made:
         broker.close()
+
+
+# The Redis Cluster (imported last: tests/cluster_setup.py uses ServerProcess from above).
+from tests.cluster_setup import cluster, cluster_url, redis_cluster  # noqa: E402
+
+__all__ = ["cluster", "cluster_url", "redis_cluster"]  # fixtures, found by pytest here
