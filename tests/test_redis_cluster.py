@@ -1,0 +1,489 @@
+"""Issue 11, Redis Cluster: RedisBroker on a real 3-master, 3-replica cluster
+(tests/cluster_setup.py), one test per clause of the issue.
+
+Channels spread over every master (hash-tagged partitions); one ``XREAD``
+per partition reads many channels; replay, live gap detection and
+``max_age`` behave as on one Redis; a slot moved live (``ASK``, then
+``MOVED``) and a master failover are survived by an open stream; two hubs on
+the cluster share channels; a bad ``redis+cluster://`` URL is refused with a
+message that names the part that is wrong. (The broker contract suites,
+tests/test_brokers.py and tests/test_multiplex*.py, also run on the cluster:
+see ``make_broker`` in tests/conftest.py.)
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import gevent
+import gevent.pool
+import pytest
+from gevent.pywsgi import WSGIServer
+from redis.crc import key_slot
+from werkzeug.middleware.dispatcher import DispatcherMiddleware
+
+from tests.cluster_setup import ClusterNode, RedisClusterNodes
+from tests.conftest import Serve, ServerProcess
+from tests.helpers import ParsedEvent, StreamClient, wait_until
+from tests.test_multiplex import channel_of, own_id
+from wsgi_eventsource import BrokerUnavailable, RedisBroker
+from wsgi_eventsource.brokers.redis import scripts
+
+pytestmark = pytest.mark.server
+
+
+@pytest.fixture
+def broker_of(cluster_url: str) -> Iterator[Callable[..., RedisBroker]]:
+    """RedisBrokers on the test's cluster, closed afterwards."""
+    made: list[RedisBroker] = []
+
+    def make(url: str = cluster_url, **options: Any) -> RedisBroker:
+        broker = RedisBroker(url, **{"block": 0.2, **options})
+        made.append(broker)
+        return broker
+
+    yield make
+    for broker in made:
+        broker.close()
+
+
+def not_found(environ: Any, start_response: Any) -> list[bytes]:
+    start_response("404 Not Found", [("Content-Type", "text/plain"), ("Content-Length", "0")])
+    return []
+
+
+def serve_broker(serve: Callable[..., WSGIServer], broker: RedisBroker, **options: Any) -> int:
+    """The broker's subscriber app at ``/events`` on a real socket; its port."""
+    app = broker.subscriber_app(**{"keepalive": 0.5, **options})
+    port: int = serve(DispatcherMiddleware(not_found, {"/events": app})).server_port
+    return port
+
+
+def connected(port: int, path: str, **options: Any) -> StreamClient:
+    """A stream that has its first id (so the broker has subscribed it)."""
+    client = StreamClient(port, path, **options)
+    assert client.status == 200, client.read_body()
+    client.wait_for(lambda c: b"id: " in c.raw)
+    return client
+
+
+def slot_of(broker: RedisBroker, channel: str) -> int:
+    """The cluster slot of *channel*'s key (the broker's own key function)."""
+    return int(key_slot(broker._key(channel).encode()))
+
+
+def channel_per_master(broker: RedisBroker, cluster: RedisClusterNodes, stem: str) -> dict[int, str]:
+    """A channel whose key is on each master: master port -> channel."""
+    found: dict[int, str] = {}
+    masters = {node.port for node in cluster.masters()}
+    for i in range(10_000):
+        channel = f"{stem}-{i}"
+        found.setdefault(cluster.master_of(slot_of(broker, channel)).port, channel)
+        if set(found) == masters:
+            return found
+    raise AssertionError(f"no channel named {stem}-N on every master: {found}")
+
+
+def messages(client: StreamClient) -> list[str]:
+    return [e.last_event_id for e in client.parser.events if e.type == "message"]
+
+
+def xread_calls(cluster: RedisClusterNodes) -> int:
+    """XREADs the masters have run since the test began (``cluster`` resets the counters)."""
+    total = 0
+    for node in cluster.masters():
+        with node.client() as client:
+            total += int(client.info("commandstats").get("cmdstat_xread", {}).get("calls", 0))
+    return total
+
+
+class Publisher:
+    """Publishes to one channel from a real OS thread every *every* seconds
+    until stopped, as an application does while the cluster changes under it;
+    records the id of every publish that was acknowledged, in order, and how
+    many were refused (``BrokerUnavailable``)."""
+
+    def __init__(self, broker: RedisBroker, channel: str, every: float = 0.005) -> None:
+        self.broker, self.channel, self.every = broker, channel, every
+        self.acknowledged: list[str] = []
+        self.refused: list[str] = []
+        self._stop = threading.Event()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            n = 0
+            while not self._stop.is_set():
+                try:
+                    self.acknowledged.append(self.broker.publish(self.channel, f"m{n}"))
+                except BrokerUnavailable as exc:
+                    self.refused.append(str(exc))
+                n += 1
+                time.sleep(self.every)
+        finally:
+            self._done.set()
+
+    def wait_for(self, count: int, timeout: float = 15.0) -> None:
+        """Wait (cooperatively) until *count* publishes in all were acknowledged."""
+        wait_until(lambda: len(self.acknowledged) >= count, timeout, message=f"{count} acknowledged publishes")
+
+    def stop(self) -> list[str]:
+        self._stop.set()
+        wait_until(self._done.is_set, 30, message="the publisher thread to stop")
+        return self.acknowledged
+
+
+# -- channels spread over every master; one XREAD per partition ------------------------------------------
+
+
+@pytest.mark.parametrize(("query", "partitions"), [("", 16), ("?partitions=4", 4)])
+def test_channels_spread_over_every_master(
+    broker_of: Callable[..., RedisBroker], cluster: RedisClusterNodes, cluster_url: str, query: str, partitions: int
+) -> None:
+    """Issue 11, cluster: 200 channels land on every master, in hash-tagged
+    partitions (one slot per partition, at most ``partitions`` slots), each
+    channel's stream whole on one master."""
+    broker = broker_of(cluster_url + query)
+    channels = [f"spread-{i}" for i in range(200)]
+    ids = {channel: broker.publish(channel, "x") for channel in channels}
+    keys_per_master = {}
+    for node in cluster.masters():
+        with node.client() as client:
+            keys_per_master[node.port] = {key.decode() for key in client.scan_iter(count=1000)}
+    assert all(keys_per_master.values()), (
+        f"a master holds no channel: { {p: len(k) for p, k in keys_per_master.items()} }"
+    )
+    every_key = set().union(*keys_per_master.values())
+    assert every_key == {broker._key(channel) for channel in channels}
+    assert sum(len(keys) for keys in keys_per_master.values()) == 200  # each on one master only
+    slots = {slot_of(broker, channel) for channel in channels}
+    assert len(slots) == partitions  # a partition is one hash tag, so one slot
+    assert all("{p" in broker._key(channel) for channel in channels)
+    for channel in channels[:10]:  # and each reads back whole
+        assert [e.id for e in broker.history_of(channel)] == [ids[channel]]
+
+
+def test_one_xread_per_partition_reads_many_channels(
+    serve: Callable[..., WSGIServer], broker_of: Callable[..., RedisBroker], cluster: RedisClusterNodes
+) -> None:
+    """Issue 11, cluster and "a reader that scales with channels": 300
+    channels subscribed at once (300 streams opened together) are all read
+    live with far fewer ``XREAD`` calls than channels (one XREAD names every
+    channel of a partition; a storm of subscribes is batched). Today's reader
+    sends one XREAD per new channel, and on a cluster none at all (CROSSSLOT)."""
+    channels = [f"many-{i}" for i in range(300)]
+    # block=5: no idle XREAD returns (and is counted) while the test runs.
+    broker = broker_of(block=5.0)
+    port = serve_broker(serve, broker, keepalive=5)
+    pool = gevent.pool.Pool(300)
+    clients = pool.map(lambda channel: connected(port, f"/events/{channel}"), channels)
+    wait_until(lambda: broker.subscriber_count() == 300, 10)
+    # One event per channel, written per partition in one MULTI (with the
+    # broker's own PUBLISH script), so delivering them takes about one XREAD
+    # per partition, whatever the reader does per subscribe.
+    by_slot: dict[int, list[str]] = {}
+    for channel in channels:
+        by_slot.setdefault(slot_of(broker, channel), []).append(channel)
+    for slot, members in by_slot.items():
+        with cluster.master_of(slot).client() as client:
+            pipe = client.pipeline(transaction=True)
+            for channel in members:
+                pipe.eval(scripts.PUBLISH, 1, broker._key(channel), 1000, f"data: {channel}\n\n", "", "")
+            pipe.execute()
+    for channel, client in zip(channels, clients, strict=True):
+        events = client.events(1, timeout=10)
+        assert [(e.type, e.data) for e in events] == [("message", channel)]
+    calls = xread_calls(cluster)
+    print(f"300 channels in {len(by_slot)} partitions, subscribed at once and read live: {calls} XREAD calls")
+    assert calls < len(channels) // 3, f"{calls} XREADs for {len(channels)} new channels: not batched"
+
+
+# -- replay, gap detection and max_age as on one Redis ------------------------------------------------------
+
+
+def test_a_multiplexed_stream_over_every_master_resumes_each_channel(
+    serve: Callable[..., WSGIServer], broker_of: Callable[..., RedisBroker], cluster: RedisClusterNodes
+) -> None:
+    """Issue 11, cluster: replay as on one Redis, for channels on different
+    masters in one stream: the cursor resumes each from its own position."""
+    broker = broker_of()
+    chosen = list(channel_per_master(broker, cluster, "multi").values())
+    port = serve_broker(serve, broker)
+    query = "&".join(f"channel={channel}" for channel in chosen)
+    client = StreamClient(port, f"/events?{query}")
+    client.wait_for(lambda c: b": ok\n\n" in c.raw)
+    first = {channel: broker.publish(channel, f"{channel} seen") for channel in chosen}
+    client.events(len(chosen))
+    assert {channel_of(e): own_id(e) for e in client.parser.events} == first
+    cursor = client.parser.last_event_id
+    client.close()
+    missed = {channel: [broker.publish(channel, f"{channel} missed {n}") for n in range(2)] for channel in chosen}
+    resumed = StreamClient(port, f"/events?{query}", headers={"Last-Event-ID": cursor})
+    events = resumed.events(2 * len(chosen))
+    assert all(e.type == "message" for e in events), events
+    got: dict[str, list[str]] = {}
+    for event in events:
+        got.setdefault(channel_of(event), []).append(own_id(event))
+    assert got == missed
+
+
+SUBSCRIBER_SERVER = """
+from gevent import monkey
+monkey.patch_all()
+import sys
+from gevent.pywsgi import WSGIServer
+from wsgi_eventsource import RedisBroker
+
+broker = RedisBroker(sys.argv[1], history=10, block=0.2)
+server = WSGIServer(("127.0.0.1", 0), broker.subscriber_app(keepalive=0.5), log=None)
+server.start()
+print("listening on", server.server_port, flush=True)
+server.serve_forever()
+"""
+
+
+def test_a_gap_the_reader_missed_is_announced_with_a_stream_reset(
+    broker_of: Callable[..., RedisBroker], cluster_url: str
+) -> None:
+    """Issue 11, cluster: live gap detection as on one Redis. The hub's
+    process is stopped (SIGSTOP: its reader is cut off) while 300 events are
+    published with history 10; MAXLEN trims past the reader's position, and
+    when it runs again its client gets a ``stream-reset`` ("overrun") before
+    what is left, never a silent gap."""
+    hub = ServerProcess([sys.executable, "-c", SUBSCRIBER_SERVER, cluster_url], ready_pattern=r"listening on (\d+)")
+    try:
+        broker = broker_of(history=10)
+        client = connected(hub.port, "/gap")
+        first = broker.publish("gap", "first")
+        assert client.events(1)[0].last_event_id == first
+        hub.proc.send_signal(signal.SIGSTOP)
+        try:
+            ids = [broker.publish("gap", f"m{i}") for i in range(300)]
+            retained = [e.id for e in broker.history_of("gap")]
+            assert retained[-10:] == ids[-10:]
+        finally:
+            hub.proc.send_signal(signal.SIGCONT)
+        client.wait_for(lambda c: c.parser.last_event_id == ids[-1], timeout=10)
+    finally:
+        hub.stop()
+    events = client.parser.events
+    resets = [e for e in events if e.type == "stream-reset"]
+    assert len(resets) == 1, events[:5]
+    reset = json.loads(resets[0].data)
+    assert reset["reason"] == "overrun"
+    # The reader may have had one more event in its socket when it stopped.
+    assert reset["lastEventId"] in (first, ids[0])
+    assert_no_silent_gap(events, [first, *ids])
+
+
+def assert_no_silent_gap(events: list[ParsedEvent], published: list[str]) -> None:
+    """Each message follows the one before it in *published*, or the id a
+    ``stream-reset`` just announced; nothing twice, nothing out of order."""
+    order = {event_id: n for n, event_id in enumerate(published)}
+    seen: str | None = None
+    for event in events:
+        if event.type == "stream-reset":
+            seen = json.loads(event.data)["lastEventId"]
+            continue
+        assert event.last_event_id in order, f"{event.last_event_id} was never published"
+        if seen is not None:
+            assert order[event.last_event_id] == order[seen] + 1, f"{event.last_event_id} does not follow {seen}"
+        seen = event.last_event_id
+
+
+def test_max_age_expires_keys_on_the_cluster(broker_of: Callable[..., RedisBroker], cluster: RedisClusterNodes) -> None:
+    """Issue 11, cluster: max_age as on one Redis: a published channel's key
+    gets its TTL (2 * max_age) on the master that holds it, and old events
+    are not replayed."""
+    broker = broker_of(max_age=0.5)
+    for channel in channel_per_master(broker, cluster, "aged").values():
+        broker.publish(channel, "old")
+        with cluster.master_of(slot_of(broker, channel)).client() as client:
+            assert 0 < client.pttl(broker._key(channel)) <= 1000, channel
+    channel = "aged-replay"
+    broker.publish(channel, "old")
+    gevent.sleep(0.6)  # it ages past max_age (what is tested is time itself)
+    new = broker.publish(channel, "new")
+    assert [e.id for e in broker.history_of(channel)] == [new]
+
+
+# -- MOVED/ASK and failover survived -------------------------------------------------------------------------
+
+
+def test_a_slot_moved_live_loses_nothing(
+    serve: Callable[..., WSGIServer], broker_of: Callable[..., RedisBroker], cluster: RedisClusterNodes
+) -> None:
+    """Issue 11, cluster: MOVED/ASK survived. The slot of a subscribed
+    channel's partition moves to another master while its stream is open
+    and events keep being published (first ASK: keys moved, slot not yet;
+    then MOVED): every event arrives once, in order, with no reset, and no
+    publish is refused."""
+    broker = broker_of()
+    channel = "moving"
+    port = serve_broker(serve, broker)
+    client = connected(port, f"/events/{channel}")
+    other = connected(port, "/events/staying")  # a partition that does not move
+    slot = slot_of(broker, channel)
+    assert slot_of(broker, "staying") != slot
+    publisher = Publisher(broker, channel)
+    try:
+        publisher.wait_for(20)
+        source = cluster.master_of(slot)
+        # During the move the old master answers ASK for the slot's keys.
+        target = cluster.migrate_slot(slot, during=lambda: gevent.sleep(0.5))
+        assert target.port != source.port
+        count = len(publisher.acknowledged)
+        publisher.wait_for(count + 50)  # now MOVED, until the clients learn the new owner
+    finally:
+        published = publisher.stop()
+    assert publisher.refused == []
+    client.wait_for(lambda c: c.parser.last_event_id == published[-1], timeout=15)
+    assert messages(client) == published
+    assert all(e.type == "message" for e in client.parser.events)
+    live = broker.publish("staying", "still read")
+    assert other.events(1)[0].last_event_id == live
+    assert not client.eof
+
+
+def test_a_master_failover_keeps_the_stream_open(
+    serve: Callable[..., WSGIServer], broker_of: Callable[..., RedisBroker], cluster: RedisClusterNodes
+) -> None:
+    """Issue 11, cluster: a master failover survived. The master of a
+    subscribed partition is killed (SIGKILL) and its replica promoted while a
+    stream is open and events are being published: the stream stays open,
+    publishing resumes, and events published after the promotion arrive
+    live. Replication is asynchronous, so events acknowledged just before
+    the kill may be lost: none is delivered twice or out of order, every
+    event the cluster still holds arrives, and a client that saw an event
+    that was then lost is told so by a ``stream-reset``, never left with a
+    silent gap."""
+    broker = broker_of()
+    channel = "failing"
+    port = serve_broker(serve, broker)
+    client = connected(port, f"/events/{channel}")
+    publisher = Publisher(broker, channel, every=0.01)
+    try:
+        publisher.wait_for(20)
+        killed, promoted = cluster.kill_master_of(slot_of(broker, channel))
+        assert promoted.port != killed.port
+        after_promotion = len(publisher.acknowledged)
+        publisher.wait_for(after_promotion + 30, timeout=20)  # publishing resumes
+    finally:
+        published = publisher.stop()
+    client.wait_for(lambda c: published[-1] in messages(c), timeout=20)
+    assert not client.eof
+    kept = surviving_ids(promoted, broker._key(channel))
+    delivered = messages(client)
+    assert len(set(delivered)) == len(delivered), "an event was delivered twice"
+    assert delivered == sorted(delivered, key=lambda i: tuple(map(int, i.split("-")))), "out of order"
+    assert set(published[after_promotion:]) <= set(delivered), "an event published after the promotion is missing"
+    assert set(kept) <= set(delivered), "an event the cluster holds was never delivered (a silent gap)"
+    lost_seen = [event_id for event_id in delivered if event_id not in kept]
+    if lost_seen:  # the client saw events the new master never got: it must start over after them
+        events = client.parser.events
+        last_lost = max(n for n, e in enumerate(events) if e.last_event_id in lost_seen and e.type == "message")
+        assert any(e.type == "stream-reset" for e in events[last_lost:]), "lost events were not announced"
+    else:
+        assert not [e for e in client.parser.events if e.type == "stream-reset"], "a reset with nothing lost"
+    lost = [event_id for event_id in published if event_id not in kept]
+    print(f"failover: {len(published)} acknowledged, {len(lost)} lost, {len(publisher.refused)} refused meanwhile")
+
+
+def surviving_ids(master: ClusterNode, key: str) -> list[str]:
+    """The ids of the stream *key* as the (new) master holds it."""
+    with master.client() as client:
+        return [raw_id.decode() for raw_id, _ in client.xrange(key)]
+
+
+# -- two hubs on the cluster ---------------------------------------------------------------------------------
+
+
+def test_two_hubs_on_the_cluster_share_every_channel(
+    hub_server: Serve, broker_of: Callable[..., RedisBroker], cluster: RedisClusterNodes, cluster_url: str
+) -> None:
+    """Issue 11, cluster: two ``wsgi-eventsource serve --redis
+    redis+cluster://...`` processes: a publish to either reaches the
+    subscribers of the other, for a channel on each master, and a client
+    that moves from one hub to the other resumes where it was."""
+    one = hub_server("--redis", cluster_url, "--keepalive", "1")
+    two = hub_server("--redis", cluster_url, "--keepalive", "1")
+    chosen = list(channel_per_master(broker_of(), cluster, "room").values())
+    for publish_to, subscribe_to in ((one, two), (two, one)):
+        clients = {channel: connected(subscribe_to.port, f"/events/{channel}") for channel in chosen}
+        sent = {}
+        for channel in chosen:
+            answer = StreamClient(publish_to.port, f"/publish/{channel}", method="POST", body=b"hello")
+            assert answer.status == 201, answer.read_body()
+            sent[channel] = json.loads(answer.read_body())["id"]
+        for channel, client in clients.items():
+            event = client.events(1)[0]
+            assert (event.data, event.last_event_id) == ("hello", sent[channel])
+            client.close()
+    channel = chosen[0]
+    seen = connected(one.port, f"/events/{channel}")
+    answer = StreamClient(two.port, f"/publish/{channel}", method="POST", body=b"seen")
+    first = json.loads(answer.read_body())["id"]
+    assert seen.events(1)[0].last_event_id == first
+    seen.close()
+    missed = [
+        json.loads(StreamClient(one.port, f"/publish/{channel}", method="POST", body=b"missed").read_body())["id"]
+    ]
+    moved = StreamClient(two.port, f"/events/{channel}", headers={"Last-Event-ID": first})
+    assert [e.last_event_id for e in moved.events(1)] == missed
+
+
+# -- bad cluster URLs ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "match"),
+    [
+        pytest.param("redis+cluster:///", r"(?i)node|host", id="no-nodes"),
+        pytest.param("redis+cluster://", r"(?i)node|host", id="nothing"),
+        pytest.param("redis+cluster://127.0.0.1:7000,/", r"(?i)node|host", id="empty-node"),
+        pytest.param("redis+cluster://127.0.0.1:99999/", r"(?i)port.*99999|99999.*port", id="port-out-of-range"),
+        pytest.param("redis+cluster://127.0.0.1:abc/", r"(?i)port.*abc|abc.*port", id="port-not-a-number"),
+        pytest.param("redis+cluster://127.0.0.1:7000,127.0.0.1:0/", r"(?i)port", id="port-zero"),
+        pytest.param("redis+cluster://127.0.0.1:7000/0", r"(?i)path", id="a-database-path"),
+        pytest.param("redis+cluster://127.0.0.1:7000/a/b", r"(?i)path", id="a-path"),
+        pytest.param("redis+cluster://127.0.0.1:7000/?partitions=0", r"(?i)partitions", id="no-partitions"),
+        pytest.param("redis+cluster://127.0.0.1:7000/?partitions=x", r"(?i)partitions", id="partitions-not-a-number"),
+    ],
+)
+def test_a_bad_cluster_url_names_the_part_that_is_wrong(url: str, match: str) -> None:
+    """Issue 11, URLs: a bad ``redis+cluster://`` URL is refused at
+    construction (before any connection) with a ValueError that says which
+    part is wrong (in its own words: quoting the URL is not naming the part)."""
+    with pytest.raises(ValueError, match=r".") as error:
+        RedisBroker(url)
+    assert re.search(match, str(error.value).replace(url, "<url>")), str(error.value)
+
+
+def test_a_bad_cluster_url_never_shows_its_password() -> None:
+    """Issue 11, URLs: the error for a bad URL names the part, not the password."""
+    with pytest.raises(ValueError, match=r"(?i)port") as error:
+        RedisBroker("redis+cluster://:hunter2-secret@127.0.0.1:99999/")
+    assert "hunter2-secret" not in str(error.value)
+
+
+def test_a_good_cluster_url_is_taken_without_connecting() -> None:
+    """Issue 11, URLs: the forms the issue names are taken (one seed or
+    several, a password, ``?partitions=``), and nothing connects until the
+    first use; the repr never shows the password."""
+    for url in (
+        "redis+cluster://127.0.0.1:7000/",
+        "redis+cluster://127.0.0.1:7000,127.0.0.1:7001,localhost:7002/",
+        "redis+cluster://:hunter2-secret@127.0.0.1:7000/?partitions=64",
+    ):
+        broker = RedisBroker(url)
+        assert "hunter2-secret" not in repr(broker)
+        broker.close()
