@@ -25,6 +25,7 @@ from typing import Any
 import gevent
 import gevent.pool
 import pytest
+import redis
 from gevent.pywsgi import WSGIServer
 from redis.crc import key_slot
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
@@ -487,3 +488,44 @@ def test_a_good_cluster_url_is_taken_without_connecting() -> None:
         broker = RedisBroker(url)
         assert "hunter2-secret" not in repr(broker)
         broker.close()
+
+
+# -- the cluster fixture itself (tests/cluster_setup.py) -------------------------------------------------------
+
+
+def test_the_fixture_moves_a_slot_as_clients_see_it_ask_then_moved(cluster: RedisClusterNodes) -> None:
+    """The faults the MOVED/ASK test relies on happen: while a slot moves,
+    its old master answers ASK for a moved key; after, MOVED; the key is on
+    the new master."""
+    key = "{fixture}key"
+    slot = int(key_slot(key.encode()))
+    source = cluster.master_of(slot)
+    with source.client() as client:
+        client.set(key, "v")
+    replies: list[str] = []
+
+    def ask_old_master() -> None:
+        with source.client() as client, pytest.raises(redis.exceptions.AskError) as error:
+            client.get(key)
+        replies.append(str(error.value))
+
+    target = cluster.migrate_slot(slot, during=ask_old_master)
+    assert len(replies) == 1
+    assert replies[0] == f"{slot} 127.0.0.1:{target.port}"  # ASK <slot> <where> (redis-py drops "ASK")
+    moved = redis.exceptions.MovedError
+    with source.client() as client, pytest.raises(moved, match=f"^{slot} 127.0.0.1:{target.port}$"):
+        client.get(key)
+    with target.client() as client:
+        assert client.get(key) == b"v"
+
+
+def test_the_fixture_promotes_a_replica_and_takes_the_old_master_back(cluster: RedisClusterNodes) -> None:
+    """The failover the failover test relies on happens: the killed master's
+    replica holds its slots; the old master, restarted, rejoins as a replica."""
+    slot = int(key_slot(b"{fixture}"))
+    master = cluster.master_of(slot)
+    replica = cluster.replicas_of(master)[0]
+    killed, promoted = cluster.kill_master_of(slot)
+    assert (killed.port, promoted.port) == (master.port, replica.port)
+    cluster.restart(killed)
+    assert killed.port in {node.port for node in cluster.replicas_of(promoted)}
