@@ -85,8 +85,16 @@ class ClusterNode:
             # master (the default refuses one whose data may be stale; here
             # the point is to see what a promotion loses).
             "--cluster-replica-validity-factor", "0",
+            # A replica's full sync starts at once (Redis 7 waits 5 s for
+            # more replicas to share it): a fresh or restarted replica holds
+            # its master's data within a moment, not after 5 s of losing it.
+            "--repl-diskless-sync-delay", "0",
         ]  # fmt: skip
         self.process = ServerProcess(args, ready_pattern="Ready to accept connections")
+
+    def signal(self, number: int) -> None:
+        assert self.process is not None
+        self.process.proc.send_signal(number)
 
     def kill(self) -> None:
         """SIGKILL: gone at once, with everything it held."""
@@ -178,7 +186,8 @@ class RedisClusterNodes:
 
     def wait_ok(self, timeout: float = 30.0, check: Callable[[], bool] | None = None) -> None:
         """Wait until every live node says ``cluster_state:ok``, they all
-        agree on who holds every slot, and *check* (if given) is true."""
+        agree on who holds every slot, every replica is in sync with its
+        master, and *check* (if given) is true."""
         deadline = time.monotonic() + timeout
         last = ""
         while True:
@@ -195,13 +204,22 @@ class RedisClusterNodes:
     def _all_ok(self) -> bool:
         owners: set[tuple[tuple[int, frozenset[int]], ...]] = set()
         for node in self.live():
-            if self._state(node) != "ok":
+            if self._state(node) != "ok" or not self._replicating(node):
                 return False
             views = self.view(node.port)
             if any(v.failed and self.node(v.port).alive for v in views):
                 return False  # a restarted node not yet seen as back
             owners.add(tuple(sorted((v.port, v.slots) for v in views if v.master and v.slots and not v.failed)))
         return len(owners) == 1 and sum(len(slots) for _, slots in next(iter(owners))) == SLOTS
+
+    @staticmethod
+    def _replicating(node: ClusterNode) -> bool:
+        """A master, or a replica linked to its master and done syncing."""
+        with node.client(decode_responses=True) as client:
+            info = client.info("replication")
+        if info.get("role") != "slave":
+            return True
+        return info.get("master_link_status") == "up" and not info.get("master_sync_in_progress")
 
     @staticmethod
     def _state(node: ClusterNode) -> str:
@@ -232,13 +250,35 @@ class RedisClusterNodes:
 
     # -- faults ----------------------------------------------------------------------------------------
 
-    def kill_master_of(self, slot: int, timeout: float = 20.0) -> tuple[ClusterNode, ClusterNode]:
+    def kill_master_of(
+        self, slot: int, timeout: float = 20.0, *, unreplicated: Callable[[], None] | None = None
+    ) -> tuple[ClusterNode, ClusterNode]:
         """SIGKILL the master of *slot*; wait until one of its replicas holds
-        the slot and the cluster is ok again. Returns (killed, promoted)."""
+        the slot and the cluster is ok again. Returns (killed, promoted).
+
+        *unreplicated*, if given, runs just before the kill while the
+        replicas are stopped (SIGSTOP, for well under the node timeout) and
+        cut off (``CLIENT KILL TYPE replica``: else the kernel would buffer
+        the replication stream for them): what it writes the master
+        acknowledges and no replica ever gets, the loss that asynchronous
+        replication allows, made certain.
+        """
         master = self.master_of(slot)
         replicas = self.replicas_of(master)
         assert replicas, f"the master on port {master.port} has no replica to promote"
-        master.kill()
+        if unreplicated is None:
+            master.kill()
+        else:
+            for replica in replicas:
+                replica.signal(signal.SIGSTOP)
+            try:
+                with master.client() as client:
+                    client.execute_command("CLIENT", "KILL", "TYPE", "replica")
+                unreplicated()
+                master.kill()
+            finally:
+                for replica in replicas:
+                    replica.signal(signal.SIGCONT)
         ports = {replica.port for replica in replicas}
         self.wait_ok(timeout, check=lambda: self.master_of(slot).port in ports)
         return master, self.master_of(slot)
