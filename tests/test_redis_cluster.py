@@ -143,6 +143,40 @@ class Publisher:
         return self.acknowledged
 
 
+# A hub in a process of its own, monkey-patched as under gunicorn's gevent
+# worker (so concurrent subscribes really overlap in their Redis calls, and
+# SIGSTOP cuts its reader off). argv: the URL, history, block.
+HUB_PROCESS = """
+from gevent import monkey
+monkey.patch_all()
+import sys
+from gevent.pywsgi import WSGIServer
+from wsgi_eventsource import RedisBroker
+
+broker = RedisBroker(sys.argv[1], history=int(sys.argv[2]), block=float(sys.argv[3]))
+server = WSGIServer(("127.0.0.1", 0), broker.subscriber_app(keepalive=0.5), log=None)
+server.start()
+print("listening on", server.server_port, flush=True)
+server.serve_forever()
+"""
+
+
+@pytest.fixture
+def hub_process(cluster_url: str) -> Iterator[Callable[..., ServerProcess]]:
+    """Start HUB_PROCESS hubs on the test's cluster; stop them afterwards."""
+    started: list[ServerProcess] = []
+
+    def start(history: int = 1000, block: float = 0.2) -> ServerProcess:
+        args = [sys.executable, "-c", HUB_PROCESS, cluster_url, str(history), str(block)]
+        started.append(ServerProcess(args, ready_pattern=r"listening on (\d+)"))
+        return started[-1]
+
+    yield start
+    for hub in started:
+        hub.proc.send_signal(signal.SIGCONT)  # if a test left it stopped
+        hub.stop()
+
+
 # -- channels spread over every master; one XREAD per partition ------------------------------------------
 
 
@@ -173,23 +207,42 @@ def test_channels_spread_over_every_master(
         assert [e.id for e in broker.history_of(channel)] == [ids[channel]]
 
 
+def open_storm(port: int, channels: list[str]) -> tuple[list[StreamClient], float]:
+    """One stream per channel from a HUB_PROCESS, all opened at once (a
+    reconnect storm); the streams, once each has its first id, and the
+    seconds that took."""
+    started = time.monotonic()
+    clients = gevent.pool.Pool(len(channels)).map(lambda channel: connected(port, f"/{channel}"), channels)
+    return clients, time.monotonic() - started
+
+
+def connections_received(cluster: RedisClusterNodes) -> int:
+    """Connections the masters accepted since the test began (``cluster`` resets the counters)."""
+    total = 0
+    for node in cluster.masters():
+        with node.client() as client:
+            total += int(client.info("stats")["total_connections_received"])
+    return total
+
+
 def test_one_xread_per_partition_reads_many_channels(
-    serve: Callable[..., WSGIServer], broker_of: Callable[..., RedisBroker], cluster: RedisClusterNodes
+    hub_process: Callable[..., ServerProcess], broker_of: Callable[..., RedisBroker], cluster: RedisClusterNodes
 ) -> None:
     """Issue 11, cluster and "a reader that scales with channels": 300
-    channels subscribed at once (300 streams opened together) are all read
-    live with far fewer ``XREAD`` calls than channels (one XREAD names every
-    channel of a partition; a storm of subscribes is batched). Today's reader
-    sends one XREAD per new channel, and on a cluster none at all (CROSSSLOT)."""
+    channels subscribed at once (300 streams opened together on a hub that
+    serves already) are all read live with far fewer ``XREAD`` calls than
+    channels (one XREAD names every channel of a partition; a storm of
+    subscribes is batched). The reader before issue 11 sent one XREAD per
+    new channel, and on a cluster none at all (CROSSSLOT)."""
     channels = [f"many-{i}" for i in range(300)]
     # block=5: no idle XREAD returns (and is counted) while the test runs.
-    broker = broker_of(block=5.0)
-    port = serve_broker(serve, broker, keepalive=5)
-    pool = gevent.pool.Pool(300)
-    started = time.monotonic()
-    clients = pool.map(lambda channel: connected(port, f"/events/{channel}"), channels)
-    wait_until(lambda: broker.subscriber_count() == 300, 10)
-    storm = time.monotonic() - started
+    port = hub_process(block=5.0).port
+    broker = broker_of()  # for the key function
+    connected(port, "/first").close()  # the hub has its clients: the storm meets a hub that serves
+    for node in cluster.masters():
+        with node.client() as client:
+            client.config_resetstat()
+    clients, storm = open_storm(port, channels)
     # One event per channel, written per partition in one MULTI (with the
     # broker's own PUBLISH script), so delivering them takes about one XREAD
     # per partition, whatever the reader does per subscribe.
@@ -208,6 +261,29 @@ def test_one_xread_per_partition_reads_many_channels(
     calls = xread_calls(cluster)
     print(f"300 channels in {len(by_slot)} partitions, subscribed in {storm:.2f} s and read live: {calls} XREADs")
     assert calls < len(channels) // 3, f"{calls} XREADs for {len(channels)} new channels: not batched"
+
+
+def test_a_storm_on_a_fresh_hub_builds_one_cluster_client(
+    hub_process: Callable[..., ServerProcess], cluster: RedisClusterNodes
+) -> None:
+    """Issue 11 (review): a hub that has not yet served anyone (a worker
+    just started or restarted) met by a storm of 300 streams built a
+    RedisCluster client per request: building one talks to the cluster (and
+    yields to the other greenlets) before it is stored, so every request saw
+    none yet. Measured: ~800 connections to the masters instead of under
+    200, and 5 to 9 s to open the streams instead of half a second. A
+    storm opens at most one pool (max_connections, 50) per master, the
+    readers' connections and a few for finding the masters."""
+    port = hub_process(block=5.0).port
+    clients, storm = open_storm(port, [f"cold-{i}" for i in range(300)])
+    received = connections_received(cluster)
+    masters = len(cluster.masters())
+    print(f"300 streams on a fresh hub opened in {storm:.2f} s with {received} connections to {masters} masters")
+    # One pool per master and one connection per reader: 166; measured 185
+    # with the masters found, against 600 to 800 with a client per request.
+    allowed = int(1.5 * (masters * 50 + 16))
+    assert received <= allowed, f"{received} connections (at most {allowed}): a cluster client per request"
+    assert len(clients) == 300
 
 
 # -- replay, gap detection and max_age as on one Redis ------------------------------------------------------
@@ -239,45 +315,27 @@ def test_a_multiplexed_stream_over_every_master_resumes_each_channel(
     assert got == missed
 
 
-SUBSCRIBER_SERVER = """
-from gevent import monkey
-monkey.patch_all()
-import sys
-from gevent.pywsgi import WSGIServer
-from wsgi_eventsource import RedisBroker
-
-broker = RedisBroker(sys.argv[1], history=10, block=0.2)
-server = WSGIServer(("127.0.0.1", 0), broker.subscriber_app(keepalive=0.5), log=None)
-server.start()
-print("listening on", server.server_port, flush=True)
-server.serve_forever()
-"""
-
-
 def test_a_gap_the_reader_missed_is_announced_with_a_stream_reset(
-    broker_of: Callable[..., RedisBroker], cluster_url: str
+    hub_process: Callable[..., ServerProcess], broker_of: Callable[..., RedisBroker]
 ) -> None:
     """Issue 11, cluster: live gap detection as on one Redis. The hub's
     process is stopped (SIGSTOP: its reader is cut off) while 300 events are
     published with history 10; MAXLEN trims past the reader's position, and
     when it runs again its client gets a ``stream-reset`` ("overrun") before
     what is left, never a silent gap."""
-    hub = ServerProcess([sys.executable, "-c", SUBSCRIBER_SERVER, cluster_url], ready_pattern=r"listening on (\d+)")
+    hub = hub_process(history=10)
+    broker = broker_of(history=10)
+    client = connected(hub.port, "/gap")
+    first = broker.publish("gap", "first")
+    assert client.events(1)[0].last_event_id == first
+    hub.proc.send_signal(signal.SIGSTOP)
     try:
-        broker = broker_of(history=10)
-        client = connected(hub.port, "/gap")
-        first = broker.publish("gap", "first")
-        assert client.events(1)[0].last_event_id == first
-        hub.proc.send_signal(signal.SIGSTOP)
-        try:
-            ids = [broker.publish("gap", f"m{i}") for i in range(300)]
-            retained = [e.id for e in broker.history_of("gap")]
-            assert retained[-10:] == ids[-10:]
-        finally:
-            hub.proc.send_signal(signal.SIGCONT)
-        client.wait_for(lambda c: c.parser.last_event_id == ids[-1], timeout=10)
+        ids = [broker.publish("gap", f"m{i}") for i in range(300)]
+        retained = [e.id for e in broker.history_of("gap")]
+        assert retained[-10:] == ids[-10:]
     finally:
-        hub.stop()
+        hub.proc.send_signal(signal.SIGCONT)
+    client.wait_for(lambda c: c.parser.last_event_id == ids[-1], timeout=10)
     events = client.parser.events
     resets = [e for e in events if e.type == "stream-reset"]
     assert len(resets) == 1, events[:5]
