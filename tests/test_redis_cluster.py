@@ -322,6 +322,22 @@ def test_a_storm_on_a_fresh_hub_builds_one_cluster_client(
     assert len(clients) == 300
 
 
+def test_the_cluster_reader_runs_without_warnings(
+    serve: Callable[..., WSGIServer], broker_of: Callable[..., RedisBroker]
+) -> None:
+    """Issue 11 (review): the reader's own connection to a partition's
+    master was made with redis-py's deprecated ``retry_on_timeout``; its
+    DeprecationWarning, under warnings-as-errors (as these tests run, and as
+    some apps do), failed the reader at every start: it restarted for ever
+    and delivered nothing on a cluster. The reader reads, and never restarts."""
+    broker = broker_of()
+    port = serve_broker(serve, broker)
+    client = connected(port, "/events/plain")
+    sent = broker.publish("plain", "hello")
+    assert client.events(1, timeout=5)[0].last_event_id == sent
+    assert broker.reader_stats.restarts == 0
+
+
 # -- replay, gap detection and max_age as on one Redis ------------------------------------------------------
 
 
