@@ -626,6 +626,37 @@ def test_two_hubs_on_the_cluster_share_every_channel(
     assert [e.last_event_id for e in moved.events(1)] == missed
 
 
+def test_from_client_takes_the_apps_redis_cluster(
+    serve: Callable[..., WSGIServer],
+    broker_of: Callable[..., RedisBroker],
+    cluster: RedisClusterNodes,
+    cluster_url: str,
+) -> None:
+    """Issue 11, URLs: ``RedisBroker.from_client`` with the app's own
+    ``RedisCluster``: it shares channels (same keys, same partitions) with a
+    broker made from the URL, delivers live, and leaves the app's client
+    working after ``close()``."""
+    app_client = cluster.cluster_client()
+    try:
+        broker = RedisBroker.from_client(app_client, partitions=4, block=0.2)
+        try:
+            by_url = broker_of(cluster_url + "?partitions=4")
+            channels = list(channel_per_master(by_url, cluster, "app").values())
+            assert [broker._key(channel) for channel in channels] == [by_url._key(channel) for channel in channels]
+            port = serve_broker(serve, broker)
+            clients = {channel: connected(port, f"/events/{channel}") for channel in channels}
+            for channel, client in clients.items():
+                sent = by_url.publish(channel, "from the URL broker")
+                assert client.events(1)[0].last_event_id == sent
+                back = broker.publish(channel, "from the app's client")
+                assert [e.id for e in by_url.history_of(channel)] == [sent, back]
+        finally:
+            broker.close()
+        assert app_client.ping()
+    finally:
+        app_client.close()
+
+
 # -- bad cluster URLs ----------------------------------------------------------------------------------------
 
 
