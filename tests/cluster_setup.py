@@ -162,9 +162,13 @@ class RedisClusterNodes:
         return [_parse_node_line(line) for line in raw.splitlines() if line.strip()]
 
     def masters(self) -> list[ClusterNode]:
-        """The live nodes that are masters now (roles change with failovers)."""
+        """The live nodes that are masters holding slots now (roles change with failovers)."""
         views = {v.port: v for v in self.view()}
-        return [node for node in self.live() if views[node.port].master and not views[node.port].failed]
+        return [
+            node
+            for node in self.live()
+            if node.port in views and views[node.port].master and views[node.port].slots and not views[node.port].failed
+        ]
 
     def master_of(self, slot: int, port: int | None = None) -> ClusterNode:
         """The node that holds *slot*, as node *port* (or the first live one) sees it."""
@@ -209,6 +213,11 @@ class RedisClusterNodes:
             views = self.view(node.port)
             if any(v.failed and self.node(v.port).alive for v in views):
                 return False  # a restarted node not yet seen as back
+            if any(v.master and not v.slots and not v.failed for v in views):
+                # A restarted former master holds no slot before it turns
+                # into a replica of the one promoted in its place (every
+                # master of this cluster holds slots): in transition.
+                return False
             owners.add(tuple(sorted((v.port, v.slots) for v in views if v.master and v.slots and not v.failed)))
         return len(owners) == 1 and sum(len(slots) for _, slots in next(iter(owners))) == SLOTS
 
