@@ -38,7 +38,7 @@ from tests.cluster_setup import ClusterNode, RedisClusterNodes
 from tests.conftest import Serve, ServerProcess
 from tests.helpers import ParsedEvent, StreamClient, wait_until
 from tests.test_multiplex import channel_of, own_id
-from wsgi_eventsource import BrokerUnavailable, RedisBroker
+from wsgi_eventsource import BrokerUnavailable, NotReplicated, RedisBroker
 from wsgi_eventsource.brokers.redis import scripts
 
 pytestmark = pytest.mark.server
@@ -435,6 +435,38 @@ def test_max_age_expires_keys_on_the_cluster(broker_of: Callable[..., RedisBroke
     gevent.sleep(0.6)  # it ages past max_age (what is tested is time itself)
     new = broker.publish(channel, "new")
     assert [e.id for e in broker.history_of(channel)] == [new]
+
+
+def test_wait_replicas_waits_on_the_master_of_each_channels_slot(
+    broker_of: Callable[..., RedisBroker], cluster: RedisClusterNodes
+) -> None:
+    """Issue 11, cluster: wait_replicas=1 sends WAIT on the connection of the
+    publish, to the master of the channel's slot (a cluster pipeline refuses
+    EVALSHA and WAIT has no key): every master's replica confirms. With a
+    master's replica paused, that master's publish is stored but says so
+    (NotReplicated with its id) and the others still confirm."""
+    broker = broker_of(wait_replicas=1, wait_timeout=0.5)
+    channels = channel_per_master(broker, cluster, "confirmed")
+    for channel in channels.values():
+        event_id = broker.publish(channel, "confirmed")
+        assert [e.id for e in broker.history_of(channel)] == [event_id]
+    port, channel = next(iter(channels.items()))
+    master = next(node for node in cluster.masters() if node.port == port)
+    replicas = cluster.replicas_of(master)
+    assert replicas
+    for replica in replicas:
+        replica.signal(signal.SIGSTOP)
+    try:
+        with pytest.raises(NotReplicated) as raised:
+            broker.publish(channel, "unconfirmed")
+        assert raised.value.replicas == 0
+        assert [e.id for e in broker.history_of(channel)][-1] == raised.value.event_id  # stored
+        for other_port, other in channels.items():
+            if other_port != port:
+                broker.publish(other, "still confirmed")
+    finally:
+        for replica in replicas:
+            replica.signal(signal.SIGCONT)
 
 
 # -- MOVED/ASK and failover survived -------------------------------------------------------------------------
