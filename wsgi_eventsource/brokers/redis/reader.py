@@ -24,6 +24,17 @@ It must never die and never skip events silently:
   the gap drops it, as it drops every event at or before its floor.
 - If the loop ever exits by an exception anyway, it is logged and restarted.
 
+At interpreter exit the readers of this process are stopped, and waited for
+(at most :data:`EXIT_WAIT` seconds), by an ``atexit`` hook, before Python
+finalizes. Left running, a reader wakes from its ``XREAD`` while the main
+thread finalizes; CPython before 3.14 then ends it with ``pthread_exit`` when
+it asks for the GIL, which unwinds through the greenlet and gevent frames of
+its hub, whose destructors free Python objects without the GIL. That is heap
+corruption: a gunicorn worker holding ~12,500 streams (its finalization takes
+over a second, the reader wakes every ``block`` s) died at exit with glibc's
+"corrupted double-linked list" or a SIGSEGV in ``func_dealloc`` on the
+reader's thread (CPython gh-87135).
+
 With ``max_age``, keys expire (``2 * max_age`` after the last publish); the
 reader keeps the keys of subscribed channels alive (``KEEP_ALIVE``, every
 ``min(max_age / 3, 10 s)`` but at most once a second: one pass over 50,000
@@ -35,14 +46,18 @@ the replay's cutoff, both on Redis's clock.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import logging
+import os
 import random
 import time
+import weakref
 from typing import TYPE_CHECKING, Any
 
 import gevent
+from gevent._hub_local import get_hub_if_exists
 from gevent.monkey import get_original
 
 from ...encoding import Event
@@ -57,7 +72,7 @@ if TYPE_CHECKING:
 
     from ..base import BrokerStats
 
-__all__ = ["STREAM_ERROR", "Lane", "RedisReader"]
+__all__ = ["EXIT_WAIT", "STREAM_ERROR", "Lane", "RedisReader"]
 
 logger = logging.getLogger("wsgi_eventsource")
 
@@ -67,6 +82,13 @@ STREAM_ERROR = "stream-error"
 
 _start_new_thread: Callable[..., int] = get_original("_thread", "start_new_thread")
 _sleep: Callable[[float], None] = get_original("time", "sleep")
+
+#: The most seconds the exit hook waits for the readers of one broker to end
+#: (one wakes within ``block`` seconds by itself; CLIENT UNBLOCK is faster).
+EXIT_WAIT = 5.0
+
+#: Brokers of this process that started a reader thread (see _stop_at_exit).
+_with_readers: weakref.WeakSet[RedisReader] = weakref.WeakSet()
 
 #: Entries one XREAD takes per channel.
 _COUNT = 1000
@@ -145,6 +167,7 @@ class RedisReader:
     _shown_url: str
     _connect_reader_for: Callable[..., tuple[Any, tuple[str, int] | None]]
     _unblock: Callable[[Any, Lane], int]
+    _ensure_client: Callable[[], Any]
 
     def _key(self, channel: str) -> str:
         if self._partitions is None:
@@ -201,6 +224,7 @@ class RedisReader:
             if lane.started:
                 return
             lane.started = True
+            _with_readers.add(self)
         _start_new_thread(self._supervise, (self._pid, lane))
 
     def _supervise(self, pid: int, lane: Lane) -> None:
@@ -219,9 +243,39 @@ class RedisReader:
                     _sleep(delay)
                     delay = min(delay * 2, 5.0)
         finally:
+            # Its hub (made by its gevent sockets under monkey-patching)
+            # goes with it: nothing of gevent is left running on this thread.
+            hub = get_hub_if_exists()
+            if hub is not None:
+                with contextlib.suppress(Exception):
+                    hub.destroy(destroy_loop=True)
             with self._lock:
                 if self._pid == pid:
                     lane.started = False  # never True for a reader that is gone
+
+    def _stop_readers(self, timeout: float) -> bool:
+        """Stop this process's reader threads, and wait up to *timeout*
+        seconds until they are gone; True if they all are (see the module
+        docstring: for the exit hook, which runs before Python finalizes)."""
+        pid = os.getpid()
+        with self._lock:
+            if self._pid != pid:
+                return True  # a forked child: the parent's readers are not here
+            self._closed = True
+            lanes = [lane for lane in self._lanes.values() if lane.started]
+        if not lanes:
+            return True
+        # The blocked XREADs return at once (else within `block` seconds).
+        with contextlib.suppress(Exception):
+            client = self._ensure_client()
+            for lane in lanes:
+                self._unblock(client, lane)
+        deadline = time.monotonic() + timeout
+        while any(lane.started for lane in lanes):
+            if time.monotonic() > deadline:
+                return False
+            _sleep(0.005)  # a real sleep: it releases the GIL to the readers
+        return True
 
     def _added_channel(self, lane: Lane) -> bool:
         """Note that *lane* has a new channel (lock held); True if the caller
@@ -507,3 +561,14 @@ def _wait(backoff: float) -> float:
     """Sleep about *backoff* seconds (jittered); return the next, longer one."""
     _sleep(backoff * (0.5 + random.random()))
     return min(backoff * 2, 5.0)
+
+
+@atexit.register
+def _stop_at_exit() -> None:
+    # atexit hooks run while the interpreter is whole (and greenlet and
+    # gevent still work), after the non-daemon threads were joined and
+    # before finalization: the last moment a thread can still end cleanly.
+    for reader in list(_with_readers):
+        wait = min(EXIT_WAIT, reader.block + 1)
+        if not reader._stop_readers(wait):
+            logger.warning("the Redis reader did not stop within %.1f s of exit", wait)
