@@ -15,11 +15,17 @@ stopped by an ``atexit`` hook, which runs before finalization.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
-from tests.conftest import ROOT
+import gevent
+import pytest
+
+from tests.conftest import ROOT, Serve
+from tests.helpers import StreamClient
 
 # Exits the way a gunicorn gevent worker does on SIGQUIT/SIGINT: sys.exit()
 # in a greenlet (GeventWorker.handle_quit), thrown into the main greenlet.
@@ -89,11 +95,42 @@ def test_reader_stops_at_exit_without_waiting_for_its_block(redis_url: str) -> N
     """The exit hook unblocks the reader's XREAD (CLIENT UNBLOCK): a process
     exits at once, not after ``block`` seconds (here 30; the hook would give
     up after EXIT_WAIT, 5 s)."""
-    import time
-
     started = time.monotonic()
     done, probe = _exit_with_reader(redis_url, block=30)
     assert probe["started"] == [False], probe
     assert done.returncode == 0, done.stderr[-3000:]
     # Interpreter start, imports and the connection take about a second.
     assert time.monotonic() - started < 4.5
+
+
+@pytest.mark.server
+def test_serve_worker_with_streams_exits_cleanly_on_sigint(hub_server: Serve, redis_url: str) -> None:
+    """Crash at shutdown, end to end: ``serve --redis`` (real gunicorn, real
+    Redis) with open streams that got an event, stopped the way the bench
+    stops it (SIGINT: gunicorn's quick shutdown, SIGQUIT to the worker). The
+    worker exits by itself (exit status 0, gunicorn reports no signal), with
+    its reader stopped before finalization (no warning that it did not)."""
+    server = hub_server("--workers", "1", "--redis", redis_url, "--log-level", "info")
+    batch = [gevent.spawn(StreamClient, server.port, "/events/exit-lobby") for _ in range(50)]
+    gevent.joinall(batch, timeout=20, raise_error=True)
+    clients = [greenlet.value for greenlet in batch]
+    try:
+        for client in clients:
+            client.wait_for(lambda c: b"\n\n" in c.raw)
+        publisher = StreamClient(
+            server.port, "/publish/exit-lobby", method="POST", body=b"bye", headers={"Content-Type": "text/plain"}
+        )
+        assert publisher.status == 201
+        publisher.close()
+        for client in clients:
+            assert [e.data for e in client.events(1)] == ["bye"]
+        started = time.monotonic()
+        server.proc.send_signal(signal.SIGINT)
+        assert server.wait(15) == 0, "".join(server.log)[-3000:]
+        assert time.monotonic() - started < 10
+    finally:
+        for client in clients:
+            client.close()
+    log = "".join(server.log)
+    for trouble in ("was sent SIG", "corrupted", "Fatal Python error", "did not stop", "Traceback"):
+        assert trouble not in log, log[-3000:]
