@@ -121,6 +121,8 @@ class RedisBroker(RedisReader, RedisClients, Broker):
             raise ValueError(f"wait_timeout must be a positive number of seconds below 5, not {wait_timeout!r}")
         self._target = parse_redis_url(url)
         self.url = url
+        if self._target.kind == "single":
+            self._check_url_options()
         # On a cluster, channels are spread over partitions (see .cluster).
         self._partitions = self._target.partitions if self._target.kind == "cluster" else None
         if self._partitions is not None and ("{" in prefix or "}" in prefix):
@@ -152,6 +154,16 @@ class RedisBroker(RedisReader, RedisClients, Broker):
         self._current_script = script(None, scripts.CURRENT.encode())
         self._snapshot_script = script(None, scripts.SNAPSHOT.encode())
         self._keep_alive_script = script(None, scripts.KEEP_ALIVE.encode())
+
+    def _check_url_options(self) -> None:
+        """Refuse now a URL whose options redis-py cannot use (``?db=x``, an
+        unknown one): else every publish and subscribe fails with its
+        ValueError or TypeError, which is no :class:`BrokerUnavailable`."""
+        try:
+            pool = self._redis.ConnectionPool.from_url(self.url)
+            pool.connection_class(**pool.connection_kwargs)  # builds one, does not connect
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"the Redis URL {self._shown_url} has an option redis-py cannot use: {exc}") from None
 
     @classmethod
     def from_client(cls, client: Any, history: int = DEFAULT_HISTORY, **options: Any) -> RedisBroker:
