@@ -4,8 +4,14 @@ defect found, each against a real redis-server."""
 from __future__ import annotations
 
 import pytest
+import redis
+from redis.crc import key_slot
 
-from wsgi_eventsource import RedisBroker
+from tests.cluster_setup import RedisClusterNodes
+from tests.conftest import RedisServer
+from tests.helpers import wait_until
+from wsgi_eventsource import BrokerUnavailable, RedisBroker
+from wsgi_eventsource.errors import ChannelUnavailable
 
 
 @pytest.mark.parametrize(
@@ -29,5 +35,73 @@ def test_good_query_options_still_work(redis_url: str) -> None:
     broker = RedisBroker(redis_url + "?socket_keepalive=true&client_name=hub")
     try:
         assert broker.publish("ch", "x")
+    finally:
+        broker.close()
+
+
+def slot_of_channel(channel: str) -> int:
+    """The cluster slot of *channel*'s key under the default prefix, on one Redis."""
+    return int(key_slot(f"wsgi-eventsource:{channel}".encode()))
+
+
+def test_wait_replicas_on_a_plain_url_answered_moved_is_unavailable_not_a_crash(cluster: RedisClusterNodes) -> None:
+    """Issue 11 review (2): with ``wait_replicas``, a publish whose XADD was
+    answered MOVED (a redis:// URL that names one node of a cluster) called
+    ``client.nodes_manager``, which only a RedisCluster has: AttributeError,
+    no BrokerUnavailable, so a 500 from PublisherApp. Without wait_replicas
+    the same publish is a BrokerUnavailable; with it, too."""
+    node = cluster.masters()[0]
+    broker = RedisBroker(f"redis://127.0.0.1:{node.port}/0", wait_replicas=1)
+    try:
+        # A channel whose key is in a slot this node does not serve.
+        elsewhere = (f"ch{n}" for n in range(1000) if cluster.master_of(slot_of_channel(f"ch{n}")).port != node.port)
+        with pytest.raises(BrokerUnavailable, match="answered with an error"):
+            broker.publish(next(elsewhere), "x")
+    finally:
+        broker.close()
+
+
+def test_a_multiplexed_subscribe_with_a_wrongtype_channel_leaves_only_the_good_ones(redis_url: str) -> None:
+    """Issue 11 review (3): the pipelined subscribe of many new channels, one
+    of them a string key (WRONGTYPE), answers that channel alone, keeps no
+    subscription nor reader position for it, delivers the others live, and
+    after unsubscribing leaves nothing behind."""
+    client = redis.Redis.from_url(redis_url)
+    client.set("wsgi-eventsource:bad", "not a stream")
+    broker = RedisBroker(redis_url, block=0.5)
+    try:
+        asks: list[tuple[str, str | None]] = [("a", None), ("bad", None), ("b", "0-0"), ("c", None)]
+        done = broker._subscribe_planned_many(asks)
+        assert isinstance(done[1], ChannelUnavailable)
+        assert done[1].reason == "wrong_type"
+        assert set(broker.channel_counts()) == {"a", "b", "c"}
+        assert set(broker._lanes[0].positions) == {"a", "b", "c"}
+        subscriptions = [item[0] for item in done if not isinstance(item, ChannelUnavailable)]
+        ids = {channel: broker.publish(channel, channel) for channel in ("a", "b", "c")}
+        wait_until(lambda: all(s.buffer for s in subscriptions), timeout=10)
+        for subscription in subscriptions:
+            assert ids[subscription.channel].encode() in b"".join(wire for _, wire in subscription.buffer or [])
+        for subscription in subscriptions:
+            broker.unsubscribe(subscription)
+        assert broker.channel_counts() == {}
+        assert broker._lanes[0].positions == {}
+    finally:
+        broker.close()
+        client.close()
+
+
+def test_a_multiplexed_subscribe_against_a_dead_redis_leaves_nothing_subscribed(
+    redis_url: str, redis_server: RedisServer
+) -> None:
+    """Issue 11 review (4): Redis gone before the pipelined subscribe: a
+    BrokerUnavailable, and no subscription or position is left behind."""
+    broker = RedisBroker(redis_url, block=0.5)
+    try:
+        broker.check()
+        redis_server.kill()
+        with pytest.raises(BrokerUnavailable):
+            broker._subscribe_planned_many([("a", None), ("b", "0-0"), ("c", None)])
+        assert broker.channel_counts() == {}
+        assert all(not lane.positions for lane in broker._lanes.values())
     finally:
         broker.close()

@@ -290,9 +290,11 @@ class RedisBroker(RedisReader, RedisClients, Broker):
                 # written; load it and publish again.
                 node.script_load(script.script)
                 continue
-            if isinstance(event_id, self._redis.exceptions.MovedError) and attempt == 1:
+            if isinstance(event_id, self._redis.exceptions.MovedError) and attempt == 1 and self._partitions:
                 # The slot has moved (a reshard, a failover): nothing was
-                # written; learn where it is now and publish there.
+                # written; learn where it is now and publish there. (A
+                # redis:// URL naming a cluster node has no topology to
+                # learn: its MOVED is raised, as without wait_replicas.)
                 client.nodes_manager.initialize()
                 continue
             for answer in (event_id, replicas):
