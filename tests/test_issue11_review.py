@@ -105,3 +105,35 @@ def test_a_multiplexed_subscribe_against_a_dead_redis_leaves_nothing_subscribed(
         assert all(not lane.positions for lane in broker._lanes.values())
     finally:
         broker.close()
+
+
+def test_from_client_with_decode_responses_delivers_and_replays(redis_url: str) -> None:
+    """Issue 11 review (5): RedisBroker.from_client with an app's client made
+    with ``decode_responses=True`` (common) copied that setting into the
+    broker's own connections, which read bytes: the reader failed on every
+    XREAD answer (``'str' object has no attribute 'decode'``, restarted for
+    ever, nothing delivered) and a replay skipped every entry as not the
+    broker's (a reset instead of the events)."""
+    app_client = redis.Redis.from_url(redis_url, decode_responses=True)
+    broker = RedisBroker.from_client(app_client, block=0.5)
+    try:
+        subscription, _ = broker._subscribe_planned("ch", None)
+        event_id = broker.publish("ch", "hello")
+        wait_until(lambda: bool(subscription.buffer), timeout=5, message="no live event")
+        assert event_id.encode() in b"".join(wire for _, wire in subscription.buffer or [])
+        assert broker.reader_stats.restarts == 0
+        _, plan = broker._subscribe_planned("ch", "0-0")
+        assert not plan.reset
+        assert [entry.id for entry in plan.entries] == [event_id]
+        assert app_client.get("untouched") is None  # the app's client is left as it was
+    finally:
+        broker.close()
+        app_client.close()
+
+
+def test_decode_responses_in_the_url_is_refused(redis_url: str) -> None:
+    """Issue 11 review (5): ``?decode_responses=true`` in the URL makes the
+    broker's connections answer str where it reads bytes (nothing is ever
+    delivered); it is refused at construction, by name."""
+    with pytest.raises(ValueError, match="decode_responses"):
+        RedisBroker(redis_url + "?decode_responses=true")

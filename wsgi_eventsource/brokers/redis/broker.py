@@ -164,6 +164,9 @@ class RedisBroker(RedisReader, RedisClients, Broker):
             pool.connection_class(**pool.connection_kwargs)  # builds one, does not connect
         except (ValueError, TypeError) as exc:
             raise ValueError(f"the Redis URL {self._shown_url} has an option redis-py cannot use: {exc}") from None
+        if pool.connection_kwargs.get("decode_responses"):
+            # The broker reads bytes (event bodies are sent as they are stored).
+            raise ValueError(f"the Redis URL {self._shown_url} sets decode_responses: the broker reads bytes")
 
     @classmethod
     def from_client(cls, client: Any, history: int = DEFAULT_HISTORY, **options: Any) -> RedisBroker:
@@ -204,7 +207,8 @@ class RedisBroker(RedisReader, RedisClients, Broker):
                 f"not {type(client).__name__}"
             )
         pool = client.connection_pool
-        kwargs = dict(pool.connection_kwargs)
+        # The app's client may decode replies to str; the broker reads bytes.
+        kwargs = {**pool.connection_kwargs, "decode_responses": False}
         if isinstance(pool, redis.sentinel.SentinelConnectionPool):
             sentinels = [
                 (s.connection_pool.connection_kwargs["host"], s.connection_pool.connection_kwargs.get("port", 26379))
