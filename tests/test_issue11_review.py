@@ -3,6 +3,8 @@ defect found, each against a real redis-server."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import redis
 from redis.crc import key_slot
@@ -107,14 +109,17 @@ def test_a_multiplexed_subscribe_against_a_dead_redis_leaves_nothing_subscribed(
         broker.close()
 
 
-def test_from_client_with_decode_responses_delivers_and_replays(redis_url: str) -> None:
+@pytest.mark.parametrize("setting", [{"decode_responses": True}, {"protocol": 3}])
+def test_from_client_with_another_reply_format_delivers_and_replays(redis_url: str, setting: dict[str, Any]) -> None:
     """Issue 11 review (5): RedisBroker.from_client with an app's client made
     with ``decode_responses=True`` (common) copied that setting into the
     broker's own connections, which read bytes: the reader failed on every
     XREAD answer (``'str' object has no attribute 'decode'``, restarted for
     ever, nothing delivered) and a replay skipped every entry as not the
-    broker's (a reset instead of the events)."""
-    app_client = redis.Redis.from_url(redis_url, decode_responses=True)
+    broker's (a reset instead of the events). Issue 11 review (6): likewise
+    ``protocol=3`` (RESP3: XREAD answers a map; "too many values to
+    unpack", the reader restarted for ever)."""
+    app_client = redis.Redis.from_url(redis_url, **setting)
     broker = RedisBroker.from_client(app_client, block=0.5)
     try:
         subscription, _ = broker._subscribe_planned("ch", None)
@@ -131,9 +136,13 @@ def test_from_client_with_decode_responses_delivers_and_replays(redis_url: str) 
         app_client.close()
 
 
-def test_decode_responses_in_the_url_is_refused(redis_url: str) -> None:
-    """Issue 11 review (5): ``?decode_responses=true`` in the URL makes the
-    broker's connections answer str where it reads bytes (nothing is ever
-    delivered); it is refused at construction, by name."""
-    with pytest.raises(ValueError, match="decode_responses"):
-        RedisBroker(redis_url + "?decode_responses=true")
+@pytest.mark.parametrize(
+    ("query", "named"), [("?decode_responses=true", "decode_responses"), ("?protocol=3", "protocol")]
+)
+def test_another_reply_format_in_the_url_is_refused(redis_url: str, query: str, named: str) -> None:
+    """Issue 11 review (5, 6): ``?decode_responses=true`` or ``?protocol=3``
+    in the URL makes the broker's connections answer str, or RESP3 maps,
+    where it reads RESP2 bytes (nothing is ever delivered); refused at
+    construction, by name."""
+    with pytest.raises(ValueError, match=named):
+        RedisBroker(redis_url + query)

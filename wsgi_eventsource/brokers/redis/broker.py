@@ -164,9 +164,11 @@ class RedisBroker(RedisReader, RedisClients, Broker):
             pool.connection_class(**pool.connection_kwargs)  # builds one, does not connect
         except (ValueError, TypeError) as exc:
             raise ValueError(f"the Redis URL {self._shown_url} has an option redis-py cannot use: {exc}") from None
+        # The broker reads RESP2 bytes (event bodies are sent as they are stored).
         if pool.connection_kwargs.get("decode_responses"):
-            # The broker reads bytes (event bodies are sent as they are stored).
             raise ValueError(f"the Redis URL {self._shown_url} sets decode_responses: the broker reads bytes")
+        if str(pool.connection_kwargs.get("protocol") or 2) != "2":
+            raise ValueError(f"the Redis URL {self._shown_url} sets protocol: the broker reads RESP2 replies")
 
     @classmethod
     def from_client(cls, client: Any, history: int = DEFAULT_HISTORY, **options: Any) -> RedisBroker:
@@ -207,8 +209,10 @@ class RedisBroker(RedisReader, RedisClients, Broker):
                 f"not {type(client).__name__}"
             )
         pool = client.connection_pool
-        # The app's client may decode replies to str; the broker reads bytes.
+        # The app's client may decode replies to str, or speak RESP3; the
+        # broker reads RESP2 bytes (redis-py's default protocol).
         kwargs = {**pool.connection_kwargs, "decode_responses": False}
+        kwargs.pop("protocol", None)
         if isinstance(pool, redis.sentinel.SentinelConnectionPool):
             sentinels = [
                 (s.connection_pool.connection_kwargs["host"], s.connection_pool.connection_kwargs.get("port", 26379))
