@@ -3,6 +3,7 @@ defect found, each against a real redis-server."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -13,7 +14,7 @@ from tests.cluster_setup import RedisClusterNodes
 from tests.conftest import RedisServer
 from tests.helpers import wait_until
 from wsgi_eventsource import BrokerUnavailable, RedisBroker
-from wsgi_eventsource.errors import ChannelUnavailable
+from wsgi_eventsource.errors import ChannelUnavailable, NotReplicated
 
 
 @pytest.mark.parametrize(
@@ -44,6 +45,11 @@ def test_good_query_options_still_work(redis_url: str) -> None:
 def slot_of_channel(channel: str) -> int:
     """The cluster slot of *channel*'s key under the default prefix, on one Redis."""
     return int(key_slot(f"wsgi-eventsource:{channel}".encode()))
+
+
+def slot_of_channel_key(broker: RedisBroker, channel: str) -> int:
+    """The cluster slot of *channel*'s key (the broker's own key function)."""
+    return int(key_slot(broker._key(channel).encode()))
 
 
 def test_wait_replicas_on_a_plain_url_answered_moved_is_unavailable_not_a_crash(cluster: RedisClusterNodes) -> None:
@@ -146,3 +152,43 @@ def test_another_reply_format_in_the_url_is_refused(redis_url: str, query: str, 
     construction, by name."""
     with pytest.raises(ValueError, match=named):
         RedisBroker(redis_url + query)
+
+
+def test_publishing_and_multiplexed_subscribes_resume_after_a_cluster_failover(cluster: RedisClusterNodes) -> None:
+    """Issue 11 review (7): a publisher with ``wait_replicas``, and a
+    multiplexed subscribe, run their pipelines on a cluster node's own
+    client, around RedisCluster, which alone learns a new topology after an
+    error: after a master failover, in a process that does nothing else,
+    each publish and each multiplexed subscribe went to the dead master for
+    good (ConnectionError every time). Both must resume once the replica is
+    promoted."""
+    publisher = RedisBroker(cluster.url, wait_replicas=1, wait_timeout=1)
+    hub = RedisBroker(cluster.url, block=0.5)
+    try:
+        channel = "failing"
+        # Two channels of the partition, so the subscribe is pipelined.
+        other = next(f"x{n}" for n in range(10_000) if hub._lane_of(f"x{n}").index == hub._lane_of(channel).index)
+        asks: list[tuple[str, str | None]] = [(channel, None), (other, None)]
+        publisher.publish(channel, "before")
+        for done in hub._subscribe_planned_many(asks):
+            assert not isinstance(done, ChannelUnavailable)
+            hub.unsubscribe(done[0])
+        killed, promoted = cluster.kill_master_of(slot_of_channel_key(publisher, channel))
+        assert promoted.port != killed.port
+        failures: list[str] = []
+
+        def resumed(step: Callable[[], object]) -> bool:
+            try:
+                step()
+            except NotReplicated:
+                return True  # published (the new master has no replica yet)
+            except BrokerUnavailable as exc:
+                failures.append(str(exc))
+                return False
+            return True
+
+        wait_until(lambda: resumed(lambda: publisher.publish(channel, "after")), timeout=15, interval=0.2)
+        wait_until(lambda: resumed(lambda: hub._subscribe_planned_many(asks)), timeout=15, interval=0.2)
+    finally:
+        publisher.close()
+        hub.close()

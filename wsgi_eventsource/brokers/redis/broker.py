@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -292,7 +293,7 @@ class RedisBroker(RedisReader, RedisClients, Broker):
             with node.pipeline(transaction=False) as pipe:
                 pipe.evalsha(script.sha, 1, self._key(channel), *args)
                 pipe.wait(self.wait_replicas, wait_ms)
-                event_id, replicas = pipe.execute(raise_on_error=False)
+                event_id, replicas = self._execute(client, pipe)
             if isinstance(event_id, self._redis.exceptions.NoScriptError) and attempt == 1:
                 # A new master (a failover) or SCRIPT FLUSH: nothing was
                 # written; load it and publish again.
@@ -456,7 +457,7 @@ class RedisBroker(RedisReader, RedisClients, Broker):
                         self._snapshot_script(keys=[self._key(channel)], args=[self.history, after], client=pipe)
                     elif channel not in starts:
                         self._current_script(keys=[self._key(channel)], args=[""], client=pipe)
-                answers = iter(self._answers(pipe))
+                answers = iter(self._answers(client, pipe))
         except self._errors as exc:
             raise self._unavailable(exc) from None
         done: list[tuple[Subscription, ReplayPlan] | ChannelUnavailable] = []
@@ -489,7 +490,7 @@ class RedisBroker(RedisReader, RedisClients, Broker):
         with self._pipeline_client(client, subscriptions[0].channel).pipeline(transaction=False) as pipe:
             for channel in new:
                 self._current_script(keys=[self._key(channel)], args=[keep], client=pipe)
-            starts: dict[str, Any] = dict(zip(new, self._answers(pipe), strict=True))
+            starts: dict[str, Any] = dict(zip(new, self._answers(client, pipe), strict=True))
         woken: dict[int, Lane] = {}
         with self._lock:
             for channel, start in starts.items():
@@ -508,10 +509,26 @@ class RedisBroker(RedisReader, RedisClients, Broker):
             self._wake_reader(client, lane)
         return starts
 
-    def _answers(self, pipe: Any) -> list[Any]:
+    def _execute(self, client: Any, pipe: Any) -> list[Any]:
+        """``pipe.execute`` (errors in place). On a cluster the pipeline is
+        a node's own (see :meth:`_pipeline_client`), which RedisCluster does
+        not see fail: a node that cannot be reached makes *client* learn the
+        topology again, so that after a failover the next call goes to the
+        new master, not to the dead one for good. (Not retried here: the
+        command may have run.)"""
+        try:
+            answers: list[Any] = pipe.execute(raise_on_error=False)
+        except (self._redis.ConnectionError, self._redis.TimeoutError):
+            if self._partitions is not None:
+                with contextlib.suppress(*self._errors):
+                    client.nodes_manager.initialize()
+            raise
+        return answers
+
+    def _answers(self, client: Any, pipe: Any) -> list[Any]:
         """A pipeline's answers (errors in place); :class:`_Redirected` if the
         cluster sent one elsewhere (then the caller does them one by one)."""
-        answers: list[Any] = pipe.execute(raise_on_error=False)
+        answers = self._execute(client, pipe)
         exceptions = self._redis.exceptions
         if any(isinstance(answer, (exceptions.AskError, exceptions.TryAgainError)) for answer in answers):
             raise _Redirected
