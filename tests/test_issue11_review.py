@@ -192,3 +192,39 @@ def test_publishing_and_multiplexed_subscribes_resume_after_a_cluster_failover(c
     finally:
         publisher.close()
         hub.close()
+
+
+def test_multiplexed_subscribes_and_wait_replicas_publishes_follow_a_moved_slot(cluster: RedisClusterNodes) -> None:
+    """Issue 11 review (8): a publish with ``wait_replicas`` while its slot
+    is moving (the keys are on the new master, the old one answers ASK) was
+    refused with BrokerUnavailable for as long as the move took: its
+    pipeline, a node's own, did not follow the ASK as RedisCluster does.
+    After the move, publishes and multiplexed subscribes of the partition
+    (its pipeline's MOVED falls back to one channel after another, which
+    teaches RedisCluster the slot's new master) go on."""
+    hub = RedisBroker(cluster.url, block=0.5)
+    publisher = RedisBroker(cluster.url, wait_replicas=1, wait_timeout=1)
+    try:
+        channel = "moving"
+        other = next(f"x{n}" for n in range(10_000) if hub._lane_of(f"x{n}").index == hub._lane_of(channel).index)
+        asks: list[tuple[str, str | None]] = [(channel, None), (other, "0-0")]
+
+        def subscribe_all() -> None:
+            for done in hub._subscribe_planned_many(asks):
+                assert not isinstance(done, ChannelUnavailable), done
+                hub.unsubscribe(done[0])
+
+        publisher.publish(channel, "before")
+        subscribe_all()  # both clients know the topology before the move
+        published_while_asked: list[str] = []
+        cluster.migrate_slot(
+            slot_of_channel_key(hub, channel),
+            during=lambda: published_while_asked.append(publisher.publish(channel, "during")),
+        )
+        for _ in range(3):
+            subscribe_all()
+        assert published_while_asked
+        publisher.publish(channel, "after")
+    finally:
+        hub.close()
+        publisher.close()

@@ -284,28 +284,41 @@ class RedisBroker(RedisReader, RedisClients, Broker):
         how many replicas have it."""
         script = self._publish_script
         wait_ms = max(1, int(self.wait_timeout * 1000))
-        for attempt in (1, 2):
+        exceptions = self._redis.exceptions
+        asking: Any = None  # during a slot's move: the node an ASK named
+        for attempt in (1, 2, 3):
             # On a cluster, on the master of the channel's slot (a cluster
             # pipeline refuses EVALSHA, and WAIT has no key to route by).
-            node = self._pipeline_client(client, channel)
+            node = self._pipeline_client(client, channel) if asking is None else asking
             # EVALSHA by hand: a pipeline that runs a Script first asks
             # SCRIPT EXISTS, a second round trip on every publish.
             with node.pipeline(transaction=False) as pipe:
+                if asking is not None:
+                    pipe.execute_command("ASKING")
                 pipe.evalsha(script.sha, 1, self._key(channel), *args)
                 pipe.wait(self.wait_replicas, wait_ms)
-                event_id, replicas = self._execute(client, pipe)
-            if isinstance(event_id, self._redis.exceptions.NoScriptError) and attempt == 1:
+                event_id, replicas = self._execute(client, pipe)[-2:]
+            if isinstance(event_id, exceptions.NoScriptError) and attempt < 3:
                 # A new master (a failover) or SCRIPT FLUSH: nothing was
                 # written; load it and publish again.
                 node.script_load(script.script)
                 continue
-            if isinstance(event_id, self._redis.exceptions.MovedError) and attempt == 1 and self._partitions:
+            if isinstance(event_id, exceptions.MovedError) and attempt < 3 and self._partitions:
                 # The slot has moved (a reshard, a failover): nothing was
                 # written; learn where it is now and publish there. (A
                 # redis:// URL naming a cluster node has no topology to
                 # learn: its MOVED is raised, as without wait_replicas.)
                 client.nodes_manager.initialize()
+                asking = None
                 continue
+            if isinstance(event_id, exceptions.AskError) and attempt < 3 and self._partitions:
+                # The slot is moving and its key is on the new master
+                # already: nothing was written; publish there, after ASKING
+                # (as RedisCluster follows an ASK).
+                target = client.get_node(host=event_id.host, port=event_id.port)
+                if target is not None:
+                    asking = target.redis_connection
+                    continue
             for answer in (event_id, replicas):
                 if isinstance(answer, Exception):
                     raise answer
