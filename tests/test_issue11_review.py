@@ -33,6 +33,15 @@ def test_bad_query_option_is_refused_at_construction(redis_url: str, query: str,
     assert "s3cr3t" not in str(refused.value)
 
 
+def test_a_bad_tls_option_is_a_value_error_at_construction() -> None:
+    """Issue 11 review (1): ``rediss://...?ssl_cert_reqs=bogus`` made the
+    check above raise redis-py's RedisError from the constructor, not a
+    ValueError like every other bad URL (no connection is made)."""
+    with pytest.raises(ValueError, match="Certificate Requirements") as refused:
+        RedisBroker("rediss://:s3cr3t@localhost:6379/0?ssl_cert_reqs=bogus")
+    assert "s3cr3t" not in str(refused.value)
+
+
 def test_good_query_options_still_work(redis_url: str) -> None:
     """Issue 11 review (1): the check does not refuse options redis-py takes."""
     broker = RedisBroker(redis_url + "?socket_keepalive=true&client_name=hub")

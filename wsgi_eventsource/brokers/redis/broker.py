@@ -163,7 +163,7 @@ class RedisBroker(RedisReader, RedisClients, Broker):
         try:
             pool = self._redis.ConnectionPool.from_url(self.url)
             pool.connection_class(**pool.connection_kwargs)  # builds one, does not connect
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, self._redis.RedisError) as exc:  # RedisError: a bad ssl_cert_reqs
             raise ValueError(f"the Redis URL {self._shown_url} has an option redis-py cannot use: {exc}") from None
         # The broker reads RESP2 bytes (event bodies are sent as they are stored).
         if pool.connection_kwargs.get("decode_responses"):
