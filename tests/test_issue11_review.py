@@ -43,8 +43,9 @@ def test_a_bad_tls_option_is_a_value_error_at_construction() -> None:
 
 
 def test_good_query_options_still_work(redis_url: str) -> None:
-    """Issue 11 review (1): the check does not refuse options redis-py takes."""
-    broker = RedisBroker(redis_url + "?socket_keepalive=true&client_name=hub")
+    """Issue 11 review (1): the check does not refuse options redis-py takes
+    (``timeout``, the blocking pool's, too: a first version of the check did)."""
+    broker = RedisBroker(redis_url + "?socket_keepalive=true&client_name=hub&timeout=5&max_connections=3")
     try:
         assert broker.publish("ch", "x")
     finally:

@@ -161,7 +161,7 @@ class RedisBroker(RedisReader, RedisClients, Broker):
         unknown one): else every publish and subscribe fails with its
         ValueError or TypeError, which is no :class:`BrokerUnavailable`."""
         try:
-            pool = self._redis.ConnectionPool.from_url(self.url)
+            pool = self._redis.BlockingConnectionPool.from_url(self.url)  # as _connect makes it
             pool.connection_class(**pool.connection_kwargs)  # builds one, does not connect
         except (ValueError, TypeError, self._redis.RedisError) as exc:  # RedisError: a bad ssl_cert_reqs
             raise ValueError(f"the Redis URL {self._shown_url} has an option redis-py cannot use: {exc}") from None
