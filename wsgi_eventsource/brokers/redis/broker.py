@@ -316,7 +316,7 @@ class RedisBroker(RedisReader, RedisClients, Broker):
                 # already: nothing was written; publish there, after ASKING
                 # (as RedisCluster follows an ASK).
                 target = client.get_node(host=event_id.host, port=event_id.port)
-                if target is not None:
+                if target is not None and target.redis_connection is not None:
                     asking = target.redis_connection
                     continue
             for answer in (event_id, replicas):
