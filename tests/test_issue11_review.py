@@ -3,6 +3,8 @@ defect found, each against a real redis-server."""
 
 from __future__ import annotations
 
+import pathlib
+import shutil
 from collections.abc import Callable
 from typing import Any
 
@@ -11,7 +13,7 @@ import redis
 from redis.crc import key_slot
 
 from tests.cluster_setup import RedisClusterNodes
-from tests.conftest import RedisServer
+from tests.conftest import RedisServer, ServerProcess
 from tests.helpers import wait_until
 from wsgi_eventsource import BrokerUnavailable, RedisBroker
 from wsgi_eventsource.errors import ChannelUnavailable, NotReplicated
@@ -238,3 +240,29 @@ def test_multiplexed_subscribes_and_wait_replicas_publishes_follow_a_moved_slot(
     finally:
         hub.close()
         publisher.close()
+
+
+def test_from_client_takes_a_client_of_a_relative_unix_socket_path(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 11 review (9): RedisBroker.from_client with a client of a Unix
+    socket named by a relative path (``Redis(unix_socket_path="redis.sock")``)
+    was refused with "the Redis URL unix://redis.sock?db=0 names no socket
+    path": the URL it builds for messages put the path in the host's place."""
+    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+    server = ServerProcess(
+        [binary, "--port", "0", "--unixsocket", str(tmp_path / "redis.sock"), "--save", "", "--appendonly", "no"],
+        ready_pattern="(?i)ready to accept connections",
+    )
+    monkeypatch.chdir(tmp_path)
+    app_client = redis.Redis(unix_socket_path="redis.sock")
+    try:
+        broker = RedisBroker.from_client(app_client)
+        try:
+            assert broker.publish("ch", "x")
+            assert str(tmp_path / "redis.sock") in repr(broker)
+        finally:
+            broker.close()
+    finally:
+        app_client.close()
+        server.stop()

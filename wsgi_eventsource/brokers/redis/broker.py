@@ -228,7 +228,8 @@ class RedisBroker(RedisReader, RedisClients, Broker):
             )  # fmt: skip
             return broker
         if "path" in kwargs:
-            url = f"unix://{kwargs['path']}?db={kwargs.get('db', 0)}"
+            # Absolute: a relative path would read as the URL's host.
+            url = f"unix://{os.path.abspath(kwargs['path'])}?db={kwargs.get('db', 0)}"
         else:
             scheme = "rediss" if issubclass(pool.connection_class, redis.SSLConnection) else "redis"
             host = _bracketed(str(kwargs.get("host", "localhost")))
