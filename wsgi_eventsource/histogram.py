@@ -109,9 +109,17 @@ class Histogram:
         if value < 0:
             value = 0.0
         index = bisect_left(self._bounds, value)
-        with self._lock:
+        # acquire/release, not ``with``: once per event on the hot path, and
+        # ``with`` on a lock cost 80 ns more here (290 -> 210 ns per call,
+        # bench/observe_cost.py). The lock stays: each Redis reader lane is
+        # an OS thread of its own, and they share the broker's histogram.
+        lock = self._lock
+        lock.acquire()
+        try:
             self._counts[index] += 1
             self._sum += value
+        finally:
+            lock.release()
 
     def snapshot(self) -> HistogramSnapshot:
         """The counts now (buckets and sum consistent with each other)."""
