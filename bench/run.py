@@ -599,6 +599,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
+    chosen = _chosen_servers(args)
 
     raise_fd_limit()  # inherited by servers and clients
     build_client()
@@ -617,11 +618,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.skip_scale_out:
         scenarios -= set(SCALE_SCENARIOS)
     args.quick = args.quick or args.smoke
-    chosen = [s for s in servers() if not args.only or s.name in args.only.split(",")]
 
     if args.compare_with:
         compared = hot_path(
-            [s for s in chosen if s.name in ("eventsource", "hub")], Path(args.compare_with).resolve(),
+            chosen, Path(args.compare_with).resolve(),
             fanout_sizes=fanout_sizes, count=throughput_count, rounds=args.rounds, seconds=seconds,
         )  # fmt: skip
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
@@ -655,6 +655,20 @@ def main(argv: list[str] | None = None) -> None:
     _write_results(args, scenarios, results)
 
 
+def _chosen_servers(args: argparse.Namespace) -> list[Server]:
+    """The servers ``--only`` names (all if none; of them, the ones
+    ``--compare-with`` compares), or a usage error that names what is wrong."""
+    known = [s.name for s in servers()]
+    only = set(args.only.split(",")) if args.only else set(known)
+    if only - set(known):  # "--only ours,hub" once ran the hub alone, silently
+        _parser().error(f"--only: unknown {', '.join(sorted(only - set(known)))} (known: {', '.join(known)})")
+    if args.compare_with:
+        only &= set(COMPARED)
+        if not only:
+            _parser().error(f"--compare-with serves only {' and '.join(COMPARED)}: --only names neither")
+    return [s for s in servers() if s.name in only]
+
+
 def _write_results(args: argparse.Namespace, scenarios: set[str], results: dict[str, Any]) -> None:
     """The JSON to ``--output``, and the report: to docs/ after a whole run,
     beside ``--merge-into`` after merging into it, else to bench/results/."""
@@ -676,6 +690,8 @@ def _write_results(args: argparse.Namespace, scenarios: set[str], results: dict[
     print(f"results: {output}", flush=True)
 
 
+#: The servers that serve the package itself: the only ones ``--compare-with`` runs.
+COMPARED = ("eventsource", "hub")
 #: Every scenario (``--scenarios``); those run per server, and those that start their own hub and Redis.
 SERVER_SCENARIOS = ("idle", "fanout", "throughput", "multiplexed")
 SCALE_SCENARIOS = ("scale", "cluster", "storm")
