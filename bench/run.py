@@ -314,6 +314,14 @@ def running(server: Server) -> Iterator[Server]:
     server.start()
     try:
         yield server
+    except Exception:
+        # stop() deletes the server's directory, its log with it: what it said
+        # (and whether it still ran) is all a failed scenario leaves to go by.
+        assert server.process is not None
+        log = Path(server.tmp, "server.log").read_bytes()[-4000:].decode(errors="replace")
+        print(f"{server.name} on port {server.port}: exit status {server.process.poll()} (None: running),"
+              f" the end of its log:\n{log}", file=sys.stderr, flush=True)  # fmt: skip
+        raise
     finally:
         server.stop()
 
