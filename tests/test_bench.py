@@ -212,3 +212,18 @@ def test_load_client_connects_from_source_address() -> None:
     )  # fmt: skip
     assert refused.returncode == 2
     assert "SOURCE_ADDRESS is not an IPv4 address: localhost" in refused.stderr
+
+
+def test_bench_refuses_an_unknown_server_name(tmp_path: Path) -> None:
+    """Bench: ``--only ours,hub`` ran the hub alone and said nothing of ``ours``
+    (no server has that name): an unknown name is an error that names it."""
+    output = tmp_path / "out.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--only", "ours", "--compare-with", str(tmp_path),
+         "--output", str(output)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert "--only: unknown ours" in run.stderr
+    assert "known: eventsource, hub, naive, starlette, nchan" in run.stderr
+    assert not output.exists()
