@@ -17,7 +17,8 @@ from typing import Any
 
 import redis
 
-from bench.run import free_port, wait_for_port
+from bench.procs import wait_for_port
+from bench.run import free_port
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 BIN = Path(sys.executable).parent
