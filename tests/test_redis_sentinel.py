@@ -386,6 +386,20 @@ def test_the_pool_is_bounded_and_waits_for_a_free_connection(
         assert admin.xlen("wsgi-eventsource:news") == 8
 
 
+def fail_over_gracefully(setup: SentinelSetup, key: str) -> int:
+    """SENTINEL FAILOVER once the replica has *key*; returns the old master's port.
+    SENTINEL FAILOVER does not wait for the replica: under load an event may
+    not have reached it yet, and would then be lost (correctly announced by
+    a stream-reset, but not what the failover tests are about)."""
+    old = setup.master_port()
+    replica = next(port for port in setup.data_ports if port != old)
+    with setup.admin(replica) as replica_admin:
+        wait_until(lambda: bool(replica_admin.xrange(key)), 10, message=f"the replica has {key}")
+    with redis.Redis("127.0.0.1", setup.sentinel_ports[0]) as one_sentinel:
+        one_sentinel.execute_command("SENTINEL", "FAILOVER", SERVICE)
+    return old
+
+
 def test_a_graceful_failover_moves_the_reader_to_the_new_master(
     fresh_sentinel: SentinelSetup,  # noqa: F811
     broker_of: Callable[..., RedisBroker],
@@ -402,15 +416,7 @@ def test_a_graceful_failover_moves_the_reader_to_the_new_master(
     live = connected(port, "/one")
     first = broker.publish("one", "before")
     assert live.events(1)[0].last_event_id == first
-    old = fresh_sentinel.master_port()
-    # SENTINEL FAILOVER does not wait for the replica: under load "first" may
-    # not have reached it yet, and would then be lost (correctly announced by
-    # a stream-reset, but not what this test is about). Wait until it has.
-    replica = next(port for port in fresh_sentinel.data_ports if port != old)
-    with fresh_sentinel.admin(replica) as replica_admin:
-        wait_until(lambda: bool(replica_admin.xrange("wsgi-eventsource:one")), 10, message="the replica has 'first'")
-    with redis.Redis("127.0.0.1", fresh_sentinel.sentinel_ports[0]) as one_sentinel:
-        one_sentinel.execute_command("SENTINEL", "FAILOVER", SERVICE)
+    old = fail_over_gracefully(fresh_sentinel, "wsgi-eventsource:one")
     new = fresh_sentinel.wait_for_new_master(old)
     after: list[str] = []
     deadline = time.monotonic() + 20
@@ -447,15 +453,7 @@ def test_the_broker_follows_the_sentinels_while_the_old_master_still_takes_write
     live = connected(port, "/news")
     first = broker.publish("news", "before")
     assert live.events(1)[0].last_event_id == first
-    old = fresh_sentinel.master_port()
-    # SENTINEL FAILOVER does not wait for the replica: under load "first" may
-    # not have reached it yet, and would then be lost (correctly announced by
-    # a stream-reset, but not what this test is about). Wait until it has.
-    replica = next(port for port in fresh_sentinel.data_ports if port != old)
-    with fresh_sentinel.admin(replica) as replica_admin:
-        wait_until(lambda: bool(replica_admin.xrange("wsgi-eventsource:news")), 10, message="the replica has 'first'")
-    with redis.Redis("127.0.0.1", fresh_sentinel.sentinel_ports[0]) as one_sentinel:
-        one_sentinel.execute_command("SENTINEL", "FAILOVER", SERVICE)
+    old = fail_over_gracefully(fresh_sentinel, "wsgi-eventsource:news")
     new = fresh_sentinel.wait_for_new_master(old, demote=False)
     with fresh_sentinel.admin(old) as admin:
         assert admin.info("replication")["role"] == "master"  # still: the window this test is about
