@@ -9,6 +9,7 @@ import glob
 import json
 import os
 import signal
+import time
 from typing import Any
 
 import gevent
@@ -53,6 +54,28 @@ def publish(port: int, channel: str, data: str) -> str:
         client.close()
 
 
+def current_stats(port: int, streams: int) -> dict[str, Any]:
+    """The first ``/stats`` answer in which every worker's report was written
+    after now and counts *streams* in all.
+
+    The answering worker counts its own streams as they are, the others from
+    reports up to a second old: a total that matches can still hide a stale
+    report (the answering worker's own fresh count making up for it), which
+    then misleads the next answer, from another worker.
+    """
+    since = time.time()
+    deadline = time.monotonic() + 10
+    while True:
+        asked = time.time()
+        numbers = stats(port)
+        fresh = all(w["report_age_seconds"] < asked - since - 0.01 for w in numbers["per_worker"])
+        if fresh and numbers["connections"]["total"] == streams:
+            return numbers
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no answer with every worker's report after {streams} streams opened: {numbers}")
+        gevent.sleep(0.1)
+
+
 def open_streams_on_every_worker(port: int, workers: int, channel: str) -> list[StreamClient]:
     """Open streams (15 at a time, at once) until each worker holds some."""
     clients: list[StreamClient] = []
@@ -63,9 +86,7 @@ def open_streams_on_every_worker(port: int, workers: int, channel: str) -> list[
             client = greenlet.value
             client.wait_for(lambda c: b"\n\n" in c.raw)
             clients.append(client)
-        # Reports are at most a second old.
-        wait_until(lambda: stats(port)["connections"]["total"] == len(clients), 10, 0.1)
-        if sum(1 for w in stats(port)["per_worker"] if w["connections"]) == workers:
+        if sum(1 for w in current_stats(port, len(clients))["per_worker"] if w["connections"]) == workers:
             return clients
     raise AssertionError(f"{len(clients)} streams did not reach all {workers} workers: {stats(port)['per_worker']}")
 
@@ -195,7 +216,7 @@ def test_a_users_own_gunicorn_with_the_hooks_module(gunicorn: Gunicorn, redis_ur
         "tests.apps.hub:hub", "--workers", "2", "-c", "python:wsgi_eventsource.gunicorn_hooks", env=env
     )
     clients = open_streams_on_every_worker(server.port, 2, "mine")
-    numbers = stats(server.port)
+    numbers = current_stats(server.port, len(clients))
     assert numbers["workers"] == 2
     victim = numbers["per_worker"][0]["pid"]
     os.kill(victim, signal.SIGKILL)
