@@ -40,6 +40,9 @@ from tests.helpers import ParsedEvent, StreamClient, wait_until
 from tests.test_multiplex import channel_of, own_id
 from wsgi_eventsource import BrokerUnavailable, NotReplicated, RedisBroker
 from wsgi_eventsource.brokers.redis import scripts
+from wsgi_eventsource.brokers.redis.cluster import partition_of
+from wsgi_eventsource.brokers.redis.masters import READER_NAME
+from wsgi_eventsource.brokers.redis.urls import DEFAULT_PARTITIONS
 
 pytestmark = pytest.mark.server
 
@@ -241,7 +244,8 @@ def publish_one_each(cluster: RedisClusterNodes, broker: RedisBroker, channels: 
         with cluster.master_of(slot).client() as client:
             pipe = client.pipeline(transaction=True)
             for channel in members:
-                pipe.eval(scripts.PUBLISH, 1, broker._key(channel), 1000, f"data: {channel}\n\n", "", "")
+                args = broker._publish_args(channel, f"data: {channel}\n\n".encode())
+                pipe.eval(scripts.PUBLISH, 1, broker._key(channel), *args)
             pipe.execute()
     return len(by_slot)
 
@@ -276,6 +280,83 @@ def test_one_xread_per_partition_reads_many_channels(
     calls = xread_calls(cluster)
     print(f"one stream of 300 channels in {partitions} partitions read live with {calls} XREADs")
     assert calls < len(channels) // 3, f"{calls} XREADs for {len(channels)} new channels: not batched"
+
+
+def reader_connections(cluster: RedisClusterNodes) -> dict[int, int]:
+    """Per master (its port): the connections of wsgi-eventsource readers."""
+    counts = {}
+    for node in cluster.masters():
+        with node.client(decode_responses=True) as client:
+            counts[node.port] = sum(1 for c in client.client_list() if c["name"] == READER_NAME)
+    return counts
+
+
+def test_one_reader_per_master_whatever_the_partitions(
+    serve: Callable[..., WSGIServer], broker_of: Callable[..., RedisBroker], cluster: RedisClusterNodes
+) -> None:
+    """Issue 11, "one reader per master per process": a stream of a channel
+    in every one of the 16 partitions is read by one reader thread per
+    master, each with two connections (its doorbells, its reads), not one
+    per partition (16 threads and connections before)."""
+    broker = broker_of()
+    port = serve_broker(serve, broker, max_channels=100)
+    by_partition: dict[int, str] = {}
+    for i in range(1000):
+        by_partition.setdefault(partition_of(f"every-{i}", DEFAULT_PARTITIONS), f"every-{i}")
+        if len(by_partition) == DEFAULT_PARTITIONS:
+            break
+    channels = sorted(by_partition.values())
+    client = connected(port, "/events/?" + "&".join(f"channel={channel}" for channel in channels))
+    for channel in channels:
+        broker.publish(channel, channel)
+    events = client.events(len(channels), timeout=10)
+    assert sorted(e.data for e in events) == channels
+    masters = {node.port for node in cluster.masters()}
+    assert {address[1] for address in broker._masters} == masters, "a reader for every master, none for another node"
+    assert all(master.alive for master in broker._masters.values())
+    assert sorted(len(m.lanes) for m in broker._masters.values()) == sorted(
+        sum(1 for p in range(DEFAULT_PARTITIONS) if cluster.master_of(key_slot(f"{{p{p}}}".encode())).port == port)
+        for port in masters
+    ), "each partition read by the reader of its slot's master"
+    assert reader_connections(cluster) == dict.fromkeys(masters, 2)
+
+
+def test_a_read_names_only_the_channels_that_rang(
+    serve: Callable[..., WSGIServer], broker_of: Callable[..., RedisBroker], cluster: RedisClusterNodes
+) -> None:
+    """Issue 11, "a reader that scales with channels": with 300 channels
+    subscribed, one event costs one XREAD naming its channel alone (the
+    doorbell says which), not one naming every channel of its partition."""
+    broker = broker_of()
+    port = serve_broker(serve, broker, max_channels=300)
+    channels = [f"quiet-{i}" for i in range(300)]
+    client = connected(port, "/events/?" + "&".join(f"channel={channel}" for channel in channels))
+    broker.publish("quiet-7", "first")  # the reader has read every new channel once by the time this arrives
+    assert client.events(1, timeout=10)[0].data == "first"
+    masters = cluster.masters()
+    try:
+        for node in masters:
+            with node.client() as redis_client:
+                redis_client.config_set("slowlog-log-slower-than", 0)  # log every command, with its arguments
+                redis_client.slowlog_reset()
+        broker.publish("quiet-42", "second")
+        assert client.events(2, timeout=10)[-1].data == "second"
+        xreads = []
+        for node in masters:
+            with node.client() as redis_client:
+                xreads += [
+                    entry["command"]
+                    for entry in redis_client.slowlog_get(1000)
+                    if entry["command"].startswith(b"XREAD")
+                ]
+    finally:
+        for node in masters:
+            with node.client() as redis_client:
+                redis_client.config_set("slowlog-log-slower-than", 10000)
+    key = broker._key("quiet-42").encode()
+    assert xreads, "the event was read"
+    assert all(command.split()[3:4] == [b"STREAMS"] and command.split()[4:5] == [key] for command in xreads), xreads
+    assert all(len(command.split()) == 6 for command in xreads), xreads
 
 
 def test_a_storm_of_new_streams_costs_at_most_one_xread_each(

@@ -26,7 +26,8 @@ from ..base import (
 from . import scripts
 from .clients import RedisClients, _bracketed
 from .cluster import partition_of
-from .reader import Lane, RedisReader
+from .masters import ClusterReader, Master, bell_of
+from .reader import Lane
 from .support import REDIS_ERROR_KINDS, ReaderStats, Throttled, text
 from .urls import DEFAULT_PARTITIONS, RedisTarget, parse_redis_url
 
@@ -45,7 +46,7 @@ def _import_redis() -> Any:
     return redis
 
 
-class RedisBroker(RedisReader, RedisClients, Broker):
+class RedisBroker(ClusterReader, RedisClients, Broker):
     """Channels in Redis streams, shared by every process that uses the same Redis.
 
     :param url: one Redis (``redis://``, ``rediss://``, ``unix://``), the
@@ -247,6 +248,8 @@ class RedisBroker(RedisReader, RedisClients, Broker):
         # holds its channels' XREAD positions). Both guarded by _lock.
         self._subscriptions: dict[str, set[Subscription]] = {}
         self._lanes: dict[int, Lane] = {}
+        # On a cluster: the masters whose reader threads read the lanes.
+        self._masters: dict[tuple[str, int], Master] = {}
 
     def __repr__(self) -> str:
         return f"<RedisBroker {self._shown_url!r} history={self.history}>"
@@ -255,9 +258,7 @@ class RedisBroker(RedisReader, RedisClients, Broker):
 
     def publish(self, channel: str, data: Data, *, event: str | None = None, retry: int | None = None) -> str:
         validate_channel(channel)
-        body = encode_body(data, event, retry)
-        max_age_ms = "" if self.max_age is None else max(1, int(self.max_age * 1000))
-        args = [self.history, body, max_age_ms, self._key_ttl_ms or ""]
+        args = self._publish_args(channel, encode_body(data, event, retry))
         try:
             client = self._checked_client()
             if not self.wait_replicas:
@@ -278,6 +279,14 @@ class RedisBroker(RedisReader, RedisClients, Broker):
                 wanted=self.wait_replicas,
             )
         return event_id
+
+    def _publish_args(self, channel: str, body: bytes) -> list[Any]:
+        """The PUBLISH script's ARGV for *body* on *channel* (see :data:`.scripts.PUBLISH`)."""
+        max_age_ms = "" if self.max_age is None else max(1, int(self.max_age * 1000))
+        args: list[Any] = [self.history, body, max_age_ms, self._key_ttl_ms or ""]
+        if self._partitions is not None:
+            args += [bell_of(self.prefix, partition_of(channel, self._partitions)), channel]
+        return args
 
     def _publish_and_wait(self, client: Any, channel: str, args: list[Any]) -> tuple[str, int]:
         """Publish, then ``WAIT``: one round trip, on one connection (``WAIT``
@@ -378,7 +387,7 @@ class RedisBroker(RedisReader, RedisClients, Broker):
                         # since is in its buffer: it listened first.)
                         added = channel not in lane.positions
                         start = lane.positions.setdefault(channel, start)
-                        wake = added and self._added_channel(lane)
+                        wake = added and self._added_channel(lane, channel)
                     else:
                         # the reader ended the channel meanwhile (a broken
                         # key) and this subscription with it: no position for
@@ -513,7 +522,7 @@ class RedisBroker(RedisReader, RedisClients, Broker):
                     continue  # failed, or the reader ended the channel meanwhile (a broken key)
                 if channel not in lane.positions:
                     lane.positions[channel] = text(start)
-                    if self._added_channel(lane):
+                    if self._added_channel(lane, channel):
                         woken[lane.index] = lane
                 starts[channel] = lane.positions[channel]  # where the reader reads from
             lanes = {self._lane_of(s.channel).index: self._lane_of(s.channel) for s in subscriptions}

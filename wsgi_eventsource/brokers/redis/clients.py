@@ -27,12 +27,13 @@ from gevent.monkey import get_original, is_module_patched
 from ...connection import os_lock
 from ...errors import BrokerUnavailable
 from . import sentinel
-from .cluster import master_of_slot, slot_of
+from .cluster import master_of_slot
 from .support import count_error, text
 from .urls import RedisTarget, shown_url
 
 if TYPE_CHECKING:
     from _thread import LockType as Lock
+    from collections.abc import Callable
 
     from ..base import BrokerStats
     from .reader import Lane
@@ -59,6 +60,10 @@ class RedisClients:
     _redis: Any
     _pid: int
     _lanes: dict[int, Lane]
+    # From the readers (before this class in RedisBroker's bases).
+    _reader_threads: Callable[[], list[Any]]
+    _wake_to_stop: Callable[[Any, list[Any]], None]
+    _lock: Lock
     _errors: tuple[type[Exception], ...]
     stats: BrokerStats
 
@@ -145,17 +150,6 @@ class RedisClients:
             return redis.Redis(connection_pool=pool)
         return redis.Redis.from_url(self.url, **self._reader_options())
 
-    def _connect_reader_for(
-        self, index: int, redirect: tuple[str, int] | None = None
-    ) -> tuple[Any, tuple[str, int] | None]:
-        """A client for the reader of lane *index*, and the node it is
-        connected to: on a cluster, the master of the partition's slot (or
-        *redirect*, the node a MOVED named)."""
-        if self._target.kind != "cluster":
-            return self._connect_reader(), None
-        address = redirect or self._master_of(slot_of(index))
-        return self._node_client(address, **self._reader_options()), address
-
     def _node_client(self, address: tuple[str, int], **options: Any) -> Any:
         target = self._target
         host, port = address
@@ -185,18 +179,13 @@ class RedisClients:
         raise self._redis.ConnectionError(f"no cluster node named the master of slot {slot} ({'; '.join(failures)})")
 
     def _unblock(self, client: Any, lane: Lane) -> int:
-        """CLIENT UNBLOCK *lane*'s reader with *client* (this thread's);
-        1 if it was blocked (it returns at once), 0 if not."""
+        """CLIENT UNBLOCK *lane*'s reader (one Redis, Sentinel) with *client*
+        (this thread's); 1 if it was blocked (it returns at once), 0 if not.
+        (A cluster's readers are woken by a doorbell instead: see .masters.)"""
         reader = lane.client_id
-        if reader is None:
+        if reader is None or self._target.kind == "cluster":
             return 0
-        if self._target.kind != "cluster":
-            return int(client.client_unblock(reader))
-        address = lane.address
-        node = None if address is None else client.get_node(host=address[0], port=address[1])
-        if node is None:
-            return 0  # a node this client does not know yet: the reader comes back within `block`
-        return int(client.execute_command("CLIENT UNBLOCK", reader, target_nodes=node))
+        return int(client.client_unblock(reader))
 
     def _ensure_client(self) -> Any:
         """The client for this thread (this process: never the parent's after a fork)."""
@@ -285,10 +274,11 @@ class RedisClients:
         """Unblock the readers and close every client this process made."""
         clients = list(self._clients)
         if clients:
-            for lane in list(self._lanes.values()):
-                # If this fails the reader ends by itself within `block` seconds.
-                with contextlib.suppress(Exception):
-                    self._unblock(clients[0], lane)
+            with self._lock:
+                threads = self._reader_threads()
+            # If this fails the readers end by themselves within `block` seconds.
+            with contextlib.suppress(Exception):
+                self._wake_to_stop(clients[0], threads)
         for client in clients:
             client.close()
             if self._target.kind != "cluster":

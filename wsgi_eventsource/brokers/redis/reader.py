@@ -105,7 +105,7 @@ class Lane:
     a cluster, or every channel on one Redis (lane 0). Guarded by the broker's lock."""
 
     __slots__ = (
-        "address", "changes", "client_id", "clock", "index", "positions", "read_changes", "started", "waking",
+        "changes", "client_id", "clock", "fresh", "index", "positions", "read_changes", "started", "waking",
     )  # fmt: skip
 
     def __init__(self, index: int) -> None:
@@ -115,14 +115,14 @@ class Lane:
         self.started = False
         #: The reader's connection id, for CLIENT UNBLOCK (None: not connected).
         self.client_id: int | None = None
-        #: The node it reads from (a cluster's), for CLIENT UNBLOCK.
-        self.address: tuple[str, int] | None = None
         #: Channels added so far, and how many of them the reader's key set has:
         #: the reader is behind while read_changes < changes.
         self.changes = 0
         self.read_changes = 0
         #: True while one subscriber is making sure the reader catches up.
         self.waking = False
+        #: On a cluster: channels added since its reader last took them (see .masters).
+        self.fresh: set[str] = set()
         #: When its reads began and returned: how far behind it is.
         self.clock = ReadClock()
 
@@ -132,8 +132,6 @@ class _Loop:
 
     def __init__(self, interval: float | None, block: float) -> None:
         self.client: Any = None
-        #: The node a MOVED named, to connect to next.
-        self.redirect: tuple[str, int] | None = None
         self.backoff = 0.1
         self.interval = interval
         # With max_age, the keys' TTLs are refreshed at least every interval.
@@ -165,7 +163,7 @@ class RedisReader:
     # From RedisClients (after this class in RedisBroker's bases, so stubs
     # here would hide them): the URL to show, the readers' own clients.
     _shown_url: str
-    _connect_reader_for: Callable[..., tuple[Any, tuple[str, int] | None]]
+    _connect_reader: Callable[[], Any]
     _unblock: Callable[[Any, Lane], int]
     _ensure_client: Callable[[], Any]
 
@@ -262,23 +260,32 @@ class RedisReader:
             if self._pid != pid:
                 return True  # a forked child: the parent's readers are not here
             self._closed = True
-            lanes = [lane for lane in self._lanes.values() if lane.started]
-        if not lanes:
+            threads = self._reader_threads()
+        if not threads:
             return True
-        # The blocked XREADs return at once (else within `block` seconds).
+        # The blocked reads return at once (else within `block` seconds).
         with contextlib.suppress(Exception):
-            client = self._ensure_client()
-            for lane in lanes:
-                self._unblock(client, lane)
+            self._wake_to_stop(self._ensure_client(), threads)
         deadline = time.monotonic() + timeout
-        while any(lane.started for lane in lanes):
+        while any(self._alive(thread) for thread in threads):
             if time.monotonic() > deadline:
                 return False
             _sleep(0.005)  # a real sleep: it releases the GIL to the readers
         return True
 
-    def _added_channel(self, lane: Lane) -> bool:
-        """Note that *lane* has a new channel (lock held); True if the caller
+    def _reader_threads(self) -> list[Any]:
+        """What stands for each running reader thread (lock held): its lane."""
+        return [lane for lane in self._lanes.values() if lane.started]
+
+    def _wake_to_stop(self, client: Any, threads: list[Any]) -> None:
+        for lane in threads:
+            self._unblock(client, lane)
+
+    def _alive(self, thread: Any) -> bool:
+        return bool(thread.started)
+
+    def _added_channel(self, lane: Lane, channel: str) -> bool:
+        """Note that *lane* has a new *channel* (lock held); True if the caller
         must then make sure its reader catches up (:meth:`_wake_reader`): one
         subscriber does it for every channel added meanwhile, so a storm of N
         new channels costs a few reads of the key set, not N."""
@@ -359,11 +366,10 @@ class RedisReader:
             self._drop_reader_client(loop, lane)
 
     def _reconnect(self, loop: _Loop, lane: Lane) -> None:
-        loop.client, address = self._connect_reader_for(lane.index, loop.redirect)
-        loop.redirect = None
+        loop.client = self._connect_reader()
         client_id = loop.client.client_id()
         with self._lock:
-            lane.client_id, lane.address = client_id, address
+            lane.client_id = client_id
         if loop.backoff > 0.1:
             logger.warning("Redis at %s is reachable again; resuming", self._shown_url)
         loop.backoff, loop.kept_alive_at = 0.1, 0.0
@@ -374,11 +380,13 @@ class RedisReader:
         redis, exceptions = self._redis, self._redis.exceptions
         count_error(self.stats, redis, exc)
         if isinstance(exc, exceptions.MovedError):
-            # A reshard or a failover: the slot has a new master, named here.
+            # (A cluster's reader is .masters'.) A redis:// URL that names a cluster node.
+            self._throttled.warning(
+                "cluster", "Redis at %s is a cluster node (%s): use a redis+cluster:// URL", self._shown_url, exc
+            )
             self._drop_reader_client(loop, lane)
-            loop.redirect = (exc.host, exc.port)
+            loop.backoff = _wait(loop.backoff)
         elif isinstance(exc, (exceptions.AskError, exceptions.TryAgainError, exceptions.ClusterDownError)):
-            # The slot is moving, or the cluster is electing a master: wait.
             self._throttled.warning("cluster", "the Redis reader waits for the cluster (%s)", exc)
             self._drop_reader_client(loop, lane)
             loop.backoff = _wait(loop.backoff)

@@ -33,7 +33,8 @@ end
 """
 
 #: KEYS[1]: the stream. ARGV: maxlen, body, max_age in ms ('' for none), the
-#: key's TTL in ms. Returns the new id. Field "p" is the id this entry follows
+#: key's TTL in ms, and on a cluster the partition's doorbell and the channel
+#: (rung with ``SPUBLISH``, see .masters). Returns the new id. Field "p" is the id this entry follows
 #: (the stream's last-generated-id), "b" the encoded body. With max_age,
 #: entries older than it are trimmed and the key expires a TTL after the last
 #: publish (unless a reader keeps it alive), so a channel nobody uses costs
@@ -51,6 +52,7 @@ if ARGV[3] ~= '' then
   local ttl = tonumber(ARGV[4])
   if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
 end
+if ARGV[5] then redis.call('SPUBLISH', ARGV[5], ARGV[6]) end
 return id
 """
 )
