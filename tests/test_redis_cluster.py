@@ -359,6 +359,23 @@ def test_a_read_names_only_the_channels_that_rang(
     assert all(len(command.split()) == 6 for command in xreads), xreads
 
 
+def test_a_cluster_of_redis_older_than_7_is_a_clear_error(
+    broker_of: Callable[..., RedisBroker], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 11: the readers' doorbells are shard channels (SPUBLISH, Redis
+    7.0). With an older cluster every publish would fail with "unknown
+    command" from inside the script; check() (the hub's start-up check),
+    publish and subscribe name the version needed and the one found. (The
+    real cluster here is 7.x: its INFO reply is replaced.)"""
+    broker_of().check()  # the real one
+    monkeypatch.setattr(redis.RedisCluster, "info", lambda self, *args, **kwargs: {"redis_version": "6.2.14"})
+    old = broker_of()
+    for attempt in (old.check, lambda: old.publish("c", "x"), lambda: old.subscribe("c", None)):
+        with pytest.raises(BrokerUnavailable, match=r"a Redis Cluster .* needs Redis 7\.0 or later.* is 6\.2\.14"):
+            attempt()
+    assert old.channel_counts() == {}
+
+
 def test_a_storm_of_new_streams_costs_at_most_one_xread_each(
     hub_process: Callable[..., ServerProcess], broker_of: Callable[..., RedisBroker], cluster: RedisClusterNodes
 ) -> None:
