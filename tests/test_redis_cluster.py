@@ -613,6 +613,33 @@ def test_a_slot_moved_live_loses_nothing(
     assert not client.eof
 
 
+def test_a_reader_that_handed_a_partition_over_does_not_spin(
+    serve: Callable[..., WSGIServer], broker_of: Callable[..., RedisBroker], cluster: RedisClusterNodes
+) -> None:
+    """Issue 11, doorbells: after a slot moved, its old master's reader
+    (still reading another partition) forgets the partition it handed over.
+    It kept the partition's poll, always due, so its every wait was 0 and it
+    spun a core (the regression test measured about 1 s of CPU per second)."""
+    broker = broker_of()
+    port = serve_broker(serve, broker)
+    moving = "spin-0"
+    slot = slot_of(broker, moving)
+    master = cluster.master_of(slot)
+    staying = next(
+        name
+        for name in (f"spin-{i}" for i in range(1, 1000))
+        if slot_of(broker, name) != slot and cluster.master_of(slot_of(broker, name)).port == master.port
+    )
+    clients = {name: connected(port, f"/events/{name}") for name in (moving, staying)}
+    cluster.migrate_slot(slot)
+    for name, client in clients.items():
+        sent = broker.publish(name, "after the move")
+        client.wait_for(lambda c, sent=sent: c.parser.last_event_id == sent, timeout=10)
+    began = time.process_time()
+    gevent.sleep(1.0)
+    assert time.process_time() - began < 0.5, "a reader spins"
+
+
 def test_a_master_failover_keeps_the_stream_open(
     serve: Callable[..., WSGIServer], broker_of: Callable[..., RedisBroker], cluster: RedisClusterNodes
 ) -> None:

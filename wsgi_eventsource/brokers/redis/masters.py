@@ -117,6 +117,7 @@ class ClusterReader(RedisReader):
     _node_client: Any
     _reader_options: Any
     _master_of: Any
+    _masters_of: Any
 
     # -- what subscribers call ------------------------------------------------------------------
 
@@ -147,7 +148,9 @@ class ClusterReader(RedisReader):
         bell = bell_of(self.prefix, index)
         # If this fails the reader reads them at its next wake-up (within `block`).
         with contextlib.suppress(*self._errors):
-            client.get_node_from_key(bell).redis_connection.execute_command("SPUBLISH", bell, "")
+            node = client.get_node_from_key(bell)
+            if node is not None and node.redis_connection is not None:
+                node.redis_connection.execute_command("SPUBLISH", bell, "")
 
     def reader_lag(self) -> float | None:
         if self._partitions is None:
@@ -207,8 +210,11 @@ class ClusterReader(RedisReader):
         is now (a failover promoted a replica), and send it there."""
         with self._lock:
             lanes = list(master.lanes.values())
+        if not lanes:
+            return
+        addresses = self._masters_of([slot_of(lane.index) for lane in lanes])  # one CLUSTER SLOTS for all
         for lane in lanes:
-            address = self._master_of(slot_of(lane.index))
+            address = addresses[slot_of(lane.index)]
             if address != master.address:
                 self._move_lane(lane, address)
 
@@ -351,6 +357,7 @@ class ClusterReader(RedisReader):
         """Read what is due: lanes whole (joined, polled), new channels, rung channels."""
         with self._lock:
             lanes = dict(master.lanes)
+        loop.forget_all_but(lanes)
         loop.fresh.clear()  # every lane's new channels are read below
         now = time.monotonic()
         whole = set(loop.whole) | {i for i, due in loop.polling.items() if due <= now}
@@ -366,9 +373,6 @@ class ClusterReader(RedisReader):
                 if not channels:
                     continue
             self._read_lane(client, master, loop, lane, channels)
-        for index in list(loop.rung):
-            if index not in lanes:
-                del loop.rung[index]  # rings for a lane that moved away meanwhile
 
     def _read_lane(
         self, client: Any, master: Master, loop: _MasterLoop, lane: Lane, channels: Iterable[str] | None
@@ -464,6 +468,16 @@ class _MasterLoop:
         interval = min(self.intervals.get(index, _POLL / 2) * 2, 5.0) if failed else _POLL
         self.intervals[index] = interval
         self.polling[index] = time.monotonic() + interval
+
+    def forget_all_but(self, lanes: Iterable[int]) -> None:
+        """Drop what is noted of lanes that moved to another master (a due
+        poll of one would make every wait 0: a busy loop)."""
+        keep = set(lanes)
+        for noted in (self.polling, self.intervals, self.rung, self.more):
+            for index in [i for i in noted if i not in keep]:
+                del noted[index]
+        self.subscribed &= keep
+        self.whole &= keep
 
     def work(self) -> bool:
         """True if something is to be read now."""
