@@ -311,6 +311,11 @@ def _storm_section(storms: dict[str, Any]) -> tuple[str, str]:
         f" Runs: {described}. Reproduce: ``python -m bench.run --scenarios storm --storm-before /tmp/before"
         " --merge-into docs/benchmarks.json`` (``/tmp/before``: ``git worktree add /tmp/before <commit>``)."
     )
+    if "cluster" in storms:
+        text += (
+            " cluster: the same on a 3-master Redis Cluster (``--storm-cluster``; Redis commands summed over the"
+            " masters; no XREAD can name every channel's key there, CROSSSLOT)."
+        )
     table = _table(["measured", *labels], rows)
     return ("Subscription storm", "\n\n".join([text, table, *errors]))
 
