@@ -256,7 +256,8 @@ def test_bench_smoke_storm_on_a_cluster(tmp_path: Path) -> None:
     assert cluster["xread_all_keys"] is None, cluster
     assert storms["after"]["xread_all_keys"]["keys"] == storms["after"]["channels"], storms["after"]
     report = (tmp_path / "benchmarks.rst").read_text()
-    assert "cluster: the same on a 3-master Redis Cluster" in report
+    assert "The cluster column: the same on a 3-master Redis Cluster" in report
+    assert "--storm-cluster --merge-into" in report
     header = next(line for line in report.splitlines() if line.startswith("measured "))
     assert header.split()[-1] == "cluster", header
 
