@@ -431,6 +431,7 @@ class RedisReader:
         # The key is the prefix, the lane's hash tag (on a cluster), the channel.
         prefix = len(self.prefix) + (0 if self._partitions is None else len(hash_tag(lane.index)))
         positions = lane.positions
+        deliveries = 0
         for raw_key, raw_entries in response:
             channel = (raw_key.decode() if isinstance(raw_key, bytes) else raw_key)[prefix:]
             with self._lock:
@@ -440,7 +441,6 @@ class RedisReader:
                 continue  # nobody here reads it any more
             after: tuple[int, int] | None = parse_id(position) or (0, 0)
             expected = position.encode("ascii")
-            delivered = 0
             first = False
             for raw_id, fields in raw_entries:
                 key = parse_id(raw_id.decode("ascii"))
@@ -476,11 +476,12 @@ class RedisReader:
                     continue
                 batch.append((subs, key, b"id: " + raw_id + b"\n" + body))
                 expected = raw_id
-                delivered += 1
+                deliveries += len(subs)
                 # Once per event, not per subscriber; its id's ms are Redis's clock at XADD.
                 self.stats.latency.observe(time.time() - key[0] / 1000)
-            self.stats.delivered += len(subs) * delivered
         with self._lock:
+            # Under the lock: on a cluster several reader threads count here.
+            self.stats.delivered += deliveries
             for channel, position, last in moved:
                 if positions.get(channel) == position:
                     positions[channel] = last
