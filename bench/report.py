@@ -144,6 +144,8 @@ def write_report(results: dict[str, Any], docs: Path, quick: bool = False) -> No
     sections += _multiplexed_sections(results)
     if results.get("hot_path"):
         sections.append(_hot_path_section(results["hot_path"]))
+    if results.get("memory_breakdown"):
+        sections.append(_memory_breakdown_section(results["memory_breakdown"]))
 
     _write(results, sections, target)
 
@@ -527,3 +529,62 @@ def _plots(results: dict[str, Any], target: Path) -> None:
 if __name__ == "__main__":
     path = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).parent / "results" / "latest.json"
     write_report(json.loads(path.read_text()), Path(__file__).parent.parent / "docs")
+
+
+#: The columns of the memory breakdown, in order (``bench/memory_breakdown.py``'s setups).
+_BREAKDOWN_SETUPS = {"hub": "hub", "eventsource": "EventSource", "hub-multiplexed": "hub, 10 channels"}
+
+
+def _memory_breakdown_section(breakdown: dict[str, Any]) -> tuple[str, str]:
+    """Where the memory of an idle stream goes (``bench/memory_breakdown.py``):
+    bytes per stream, part by part, per setup; then the top source lines and
+    the stack a stream's greenlet waits with."""
+    setups = {k: v for k, v in breakdown.items() if k in _BREAKDOWN_SETUPS and "error" not in v}
+    if not setups:
+        return ("Where the memory of a stream goes", "")
+    first = next(iter(setups.values()))
+    streams = first["streams"]
+    header = ["bytes per idle stream", *[_BREAKDOWN_SETUPS[k] for k in setups]]
+
+    def row(label: str, value: Any) -> list[str]:
+        return [label, *[_fmt(value(r), 0) if value(r) is not None else "n/a" for r in setups.values()]]
+
+    rows = [
+        row("RSS of the worker (not traced)", lambda r: r["rss_kib_per_stream"] * 1024),
+        row("  of it, anonymous mappings (pymalloc arenas)", lambda r: r["smaps_kib_per_stream"]["anonymous"] * 1024),
+        row("  of it, ``[heap]`` (glibc malloc)", lambda r: r["smaps_kib_per_stream"]["heap"] * 1024),
+        row("allocated, as tracemalloc sees it", lambda r: r["traced_bytes_per_stream"]),
+        *[row(f"  {part}", lambda r, p=part: r["parts_bytes_per_stream"].get(p))
+          for part in first["parts_bytes_per_stream"]],
+        row("greenlet._stack_saved (not traced run)", lambda r: r["greenlet_stack_bytes_per_stream"]),
+        row("kernel, both ends: slab (not in RSS)", lambda r: r["kernel_both_ends"]["slab_bytes_per_stream"]),
+    ]  # fmt: skip
+    intro = (
+        f"``python -m bench.memory_breakdown`` ({streams:,} idle streams per setup, gunicorn ``-k gevent``, one"
+        " worker, as above; the worker wraps the bench app in ``bench/servers/memory_probe.py``). Each setup runs"
+        " twice: untraced, for RSS, ``/proc/<pid>/smaps`` and the kernel's slab caches (``/proc/slabinfo``, both"
+        " ends of each connection: the load client runs on this machine), and with tracemalloc inside the"
+        " worker, a snapshot with no stream open against one with all of them. Run on"
+        f" {breakdown.get('machine', {}).get('date', 'n/a')}."
+    )
+    lines = [
+        [f"``{line['at']}``", f"``{line['code'][:70]}``", _fmt(line["bytes"], 0), _fmt(line["blocks"], 1)]
+        for line in first["lines"][:16]
+    ]
+    waits = [g for g in first.get("greenlets", []) if g["count"] >= streams // 2]
+    notes = []
+    for wait in waits[:1]:
+        chain = " < ".join(f"``{f.split(':', 1)[1]}``" for f in wait["frames"])
+        notes.append(
+            f"Each stream's greenlet waits with {wait['python_frames']} Python frames ({chain}) and"
+            f" {wait['stack_saved_median']:,} bytes of saved C stack (median)."
+        )
+    name = _BREAKDOWN_SETUPS[next(iter(setups))]
+    return (
+        "Where the memory of a stream goes",
+        "\n\n".join([
+            intro, _table(header, rows), *notes,
+            f"The source lines that allocate the most per stream ({name}, traced run; bytes and blocks per stream):",
+            _table(["line", "code", "bytes", "blocks"], lines),
+        ]),
+    )  # fmt: skip

@@ -273,3 +273,38 @@ def test_bench_refuses_storm_cluster_without_the_storm(tmp_path: Path) -> None:
     assert run.returncode == 2, run.stdout + run.stderr
     assert "--storm-cluster: the storm is not among the scenarios run" in run.stderr
     assert not output.exists()
+
+
+def test_memory_breakdown_smoke_names_every_part(tmp_path: Path) -> None:
+    """Issue 12 (memory): ``bench/memory_breakdown.py`` runs the hub under
+    gunicorn with a few streams and writes where their memory goes: RSS and
+    smaps per stream, every greenlet's saved C stack and where it waits,
+    tracemalloc's bytes per part, the kernel's side; and the report renders
+    them."""
+    output = tmp_path / "memory.json"
+    whole = tmp_path / "benchmarks.json"
+    whole.write_text(json.dumps({"machine": {"cpu": "x", "cores": 2, "kernel": "k", "python": "3", "nginx": "",
+                                             "nchan": "", "date": "d"}, "servers": {}}))  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.memory_breakdown", "--streams", "50", "--setups", "hub", "--settle", "0.5",
+         "--output", str(output), "--merge-into", str(whole)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    hub = json.loads(output.read_text())["memory_breakdown"]["hub"]
+    assert "error" not in hub, hub
+    assert hub["streams"] == 50
+    assert hub["rss_kib_per_stream"] > 0
+    waiting = hub["greenlets"][0]
+    assert waiting["count"] == 50, hub["greenlets"]  # one greenlet per stream, all waiting in the same place
+    assert waiting["frames"][0] == "wsgi_eventsource/stream.py:__next__", waiting
+    assert 500 < waiting["stack_saved_median"] < 64 * 1024, waiting
+    parts = hub["parts_bytes_per_stream"]
+    assert parts["greenlet's saved C stack"] > 500, parts
+    assert parts["ours (Connection, Stream, subscription)"] > 0, parts
+    assert parts["gunicorn (request, environ, response)"] > 0, parts
+    assert sum(parts.values()) == pytest.approx(hub["traced_bytes_per_stream"], rel=0.05), parts
+    assert any(line["at"].startswith("wsgi_eventsource/") for line in hub["lines"]), hub["lines"]
+    report = (tmp_path / "benchmarks.rst").read_text()
+    assert "Where the memory of a stream goes" in report
+    assert "greenlet's saved C stack" in report
