@@ -552,19 +552,23 @@ def _memory_breakdown_section(breakdown: dict[str, Any]) -> tuple[str, str]:
     rows = [
         row("RSS of the worker (not traced)", lambda r: r["rss_kib_per_stream"] * 1024),
         row("  of it, anonymous mappings (pymalloc arenas)", lambda r: r["smaps_kib_per_stream"]["anonymous"] * 1024),
+        row("    of which in 16 KiB mappings (frame data stacks)",
+            lambda r: r["smaps_kib_per_stream"].get("anonymous_16k", 0) * 1024),
         row("  of it, ``[heap]`` (glibc malloc)", lambda r: r["smaps_kib_per_stream"]["heap"] * 1024),
+        row("mappings (VMAs) added, per 1,000 streams", lambda r: r.get("mappings_per_stream", 0) * 1000),
         row("allocated, as tracemalloc sees it", lambda r: r["traced_bytes_per_stream"]),
         *[row(f"  {part}", lambda r, p=part: r["parts_bytes_per_stream"].get(p))
           for part in first["parts_bytes_per_stream"]],
         row("greenlet._stack_saved (not traced run)", lambda r: r["greenlet_stack_bytes_per_stream"]),
-        row("kernel, both ends: slab (not in RSS)", lambda r: r["kernel_both_ends"]["slab_bytes_per_stream"]),
+        row("kernel slab, machine-wide (not in RSS)", lambda r: r["kernel_both_ends"]["slab_bytes_per_stream"]),
     ]  # fmt: skip
     intro = (
         f"``python -m bench.memory_breakdown`` ({streams:,} idle streams per setup, gunicorn ``-k gevent``, one"
         " worker, as above; the worker wraps the bench app in ``bench/servers/memory_probe.py``). Each setup runs"
         " twice: untraced, for RSS, ``/proc/<pid>/smaps`` and the kernel's slab caches (``/proc/slabinfo``, both"
         " ends of each connection: the load client runs on this machine), and with tracemalloc inside the"
-        " worker, a snapshot with no stream open against one with all of them. Run on"
+        " worker, a snapshot with no stream open against one with all of them. The slab row counts both ends of"
+        " each connection and whatever else the machine did meanwhile: a rough figure. Run on"
         f" {breakdown.get('machine', {}).get('date', 'n/a')}."
     )
     lines = [

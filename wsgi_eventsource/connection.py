@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import weakref
 from collections.abc import Callable
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
@@ -45,6 +46,16 @@ logger = logging.getLogger("wsgi_eventsource")
 # returns a greenlet's id instead.
 _thread_ident: Callable[[], int] = get_original("_thread", "get_ident")
 _main_thread_ident = _thread_ident()  # this module is imported in the main thread
+
+
+@lru_cache(maxsize=256)
+def _shared_ident(ident: int) -> int:
+    """*ident* as one ``int`` object per thread id: a thread id is too big for
+    CPython's small-int cache, so each stream (and each subscription of
+    one) that keeps its own holds 32 bytes more."""
+    return ident
+
+
 #: What a waiting reader is switched back with when a keepalive is due.
 _KEEPALIVE_DUE = object()
 #: The most bytes handed to the server in one item. A big event (or a replay
@@ -156,7 +167,7 @@ class Connection:
         self._waiting = False
         self._swept = False  # keepalives come from the owner's sweeper, not a timer per wait
         self._wake_scheduled = False
-        self._thread = _thread_ident()
+        self._thread = _shared_ident(_thread_ident())
         # A thread-per-request server (werkzeug's) gives each stream a thread
         # with no hub; the hub made for it (here, or by a broker's subscribe
         # just before) must be destroyed with the stream, or its loop's file
@@ -165,7 +176,9 @@ class Connection:
         self._own_hub = self._hub in _hubs_made_for_streams
         if self._own_hub:
             _hubs_made_for_streams.discard(self._hub)
-        self._callbacks: list[Callable[[], object]] | None = None
+        # The on_close callbacks: most streams have one, held as is (a list
+        # of one costs 64 bytes per stream more); a list from the second on.
+        self._callbacks: Callable[[], object] | list[Callable[[], object]] | None = None
         self._handler: gevent.Greenlet[Any, Any] | None = None
         self._reader: Any = None
         self._remote: list[bytes] | None = None  # pushed from other threads, not yet queued
@@ -241,10 +254,13 @@ class Connection:
         # either _finish runs it, or it sees the end and runs it here.
         with _remote_lock:
             if not self._finished:
-                if self._callbacks is None:
-                    self._callbacks = [callback]
+                callbacks = self._callbacks
+                if callbacks is None:
+                    self._callbacks = callback
+                elif isinstance(callbacks, list):
+                    callbacks.append(callback)
                 else:
-                    self._callbacks.append(callback)
+                    self._callbacks = [callbacks, callback]
                 return
         _run_callback(callback)
 
@@ -422,8 +438,11 @@ class Connection:
                 handler.kill(block=False)
         with _remote_lock:
             callbacks, self._callbacks = self._callbacks, None
-        for callback in callbacks or ():
-            _run_callback(callback)
+        if isinstance(callbacks, list):
+            for callback in callbacks:
+                _run_callback(callback)
+        elif callbacks is not None:
+            _run_callback(callbacks)
         if self._own_hub:
             self._own_hub = False
             if handler is not None:
