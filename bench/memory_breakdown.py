@@ -49,10 +49,6 @@ PARTS = (
     ("gevent (socket, greenlet, pool, hub)", ("gevent/", "greenlet/")),
     ("stdlib (socket, io, urllib)", ("socket.py", "selectors.py", "urllib/", "io.py", "_weakrefset.py")),
 )
-#: CPython 3.11+ keeps a greenlet's Python frames in "data stack" chunks of
-#: 16 KiB, mapped one by one (``_PyObject_VirtualAlloc``, not traced by
-#: tracemalloc); greenlet gives every greenlet its own.
-DATA_STACK_KIB = 16
 #: The part that holds the greenlets' saved C stacks (see :func:`traced`).
 STACK = "greenlet's saved C stack"
 
@@ -68,11 +64,10 @@ SLABS = ("TCP", "sock_inode_cache", "filp", "dentry", "eventpoll_epi", "eventpol
 
 
 def smaps(pid: int) -> dict[str, int]:
-    """Rss (KiB) per kind of mapping: heap, anonymous (and of it, in
-    mappings of 16 KiB: CPython's frame data stacks, one per greenlet that
-    ran Python code, see below), stack, file-backed; and how many mappings."""
-    kinds: dict[str, int] = {"heap": 0, "anonymous": 0, "anonymous_16k": 0, "stack": 0, "file": 0, "mappings": 0}
-    kind, size = "file", 0
+    """Rss (KiB) per kind of mapping (heap, anonymous, stack, file-backed),
+    and how many mappings (adjacent anonymous ones merge into one)."""
+    kinds: dict[str, int] = {"heap": 0, "anonymous": 0, "stack": 0, "file": 0, "mappings": 0}
+    kind = "file"
     with open(f"/proc/{pid}/smaps") as f:
         for line in f:
             head = line.split(None, 5)
@@ -81,12 +76,8 @@ def smaps(pid: int) -> dict[str, int]:
                 kind = ("heap" if path == "[heap]" else "stack" if path.startswith("[stack") else
                         "anonymous" if not path or path.startswith("[anon") else "file")  # fmt: skip
                 kinds["mappings"] += 1
-            elif head[0] == "Size:":
-                size = int(head[1])
             elif head[0] == "Rss:":
                 kinds[kind] += int(head[1])
-                if kind == "anonymous" and size == DATA_STACK_KIB:
-                    kinds["anonymous_16k"] += int(head[1])
     return kinds
 
 
@@ -210,6 +201,48 @@ def traced(name: str, path: str, n: int, settle: float) -> dict[str, Any]:
     }
 
 
+def saved_stacks() -> dict[str, int]:
+    """What a waiting greenlet's saved C stack costs by where it waits, in
+    this process (gevent.spawn, Python 3.11+: Python-to-Python calls add no
+    C frame, a call from C into Python adds one of the eval loop): parked in
+    the function it runs, one plain call deeper, in a ``__next__`` that a
+    ``for`` loop calls (a stream's place), and in a C-level iterator
+    (``iter(hub.switch, None)``) that calls the switch with no Python frame."""
+    import gevent
+
+    hub = gevent.get_hub()
+
+    def park() -> None:
+        hub.switch()
+
+    def deeper() -> None:
+        park()
+
+    class Parked:
+        def __iter__(self) -> Parked:
+            return self
+
+        def __next__(self) -> None:
+            hub.switch()
+
+    def for_next() -> None:
+        for _ in Parked():
+            break
+
+    def for_c_iterator() -> None:
+        for _ in iter(hub.switch, None):
+            break
+
+    sizes = {}
+    for name, run_ in (("in_its_function", park), ("one_call_deeper", deeper), ("in___next___of_a_for_loop", for_next),
+                       ("in_a_c_iterator_of_a_for_loop", for_c_iterator)):  # fmt: skip
+        waiting = gevent.spawn(run_)
+        gevent.sleep(0)
+        sizes[name] = waiting._stack_saved
+        waiting.kill()
+    return sizes
+
+
 def breakdown(setup: str, n: int, settle: float = 3) -> dict[str, Any]:
     """Both runs of one setup (see the module doc)."""
     name, path = SETUPS[setup]
@@ -234,7 +267,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--setups: unknown {', '.join(sorted(unknown))} (known: {', '.join(SETUPS)})")
     raise_fd_limit()
     run.build_client()
-    results: dict[str, Any] = {"machine": run.machine(), "memory_breakdown": {}}
+    results: dict[str, Any] = {"machine": run.machine(), "memory_breakdown": {"saved_stacks": saved_stacks()}}
     for setup in setups:
         results["memory_breakdown"][setup] = run._attempt(breakdown, setup, args.streams, args.settle)
         print(setup, {k: v for k, v in results["memory_breakdown"][setup].items() if k != "lines"}, flush=True)

@@ -552,8 +552,6 @@ def _memory_breakdown_section(breakdown: dict[str, Any]) -> tuple[str, str]:
     rows = [
         row("RSS of the worker (not traced)", lambda r: r["rss_kib_per_stream"] * 1024),
         row("  of it, anonymous mappings (pymalloc arenas)", lambda r: r["smaps_kib_per_stream"]["anonymous"] * 1024),
-        row("    of which in 16 KiB mappings (frame data stacks)",
-            lambda r: r["smaps_kib_per_stream"].get("anonymous_16k", 0) * 1024),
         row("  of it, ``[heap]`` (glibc malloc)", lambda r: r["smaps_kib_per_stream"]["heap"] * 1024),
         row("mappings (VMAs) added, per 1,000 streams", lambda r: r.get("mappings_per_stream", 0) * 1000),
         row("allocated, as tracemalloc sees it", lambda r: r["traced_bytes_per_stream"]),
@@ -567,8 +565,8 @@ def _memory_breakdown_section(breakdown: dict[str, Any]) -> tuple[str, str]:
         " worker, as above; the worker wraps the bench app in ``bench/servers/memory_probe.py``). Each setup runs"
         " twice: untraced, for RSS, ``/proc/<pid>/smaps`` and the kernel's slab caches (``/proc/slabinfo``, both"
         " ends of each connection: the load client runs on this machine), and with tracemalloc inside the"
-        " worker, a snapshot with no stream open against one with all of them. The slab row counts both ends of"
-        " each connection and whatever else the machine did meanwhile: a rough figure. Run on"
+        " worker, a snapshot with no stream open against one with all of them. The slab row is machine-wide: it"
+        " counts whatever else the machine did meanwhile, a rough figure. Run on"
         f" {breakdown.get('machine', {}).get('date', 'n/a')}."
     )
     lines = [
@@ -583,6 +581,27 @@ def _memory_breakdown_section(breakdown: dict[str, Any]) -> tuple[str, str]:
             f"Each stream's greenlet waits with {wait['python_frames']} Python frames ({chain}) and"
             f" {wait['stack_saved_median']:,} bytes of saved C stack (median)."
         )
+    stacks = breakdown.get("saved_stacks")
+    if stacks:
+        ours_frame = stacks["in___next___of_a_for_loop"] - stacks["in_its_function"]
+        notes.append(
+            "The saved stack is the C frames between the greenlet's start and its switch: gevent's ``Greenlet.run``"
+            " (Cython), CPython's eval loop for the server's frames (gunicorn's chain enters through"
+            " ``_handle_and_close_when_done(*args)``, a call CPython does not inline), the eval loop again for"
+            " ``Stream.__next__`` (called from the server's ``for`` loop through the iterator slot), then"
+            f" greenlet's switch. In one process: a greenlet parked in its own function saves"
+            f" {stacks['in_its_function']:,} bytes, one plain call deeper {stacks['one_call_deeper']:,}, in a"
+            f" ``__next__`` of a ``for`` loop {stacks['in___next___of_a_for_loop']:,} (ours: {ours_frame:,}), in a"
+            f" C-level iterator that calls the switch with no Python frame {stacks['in_a_c_iterator_of_a_for_loop']:,}."
+        )
+    gap = first["rss_kib_per_stream"] * 1024 - first["traced_bytes_per_stream"]
+    notes.append(
+        f"What RSS holds beyond what tracemalloc sees ({_fmt(gap, 0)} bytes per stream here) is not attributed"
+        " part by part: the allocators' overhead and fragmentation (pymalloc's pools and arenas in the anonymous"
+        " mappings; glibc's chunks in ``[heap]``, where the saved stacks go, being over pymalloc's 512 bytes) and"
+        " whatever C code allocates outside Python's allocators. The kernel's side (socket buffers, the socket,"
+        " file and epoll objects) is not in RSS at all."
+    )
     name = _BREAKDOWN_SETUPS[next(iter(setups))]
     return (
         "Where the memory of a stream goes",

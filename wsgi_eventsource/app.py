@@ -341,7 +341,7 @@ class EventSource:
         if conn._swept and not self._sweeper.ref:
             self._sweeper.ref = True
         if handler_cb is not None:
-            conn._handler = gevent.spawn(self._run_handler, handler_cb, conn, environ)
+            conn._handler = _HandlerGreenlet.spawn(self._run_handler, handler_cb, conn, environ)
         expires = environ.get(EXPIRES_KEY)
         if isinstance(expires, (int, float)):
             _end_when_expired(conn, float(expires))
@@ -523,6 +523,20 @@ class EventSource:
             previous(signum, frame)
 
         return on_signal
+
+
+class _HandlerGreenlet(gevent.Greenlet):  # type: ignore[misc]  # gevent has no type hints
+    """The greenlet ``handler_cb`` runs in.
+
+    gevent records where a greenlet was spawned (``GEVENT_TRACK_GREENLET_TREE``,
+    on by default) by walking up to ``spawning_stack_limit`` Python frames, and
+    on CPython 3.11+ that walk makes a frame object for each frame it passes.
+    Below this app sit the server's frames, which live as long as the stream:
+    under gunicorn that was 5 frame objects, 1,232 bytes per stream kept after
+    the handler ended. One frame (``open_stream``'s) says where it came from.
+    """
+
+    spawning_stack_limit = 1
 
 
 def _refusal_body(retry: int, why: str) -> bytes:
