@@ -106,6 +106,23 @@ def slabs() -> dict[str, int]:
     return found
 
 
+#: The kernel objects of one end of an idle TCP connection that a server
+#: polls with epoll: the socket, its inode, file and dentry, its epoll item.
+CONNECTION_SLABS = ("TCP", "sock_inode_cache", "filp", "dentry", "eventpoll_epi")
+
+
+def slab_object_sizes() -> dict[str, int]:
+    """The object size of each of :data:`CONNECTION_SLABS` (``/proc/slabinfo``;
+    empty if unreadable): what one end of a connection costs the kernel,
+    whatever else the machine does meanwhile."""
+    try:
+        with open("/proc/slabinfo") as f:
+            lines = f.readlines()[2:]
+    except OSError:
+        return {}
+    return {fields[0]: int(fields[3]) for fields in map(str.split, lines) if fields[0] in CONNECTION_SLABS}
+
+
 def probe(server: run.Server, method: str, path: str) -> dict[str, Any]:
     """One of the memory probe's routes, its JSON answer."""
     with socket.create_connection(("127.0.0.1", server.port), timeout=120) as s:
@@ -162,6 +179,8 @@ def untraced(name: str, path: str, n: int, settle: float) -> dict[str, Any]:
         "greenlets": greenlets["groups"],
         "greenlets_not_waiting": greenlets["not_waiting"],
         "handlers_held": after["probe"]["handlers_held"],
+        "kernel_per_end": {"objects": (sizes := slab_object_sizes()), "bytes": sum(sizes.values())},
+        # Machine-wide deltas: other processes' sockets count too (rough).
         "kernel_both_ends": {
             "tcp_buffer_bytes_per_stream": round((after["tcp_pages"] - before["tcp_pages"]) * 4096 / n, 1),
             "slab_bytes_per_stream": round(sum(slab.values()), 1),
@@ -275,14 +294,19 @@ def main(argv: list[str] | None = None) -> None:
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(results, indent=2) + "\n")
     if args.merge_into:
-        from bench.report import write_report
-
-        whole_path = Path(args.merge_into)
-        whole = json.loads(whole_path.read_text())
-        whole["memory_breakdown"] = {**results["memory_breakdown"], "machine": results["machine"]}
-        whole_path.write_text(json.dumps(whole, indent=2) + "\n")
-        write_report(whole, whole_path.parent)
+        merge_into(Path(args.merge_into), results)
     print(f"results: {output}", flush=True)
+
+
+def merge_into(whole_path: Path, results: dict[str, Any]) -> None:
+    """Put *results* (this script's output) into a whole run's results as
+    ``memory_breakdown``, and write the report beside them again."""
+    from bench.report import write_report
+
+    whole = json.loads(whole_path.read_text())
+    whole["memory_breakdown"] = {**results["memory_breakdown"], "machine": results["machine"]}
+    whole_path.write_text(json.dumps(whole, indent=2) + "\n")
+    write_report(whole, whole_path.parent)
 
 
 if __name__ == "__main__":

@@ -558,15 +558,15 @@ def _memory_breakdown_section(breakdown: dict[str, Any]) -> tuple[str, str]:
         *[row(f"  {part}", lambda r, p=part: r["parts_bytes_per_stream"].get(p))
           for part in first["parts_bytes_per_stream"]],
         row("greenlet._stack_saved (not traced run)", lambda r: r["greenlet_stack_bytes_per_stream"]),
-        row("kernel slab, machine-wide (not in RSS)", lambda r: r["kernel_both_ends"]["slab_bytes_per_stream"]),
+        row("kernel, not in RSS: per end of a connection", lambda r: r.get("kernel_per_end", {}).get("bytes")),
     ]  # fmt: skip
     intro = (
         f"``python -m bench.memory_breakdown`` ({streams:,} idle streams per setup, gunicorn ``-k gevent``, one"
         " worker, as above; the worker wraps the bench app in ``bench/servers/memory_probe.py``). Each setup runs"
-        " twice: untraced, for RSS, ``/proc/<pid>/smaps`` and the kernel's slab caches (``/proc/slabinfo``, both"
-        " ends of each connection: the load client runs on this machine), and with tracemalloc inside the"
-        " worker, a snapshot with no stream open against one with all of them. The slab row is machine-wide: it"
-        " counts whatever else the machine did meanwhile, a rough figure. Run on"
+        " twice: untraced, for RSS and ``/proc/<pid>/smaps``, and with tracemalloc inside the"
+        " worker, a snapshot with no stream open against one with all of them. The kernel's row is the size of the"
+        " slab objects of one end of an idle connection (``/proc/slabinfo``: its socket, inode, file, dentry and"
+        " epoll item; an idle stream holds no socket buffers). Run on"
         f" {breakdown.get('machine', {}).get('date', 'n/a')}."
     )
     lines = [
