@@ -553,7 +553,6 @@ def _memory_breakdown_section(breakdown: dict[str, Any]) -> tuple[str, str]:
         row("RSS of the worker (not traced)", lambda r: r["rss_kib_per_stream"] * 1024),
         row("  of it, anonymous mappings (pymalloc arenas)", lambda r: r["smaps_kib_per_stream"]["anonymous"] * 1024),
         row("  of it, ``[heap]`` (glibc malloc)", lambda r: r["smaps_kib_per_stream"]["heap"] * 1024),
-        row("mappings (VMAs) added, per 1,000 streams", lambda r: r.get("mappings_per_stream", 0) * 1000),
         row("allocated, as tracemalloc sees it", lambda r: r["traced_bytes_per_stream"]),
         *[row(f"  {part}", lambda r, p=part: r["parts_bytes_per_stream"].get(p))
           for part in first["parts_bytes_per_stream"]],
@@ -593,6 +592,17 @@ def _memory_breakdown_section(breakdown: dict[str, Any]) -> tuple[str, str]:
             f" {stacks['in_its_function']:,} bytes, one plain call deeper {stacks['one_call_deeper']:,}, in a"
             f" ``__next__`` of a ``for`` loop {stacks['in___next___of_a_for_loop']:,} (ours: {ours_frame:,}), in a"
             f" C-level iterator that calls the switch with no Python frame {stacks['in_a_c_iterator_of_a_for_loop']:,}."
+        )
+    parts = first["parts_bytes_per_stream"]
+    if stacks:
+        theirs = sum(v for k, v in parts.items() if not k.startswith("ours")) - ours_frame
+        notes.append(
+            f"Ours, of the {_fmt(first['traced_bytes_per_stream'], 0)} bytes tracemalloc sees per"
+            f" {_BREAKDOWN_SETUPS[next(iter(setups))]} stream:"
+            f" {_fmt(parts['ours (Connection, Stream, subscription)'], 0)} in wsgi_eventsource's objects and about"
+            f" {ours_frame:,} of the saved stack (``Stream.__next__``'s eval-loop frame). The other"
+            f" {_fmt(theirs, 0)} are the server's: gunicorn's request, environ and response, gevent's socket and"
+            " greenlet, and the rest of the saved stack."
         )
     gap = first["rss_kib_per_stream"] * 1024 - first["traced_bytes_per_stream"]
     notes.append(
