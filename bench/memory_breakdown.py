@@ -178,6 +178,11 @@ def untraced(name: str, path: str, n: int, settle: float) -> dict[str, Any]:
         "greenlet_stack_bytes_per_stream": round(greenlets["stack_saved_total"] / n, 1),
         "greenlets": greenlets["groups"],
         "greenlets_not_waiting": greenlets["not_waiting"],
+        # pymalloc's arenas and glibc's heap, before against after (see memory_probe.allocators).
+        "allocators_bytes_per_stream": {
+            k: round((v - before["probe"]["allocators"].get(k, 0)) / n, 1)
+            for k, v in after["probe"]["allocators"].items()
+        },
         "handlers_held": after["probe"]["handlers_held"],
         "kernel_per_end": {"objects": (sizes := slab_object_sizes()), "bytes": sum(sizes.values())},
         # Machine-wide deltas: other processes' sockets count too (rough).

@@ -4,6 +4,7 @@ here), so that ``python -m bench.run`` keeps working."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -305,6 +306,10 @@ def test_memory_breakdown_smoke_names_every_part(tmp_path: Path) -> None:
     assert parts["gunicorn (request, environ, response)"] > 0, parts
     assert sum(parts.values()) == pytest.approx(hub["traced_bytes_per_stream"], rel=0.05), parts
     assert any(line["at"].startswith("wsgi_eventsource/") for line in hub["lines"]), hub["lines"]
+    allocators = hub["allocators_bytes_per_stream"]
+    assert allocators["allocated_blocks"] > 0, allocators  # pymalloc's, read inside the worker
+    if os.access("/proc/slabinfo", os.R_OK):  # root only
+        assert hub["kernel_per_end"]["bytes"] > 0, hub["kernel_per_end"]
     report = (tmp_path / "benchmarks.rst").read_text()
     assert "Where the memory of a stream goes" in report
     assert "greenlet's saved C stack" in report
