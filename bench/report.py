@@ -536,9 +536,15 @@ _BREAKDOWN_SETUPS = {"hub": "hub", "eventsource": "EventSource", "hub-multiplexe
 
 
 def _outside_arenas(result: dict[str, Any]) -> float | None:
-    """Anonymous RSS (not ``[heap]``) per stream that pymalloc's arenas do not account for."""
-    arenas = result.get("allocators_bytes_per_stream", {}).get("arenas_bytes")
-    return None if arenas is None else result["smaps_kib_per_stream"]["anonymous"] * 1024 - arenas
+    """Anonymous RSS (not ``[heap]``) per stream that neither pymalloc's
+    arenas nor glibc's mmap-ed blocks (its big ones, such as a set of
+    10,000 subscribers) account for."""
+    allocators = result.get("allocators_bytes_per_stream", {})
+    if "arenas_bytes" not in allocators:
+        return None
+    arenas_and_mmapped: float = allocators["arenas_bytes"] + allocators.get("malloc_mmapped", 0)
+    anonymous: float = result["smaps_kib_per_stream"]["anonymous"] * 1024
+    return anonymous - arenas_and_mmapped
 
 
 def _memory_breakdown_section(breakdown: dict[str, Any]) -> tuple[str, str]:
@@ -564,7 +570,7 @@ def _memory_breakdown_section(breakdown: dict[str, Any]) -> tuple[str, str]:
             ("  of them, in allocated blocks", "allocated_blocks"),
             ("glibc malloc, in use (untraced run)", "malloc_in_use"),
         )],
-        row("anonymous memory outside pymalloc's arenas", _outside_arenas),
+        row("anonymous memory outside both", _outside_arenas),
         row("allocated, as tracemalloc sees it", lambda r: r["traced_bytes_per_stream"]),
         *[row(f"  {part}", lambda r, p=part: r["parts_bytes_per_stream"].get(p))
           for part in first["parts_bytes_per_stream"]],
@@ -621,10 +627,10 @@ def _memory_breakdown_section(breakdown: dict[str, Any]) -> tuple[str, str]:
         f"What RSS holds beyond what tracemalloc sees ({_fmt(gap, 0)} bytes per stream here): pymalloc's arenas"
         " grow by what their allocated blocks hold (no fragmentation to speak of), glibc's heap by what is in use"
         " there (every block over pymalloc's 512 bytes: the saved stacks, the environ's dict table). The rest,"
-        f" {_fmt(_outside_arenas(first), 0)} bytes of anonymous memory outside both, about one 4 KiB page per"
-        " stream, is neither traced nor attributed here; a likely owner is CPython 3.11's frame data stack, which"
-        " it maps in chunks of 16 KiB and greenlet keeps one per greenlet. The kernel's side (the socket, file and"
-        " epoll objects) is not in RSS at all."
+        f" {_fmt(_outside_arenas(first), 0)} bytes of anonymous memory outside both (and outside glibc's mmap-ed"
+        " blocks), about one 4 KiB page per stream and the same with 10 channels, is neither traced nor attributed"
+        " here; a likely owner is CPython 3.11's frame data stack, which it maps in chunks of 16 KiB and greenlet"
+        " keeps one per greenlet. The kernel's side (the socket, file and epoll objects) is not in RSS at all."
     )
     name = _BREAKDOWN_SETUPS[next(iter(setups))]
     return (
