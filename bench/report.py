@@ -628,10 +628,19 @@ def _memory_breakdown_section(breakdown: dict[str, Any]) -> tuple[str, str]:
         " grow by what their allocated blocks hold (no fragmentation to speak of), glibc's heap by what is in use"
         " there (every block over pymalloc's 512 bytes: the saved stacks, the environ's dict table). The rest,"
         f" {_fmt(_outside_arenas(first), 0)} bytes of anonymous memory outside both (and outside glibc's mmap-ed"
-        " blocks), about one 4 KiB page per stream and the same with 10 channels, is neither traced nor attributed"
-        " here; a likely owner is CPython 3.11's frame data stack, which it maps in chunks of 16 KiB and greenlet"
-        " keeps one per greenlet. The kernel's side (the socket, file and epoll objects) is not in RSS at all."
+        " blocks), about one 4 KiB page per stream and the same with 10 channels, is seen neither by tracemalloc"
+        " nor by either allocator: the frame data stack of the stream's greenlet (CPython 3.11+"
+        " maps it in chunks of 16 KiB, greenlet keeps one per greenlet that runs Python code, and its first page"
+        " is touched)."
     )
+    pages = breakdown.get("greenlet_pages")
+    if pages:
+        notes[-1] += (
+            f" In one process, such memory per waiting greenlet: {_fmt(pages['python_gevent'], 0)} bytes for a"
+            f" gevent greenlet parked in a Python function, {_fmt(pages['python_raw'], 0)} for a raw greenlet, and"
+            f" {_fmt(pages['c_raw'], 0)} for one whose ``run`` is a C function (no Python frame)."
+        )
+    notes.append("The kernel's side (the socket, file and epoll objects) is not in RSS at all.")
     name = _BREAKDOWN_SETUPS[next(iter(setups))]
     return (
         "Where the memory of a stream goes",

@@ -306,6 +306,8 @@ def test_memory_breakdown_smoke_names_every_part(tmp_path: Path) -> None:
     assert parts["gunicorn (request, environ, response)"] > 0, parts
     assert sum(parts.values()) == pytest.approx(hub["traced_bytes_per_stream"], rel=0.05), parts
     assert any(line["at"].startswith("wsgi_eventsource/") for line in hub["lines"]), hub["lines"]
+    breakdown = json.loads(output.read_text())["memory_breakdown"]
+    assert set(breakdown["greenlet_pages"]) == {"python_gevent", "python_raw", "c_raw"}, breakdown
     allocators = hub["allocators_bytes_per_stream"]
     assert allocators["allocated_blocks"] > 0, allocators  # pymalloc's, read inside the worker
     if os.access("/proc/slabinfo", os.R_OK):  # root only
