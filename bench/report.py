@@ -129,6 +129,7 @@ def write_report(results: dict[str, Any], docs: Path, quick: bool = False) -> No
             _table(["server", "delivered", "events/s delivered", "p99 ms", "ours / theirs"], rows),
         )
     )
+    sections += _http_throughput_sections(servers)
     scale = results.get("scale_out")  # an older run's scenario (2 workers, 20,000 streams)
     if scale and not results.get("scale"):
         text = (
@@ -146,6 +147,44 @@ def write_report(results: dict[str, Any], docs: Path, quick: bool = False) -> No
         sections.append(_hot_path_section(results["hot_path"]))
 
     _write(results, sections, target)
+
+
+#: The server every other is compared with in the http-throughput table.
+NCHAN = "nchan"
+
+
+def _http_throughput_sections(servers: dict[str, Any]) -> list[tuple[str, str]]:
+    """Throughput published over HTTP (the hub and nchan), as ratios to nchan's."""
+    runs = {name: s["http_throughput"] for name, s in servers.items() if s.get("http_throughput")}
+    if not runs:
+        return []
+    theirs = runs.get(NCHAN)
+    rows = []
+    for name, r in runs.items():
+        label = servers[name]["label"]
+        if "error" in r:
+            rows.append([label, "error", r["error"][:60], "", "", "", "", ""])
+            continue
+        publisher = r.get("publisher", {})
+        rows.append([
+            label, f"{r['checked']:,}/{r['expected']:,}" + ("" if r["delivered_all"] else " (NOT all)"),
+            _fmt(publisher.get("per_second"), 0), _fmt(r["delivered_per_second"]), _fmt(r["p50_ms"]),
+            _fmt(r["p99_ms"]), _ratio(r["delivered_per_second"], _get(theirs, "delivered_per_second"), True),
+            _ratio(_get(theirs, "p99_ms"), r["p99_ms"], False),
+        ])  # fmt: skip
+    text = (
+        "The throughput row again, but every server published over HTTP, through its own publisher"
+        " (the hub: ``POST /publish/bench``; nchan: its ``nchan_publisher`` location), by the C client: flat out,"
+        " 32 requests in flight on one keep-alive connection, the same for both. 100 subscribers, every event"
+        " checked at every subscriber (its data names the channel, in order; the hub's ids too). Ratios are"
+        " against nchan in the same run (delivered: ours / nchan's; p99: ours / nchan's)."
+    )
+    table = _table(
+        ["server", "checked", "publishes/s", "events/s delivered", "p50 ms", "p99 ms", "delivered / nchan",
+         "p99 / nchan"],
+        rows,
+    )  # fmt: skip
+    return [("Throughput published over HTTP: 100 subscribers, publisher flat out", f"{text}\n\n{table}")]
 
 
 #: What a partial run may bring to a whole run's results (see :func:`merge_results`).
