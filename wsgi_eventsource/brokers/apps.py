@@ -412,6 +412,8 @@ class PublisherApp:
                 break
             chunks.append(chunk)
             size += len(chunk)
+            if size == length:
+                break  # all of it: no read just to learn that it ended (one per publish)
         return None if size > self.max_body else b"".join(chunks)
 
     def _fields(self, mimetype: str, body: bytes, query: dict[str, list[str]]) -> tuple[Data, str | None, int | None]:
@@ -503,6 +505,8 @@ def _fields_of(text: str, what: str) -> dict[str, list[str]]:
 def _query_of(environ: WSGIEnvironment) -> dict[str, list[str]]:
     # WSGI hands the query string over as bytes decoded as latin-1.
     raw = environ.get("QUERY_STRING", "").encode("latin-1", "replace")
+    if not raw:
+        return {}  # the usual publish: nothing to parse
     return _fields_of(_utf8(raw, "query string"), "query string")
 
 
