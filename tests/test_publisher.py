@@ -25,24 +25,24 @@ from wsgi_eventsource.publisher import LoopTurns
 pytestmark = pytest.mark.server
 
 
-def test_every_kth_publish_in_a_row_lets_callbacks_scheduled_before_it_run() -> None:
-    """Issue 12: the K-th publish with no turn of the loop in between yields,
-    and every loop callback scheduled before it (the writers' wake-ups) has
-    run when it returns; the K-1 before it do not yield."""
+def test_after_k_publishes_in_a_row_the_next_waits_for_the_callbacks_scheduled_before_it() -> None:
+    """Issue 12: after K publishes with no turn of the loop in between, the
+    next one yields first, and every loop callback scheduled by those K (the
+    writers' wake-ups) has run when it returns; the K do not yield."""
     turns = LoopTurns(4)
     ran: list[int] = []
     yielded = []
     hub = gevent.get_hub()
 
     def publisher() -> None:
-        for i in range(8):
-            hub.loop.run_callback(ran.append, i)  # what a publish schedules: a wake-up
-            yielded.append(turns.published())
+        for i in range(10):
+            yielded.append(turns.before_publish())
             if yielded[-1]:
-                assert ran == list(range(i + 1)), ran  # every wake-up so far ran first
+                assert ran == list(range(i)), ran  # the wake-ups of every publish before it ran
+            hub.loop.run_callback(ran.append, i)  # what a publish schedules: a wake-up
 
     gevent.spawn(publisher).join(timeout=5)
-    assert yielded == [False, False, False, True] * 2
+    assert yielded == [False] * 4 + [True] + [False] * 3 + [True, False]
 
 
 def test_a_turn_of_the_loop_between_publishes_starts_the_count_again() -> None:
@@ -53,12 +53,13 @@ def test_a_turn_of_the_loop_between_publishes_starts_the_count_again() -> None:
 
     def publisher() -> None:
         for _ in range(4):
-            yielded.append(turns.published())
-            yielded.append(turns.published())
+            yielded.append(turns.before_publish())
+            yielded.append(turns.before_publish())
+            yielded.append(turns.before_publish())
             gevent.sleep(0.001)  # blocks: the loop runs
 
     gevent.spawn(publisher).join(timeout=5)
-    assert yielded == [False] * 8
+    assert yielded == [False] * 12
 
 
 def test_a_thread_without_a_hub_is_never_made_to_yield_or_given_a_hub() -> None:
@@ -68,7 +69,7 @@ def test_a_thread_without_a_hub_is_never_made_to_yield_or_given_a_hub() -> None:
     seen: list[object] = []
 
     def thread() -> None:
-        seen.append(turns.published())
+        seen.append(turns.before_publish())
         seen.append(get_hub_if_exists())
 
     worker = threading.Thread(target=thread)
@@ -147,8 +148,8 @@ class CountingTurns(LoopTurns):
         super().__init__(every)
         self.yields: list[bool] = []
 
-    def published(self) -> bool:
-        self.yields.append(super().published())
+    def before_publish(self) -> bool:
+        self.yields.append(super().before_publish())
         return self.yields[-1]
 
 

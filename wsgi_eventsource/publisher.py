@@ -14,7 +14,7 @@ same run.
 
 :class:`LoopTurns` is the rule that prevents it: after ``every`` publishes
 in a row in one thread with no turn of its loop in between, the publisher
-yields (``gevent.sleep(0)``). Loop callbacks run in the order they were
+yields (``gevent.sleep(0)``) before it makes the next. Loop callbacks run in the order they were
 scheduled, so the writers' wake-ups, queued by those publishes, all run
 before the publisher resumes. A publisher that blocks anyway (waiting for
 its next request, or for Redis) gives the loop its turns by itself and never
@@ -53,7 +53,7 @@ class _Turn:
 class LoopTurns:
     """Give the loop a turn after *every* publishes in a row without one.
 
-    Call :meth:`published` after each publish, in the publishing greenlet.
+    Call :meth:`before_publish` before each publish, in the publishing greenlet.
 
     :param every: publishes one greenlet may make in a row, while its loop
         has had no turn, before it yields to let the writers run. Fewer
@@ -73,9 +73,13 @@ class LoopTurns:
         # destroyed with its thread takes its count with it.
         self._turns: weakref.WeakKeyDictionary[Hub, _Turn] = weakref.WeakKeyDictionary()
 
-    def published(self) -> bool:
-        """Count one publish; yield to the loop if it is the *every*-th in a
-        row since the loop's last turn. True if it yielded."""
+    def before_publish(self) -> bool:
+        """Count the publish about to be made; first yield to the loop if
+        *every* were made in a row since its last turn. True if it yielded.
+
+        Before the publish, not after: a greenlet killed while it yields
+        (a worker shutting down) has published nothing, so its client,
+        left without an answer, can publish again without a duplicate."""
         hub = get_hub_if_exists()
         if hub is None or getcurrent() is hub:
             # No loop in this thread (a thread-per-request server: OS threads
@@ -85,14 +89,16 @@ class LoopTurns:
         turn = self._turns.get(hub)
         if turn is None:
             turn = self._turns[hub] = _Turn()
-        turn.in_a_row += 1
+        yielded = False
         if turn.in_a_row >= self.every:
             # Behind every callback already scheduled: the wake-ups of the
-            # writers these publishes fed, and the reset().
+            # writers those publishes fed, and the reset() the first of them
+            # scheduled.
             gevent.sleep(0)
             turn.in_a_row = 0
-            return True
+            yielded = True
+        turn.in_a_row += 1
         if not turn.marked:
             turn.marked = True
             hub.loop.run_callback(turn.reset)
-        return False
+        return yielded

@@ -382,6 +382,7 @@ class PublisherApp:
             return plain_response(start_response, "415 Unsupported Media Type", f"{exc}\n")
         except (ValueError, UnicodeDecodeError) as exc:
             return plain_response(start_response, "400 Bad Request", f"{exc}\n")
+        self.turns.before_publish()
         try:
             event_id = self.broker.publish(channel, data, event=event, retry=retry)
         except InvalidEvent as exc:
@@ -390,7 +391,6 @@ class PublisherApp:
             return _not_replicated(start_response, channel, exc)
         except BrokerUnavailable as exc:
             return _unavailable(start_response, exc)
-        self.turns.published()
         payload = json.dumps({"id": event_id, "channel": channel}).encode()
         start_response("201 Created", [("Content-Type", "application/json"), ("Content-Length", str(len(payload)))])
         return [payload]
