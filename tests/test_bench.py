@@ -70,6 +70,35 @@ def test_bench_smoke_multiplexed_checks_every_delivery(tmp_path: Path) -> None:
     assert "Multiplexed streams" in Path(ROOT, "bench", "results", "benchmarks.rst").read_text()
 
 
+def test_bench_smoke_http_throughput_checks_every_delivery(tmp_path: Path) -> None:
+    """Issue 12: the http-throughput scenario publishes over HTTP through
+    each server's own publisher (the hub's ``/publish/bench``, nchan's
+    ``/pub``) with the C client, every publish answered 2xx, and the load
+    client checked every event at every subscriber (data, order; the hub's
+    ids); the report has its table, with ratios to nchan."""
+    output = tmp_path / "http.json"
+    only = "hub,nchan" if NCHAN.exists() else "hub"
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--smoke", "--only", only, "--scenarios", "http-throughput",
+         "--skip-scale-out", "--output", str(output)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    results = json.loads(output.read_text())
+    for name in only.split(","):
+        run = results["servers"][name]["http_throughput"]
+        assert "error" not in run, run
+        assert run["delivered_all"], run
+        assert run["checked"] == run["expected"] == run["events"] == 100 * 200, run
+        assert run["publisher"]["ok"] == run["publisher"]["sent"] == 200, run
+        assert run["ids_checked"] == ("plain" if name == "hub" else "none")
+        assert run["delivered_per_second"] > 0
+    report = Path(ROOT, "bench", "results", "benchmarks.rst").read_text()
+    assert "Throughput published over HTTP" in report
+    if "nchan" in only:
+        assert "delivered / nchan" in report
+
+
 def test_load_client_check_mode_counts_wrong_deliveries() -> None:
     """The check mode of the load client can fail: a stream whose events do
     not match what it is told to expect (another channel, a cursor of another
