@@ -378,6 +378,7 @@ def _write(results: dict[str, Any], sections: list[tuple[str, str]], target: Pat
         " epoll, HTTP/1.0 streams) is pinned to core 1 and reads every byte. Python servers publish from inside"
         " the process (``POST /bench/publish`` starts a publisher greenlet or task that encodes each event and"
         " hands it to every subscriber); nchan is published to over HTTP by the C client, as nchan is meant to be."
+        " The http-throughput rows publish to the hub over HTTP too, through its own publisher, exactly as to nchan."
         " Latency runs from the publish time stamped into each event's data to its arrival at the client."
         " Ratios compare servers in the same run: the machine is shared and absolute numbers move between runs.",
         "",

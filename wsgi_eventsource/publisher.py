@@ -14,9 +14,9 @@ same run.
 
 :class:`LoopTurns` is the rule that prevents it: after ``every`` publishes
 in a row in one thread with no turn of its loop in between, the publisher
-yields (``gevent.sleep(0)``) before it makes the next. Loop callbacks run in the order they were
-scheduled, so the writers' wake-ups, queued by those publishes, all run
-before the publisher resumes. A publisher that blocks anyway (waiting for
+yields (``gevent.sleep(0)``) before it makes the next. Loop callbacks run
+in the order they were scheduled, so the writers' wake-ups, queued by those
+publishes, all run before the publisher resumes. A publisher that blocks anyway (waiting for
 its next request, or for Redis) gives the loop its turns by itself and never
 yields here.
 """
