@@ -366,9 +366,11 @@ class ClusterReader(RedisReader):
                 if not channels:
                     continue
             self._read_lane(client, master, loop, lane, channels)
-        for index in list(loop.rung):
-            if index not in lanes:
-                del loop.rung[index]  # rings for a lane that moved away meanwhile
+        # A lane that moved away meanwhile leaves nothing due here: a past
+        # poll deadline or a "more" would make every wait 0 s (a spin).
+        for due in (loop.rung, loop.more, loop.polling, loop.intervals):
+            for index in [index for index in due if index not in lanes]:
+                del due[index]
 
     def _read_lane(
         self, client: Any, master: Master, loop: _MasterLoop, lane: Lane, channels: Iterable[str] | None

@@ -1,0 +1,93 @@
+"""Review of the Redis Cluster reader (one reader thread per master, woken by
+doorbells: wsgi_eventsource/brokers/redis/masters.py), against the real
+cluster of tests/cluster_setup.py. One regression test per defect found."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import gevent
+import pytest
+from gevent.pywsgi import WSGIServer
+
+from tests.cluster_setup import ClusterNode, RedisClusterNodes
+from tests.helpers import wait_until
+from tests.test_redis_cluster import connected, messages, serve_broker, slot_of
+from wsgi_eventsource import RedisBroker
+from wsgi_eventsource.brokers.redis.cluster import partition_of
+
+pytestmark = pytest.mark.server
+
+
+@pytest.fixture
+def broker_of(cluster_url: str) -> Iterator[Callable[..., RedisBroker]]:
+    """RedisBrokers on the test's cluster, closed afterwards."""
+    made: list[RedisBroker] = []
+
+    def make(url: str = cluster_url, **options: Any) -> RedisBroker:
+        broker = RedisBroker(url, **{"block": 0.2, **options})
+        made.append(broker)
+        return broker
+
+    yield make
+    for broker in made:
+        broker.close()
+
+
+def cpu_while_idle(seconds: float = 1.0) -> float:
+    """CPU seconds this process used over *seconds* of doing nothing (but
+    its reader threads and the test server's greenlets)."""
+    before = time.process_time()
+    gevent.sleep(seconds)
+    return time.process_time() - before
+
+
+def neighbour(broker: RedisBroker, cluster: RedisClusterNodes, channel: str, stem: str) -> str:
+    """A channel of another partition than *channel*'s, on the same master."""
+    master = cluster.master_of(slot_of(broker, channel)).port
+    for i in range(10_000):
+        candidate = f"{stem}-{i}"
+        if slot_of(broker, candidate) != slot_of(broker, channel) and (
+            cluster.master_of(slot_of(broker, candidate)).port == master
+        ):
+            return candidate
+    raise AssertionError(f"no channel {stem}-N on the master of {channel!r}")
+
+
+def test_a_master_whose_lane_moved_away_does_not_spin(
+    serve: Callable[..., WSGIServer], broker_of: Callable[..., RedisBroker], cluster: RedisClusterNodes
+) -> None:
+    """Review (b): after a slot moved live, the old master's reader (which
+    still reads other partitions) kept the moved lane's poll deadline: past
+    due, its wait for rings was 0 s and its read found no such lane, so it
+    spun at full CPU for as long as it ran. It must go back to waiting."""
+    broker = broker_of()
+    port = serve_broker(serve, broker)
+    moving = "spin-moving"
+    staying = neighbour(broker, cluster, moving, "spin-staying")
+    client = connected(port, f"/events/{moving}")
+    other = connected(port, f"/events/{staying}")
+    idle = cpu_while_idle()
+    target = cluster.migrate_slot(slot_of(broker, moving))
+    event_id = broker.publish(moving, "after the move")
+    client.wait_for(lambda c: event_id in messages(c), timeout=15)
+    wait_until_on(broker, target, moving)
+    used = cpu_while_idle()
+    assert used < max(0.3, 3 * idle), f"{used:.2f} s of CPU in 1 s idle after the move (before it: {idle:.2f} s)"
+    live = broker.publish(staying, "still read")
+    assert other.events(1)[0].last_event_id == live
+
+
+def wait_until_on(broker: RedisBroker, node: ClusterNode, channel: str) -> None:
+    """Wait until *channel*'s lane is read by *node*'s reader."""
+    assert broker._partitions is not None
+    index = partition_of(channel, broker._partitions)
+
+    def there() -> bool:
+        with broker._lock:
+            master = broker._masters.get(("127.0.0.1", node.port))
+            return master is not None and index in master.lanes
+
+    wait_until(there, 10, message=f"{channel!r} read by the reader of port {node.port}")
