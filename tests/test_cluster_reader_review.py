@@ -4,17 +4,19 @@ cluster of tests/cluster_setup.py. One regression test per defect found."""
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import gevent
 import pytest
+import redis
 from gevent.pywsgi import WSGIServer
 
 from tests.cluster_setup import ClusterNode, RedisClusterNodes
 from tests.helpers import wait_until
-from tests.test_redis_cluster import connected, messages, serve_broker, slot_of
+from tests.test_redis_cluster import connected, messages, publish_soon, serve_broker, slot_of
 from wsgi_eventsource import RedisBroker
 from wsgi_eventsource.brokers.redis.cluster import partition_of
 
@@ -91,3 +93,42 @@ def wait_until_on(broker: RedisBroker, node: ClusterNode, channel: str) -> None:
             return master is not None and index in master.lanes
 
     wait_until(there, 10, message=f"{channel!r} read by the reader of port {node.port}")
+
+
+def test_a_master_that_hangs_is_left_for_the_replica_promoted_in_its_place(
+    serve: Callable[..., WSGIServer], broker_of: Callable[..., RedisBroker], cluster: RedisClusterNodes
+) -> None:
+    """Review (c): a master that stops answering without closing its
+    connections (a hung host, a network partition; here SIGSTOP) is failed
+    over by the cluster, but its reader waited for rings on its doorbell
+    connection for ever: an idle subscribe-mode connection never times out,
+    so nothing was read from the promoted replica. The reader must notice
+    (a PING unanswered within the socket timeout) and follow its partitions."""
+    broker = broker_of()
+    port = serve_broker(serve, broker)
+    channel = "hanging"
+    slot = slot_of(broker, channel)
+    client = connected(port, f"/events/{channel}")
+    first = broker.publish(channel, "before")
+    client.wait_for(lambda c: first in messages(c), timeout=10)
+    master = cluster.master_of(slot)
+    replicas = cluster.replicas_of(master)
+    master.signal(signal.SIGSTOP)
+    try:
+        ports = {replica.port for replica in replicas}
+        wait_until(
+            lambda: promoted_port(cluster, replicas[0], slot) in ports, 20, message="a replica promoted in its place"
+        )
+        event_id = publish_soon(broker, channel, "after the failover", timeout=30)
+        client.wait_for(lambda c: event_id in messages(c), timeout=20)
+        assert not client.eof
+    finally:
+        master.signal(signal.SIGCONT)
+
+
+def promoted_port(cluster: RedisClusterNodes, asked: ClusterNode, slot: int) -> int | None:
+    """The master of *slot* as node *asked* sees it (None while it sees none)."""
+    try:
+        return cluster.master_of(slot, asked.port).port
+    except (AssertionError, redis.RedisError):
+        return None

@@ -90,6 +90,11 @@ class _Bells:
     def __init__(self, client: Any) -> None:
         self.connection = client.connection_pool.make_connection()
         self.connection.connect()
+        # An idle subscribe-mode connection never times out: a master that
+        # hangs (a host gone, a partition) would be waited on for ever.
+        #: When a message last came; when a PING no message followed yet was sent.
+        self.heard_at = time.monotonic()
+        self.pinged_at: float | None = None
 
     def send(self, *command: str) -> None:
         self.connection.send_command(*command)
@@ -102,7 +107,19 @@ class _Bells:
         # push_request: over RESP3 (redis-py may choose it) a message is a
         # push, which read_response would otherwise hand to a logger and skip.
         message = self.connection.read_response(push_request=True)
+        self.heard_at, self.pinged_at = time.monotonic(), None
         return message if isinstance(message, list) else None
+
+    def answers(self, idle: float, timeout: float) -> bool:
+        """PING after *idle* seconds without a message (its ``pong`` is one);
+        False once a PING is *timeout* seconds without one."""
+        now = time.monotonic()
+        if self.pinged_at is not None:
+            return now - self.pinged_at <= timeout
+        if now - self.heard_at >= idle:
+            self.send("PING")
+            self.pinged_at = now
+        return True
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -331,6 +348,9 @@ class ClusterReader(RedisReader):
             while message is not None:
                 self._heard(loop, _text(message[0]), self._index_of_bell(_text(message[1])), message)
                 message = bells.next(0)
+        if not bells.answers(self.block, self.block + 5):
+            host, port = master.address
+            raise self._redis.TimeoutError(f"no answer to PING from {host}:{port} within {self.block + 5:g} s")
         master.clock.returned()
 
     def _heard(self, loop: _MasterLoop, kind: str, index: int | None, message: list[Any]) -> None:
