@@ -19,6 +19,7 @@ from tests.helpers import wait_until
 from tests.test_redis_cluster import connected, messages, publish_soon, serve_broker, slot_of
 from wsgi_eventsource import RedisBroker
 from wsgi_eventsource.brokers.redis.cluster import partition_of
+from wsgi_eventsource.brokers.redis.masters import READER_NAME
 
 pytestmark = pytest.mark.server
 
@@ -132,3 +133,40 @@ def promoted_port(cluster: RedisClusterNodes, asked: ClusterNode, slot: int) -> 
         return cluster.master_of(slot, asked.port).port
     except (AssertionError, redis.RedisError):
         return None
+
+
+def reader_ids(node: ClusterNode) -> list[int]:
+    """The ids of the readers' connections to *node*."""
+    with node.client(decode_responses=True) as client:
+        return [int(c["id"]) for c in client.client_list() if c["name"] == READER_NAME]
+
+
+def test_a_reader_reconnects_at_once_however_many_failures_came_before(
+    serve: Callable[..., WSGIServer], broker_of: Callable[..., RedisBroker], cluster: RedisClusterNodes
+) -> None:
+    """Review (c): a master's reader doubled its wait before reconnecting
+    at each failure (0.1 s up to 5 s) and reset it only when its master had
+    no partitions left, never on a successful reconnect: after a few
+    failures, weeks apart or not, every later one cost up to 7.5 s without
+    events (and no warning: it warns only at the first). It must wait as
+    after a first failure once it has read again."""
+    broker = broker_of()
+    port = serve_broker(serve, broker)
+    channel = "reconnecting"
+    client = connected(port, f"/events/{channel}")
+    node = cluster.master_of(slot_of(broker, channel))
+    wait_until(lambda: len(reader_ids(node)) == 2, 10, message="the reader's two connections")
+    took = []
+    for _ in range(6):
+        old = reader_ids(node)
+        started = time.monotonic()
+        with node.client() as killer:
+            for client_id in old:
+                killer.client_kill_filter(_id=client_id)
+        wait_until(
+            lambda old=old: len(new := reader_ids(node)) == 2 and not set(new) & set(old), 20, message="the reader back"
+        )
+        took.append(time.monotonic() - started)
+        event_id = broker.publish(channel, "after a reconnect")
+        client.wait_for(lambda c, event_id=event_id: event_id in messages(c), timeout=10)
+    assert took[-1] < 1.0, f"seconds to reconnect after each failure: {[round(t, 2) for t in took]}"

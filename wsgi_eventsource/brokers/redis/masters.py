@@ -69,7 +69,7 @@ class Master:
     """One master of the cluster as this process reads it: the partitions
     (lanes) its reader thread reads. Guarded by the broker's lock."""
 
-    __slots__ = ("address", "alive", "clock", "joining", "lanes")
+    __slots__ = ("address", "alive", "backoff", "clock", "joining", "lanes")
 
     def __init__(self, address: tuple[str, int]) -> None:
         self.address = address
@@ -80,6 +80,9 @@ class Master:
         self.alive = False
         #: When its waits began and returned: how far behind it is.
         self.clock = ReadClock()
+        #: Seconds to wait before reconnecting after a failure (its thread's):
+        #: doubles while it fails, back to the first once it reads again.
+        self.backoff = 0.1
 
 
 class _Bells:
@@ -234,7 +237,6 @@ class ClusterReader(RedisReader):
     def _supervise_master(self, pid: int, master: Master) -> None:
         """A master's reader thread: run its loop, and again whenever it fails;
         end when it has no lanes left (they all moved to other masters)."""
-        backoff = 0.1
         try:
             while not self._closed and self._pid == pid:
                 with self._lock:
@@ -245,18 +247,18 @@ class ClusterReader(RedisReader):
                         return
                 try:
                     self._read_master(pid, master)
-                    backoff = 0.1
+                    master.backoff = 0.1
                 except self._redis.RedisError as exc:
                     count_error(self.stats, self._redis, exc)
-                    if backoff == 0.1:
+                    if master.backoff == 0.1:
                         logger.warning("Redis cluster master %s:%d cannot be read (%s); retrying", *master.address, exc)
-                    backoff = _wait(backoff)
+                    master.backoff = _wait(master.backoff)
                     with contextlib.suppress(*self._errors):
                         self._relocate(master)
                 except Exception:
                     self.reader_stats.restarts += 1
-                    logger.exception("the Redis reader failed; restarting it in %.1f s", backoff)
-                    backoff = _wait(backoff)
+                    logger.exception("the Redis reader failed; restarting it in %.1f s", master.backoff)
+                    master.backoff = _wait(master.backoff)
         finally:
             hub = get_hub_if_exists()  # as RedisReader._supervise does
             if hub is not None:
@@ -293,6 +295,9 @@ class ClusterReader(RedisReader):
                         if keys:
                             self._keep_alive(client, keys)
                 self._wait_for_rings(bells, master, loop)
+                if master.backoff > 0.1:  # connected, subscribed and read: the next failure is a first one
+                    logger.warning("Redis cluster master %s:%d is read again; resuming", *master.address)
+                    master.backoff = 0.1
         finally:
             if bells is not None:
                 bells.close()
