@@ -4,7 +4,11 @@ cluster of tests/cluster_setup.py. One regression test per defect found."""
 
 from __future__ import annotations
 
+import json
 import signal
+import subprocess
+import sys
+import textwrap
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -13,13 +17,16 @@ import gevent
 import pytest
 import redis
 from gevent.pywsgi import WSGIServer
+from redis.crc import key_slot
 
 from tests.cluster_setup import ClusterNode, RedisClusterNodes
+from tests.conftest import ROOT
 from tests.helpers import wait_until
 from tests.test_redis_cluster import connected, messages, publish_soon, serve_broker, slot_of
 from wsgi_eventsource import RedisBroker
 from wsgi_eventsource.brokers.redis.cluster import partition_of
 from wsgi_eventsource.brokers.redis.masters import READER_NAME
+from wsgi_eventsource.brokers.redis.urls import DEFAULT_PARTITIONS
 
 pytestmark = pytest.mark.server
 
@@ -170,3 +177,79 @@ def test_a_reader_reconnects_at_once_however_many_failures_came_before(
         event_id = broker.publish(channel, "after a reconnect")
         client.wait_for(lambda c, event_id=event_id: event_id in messages(c), timeout=10)
     assert took[-1] < 1.0, f"seconds to reconnect after each failure: {[round(t, 2) for t in took]}"
+
+
+# Exits (sys.exit in a greenlet, as a gunicorn gevent worker does) while the
+# reader of a master that refuses connections (maxclients) waits to retry.
+_EXIT_SCRIPT = textwrap.dedent(
+    """
+    from gevent import monkey
+
+    monkey.patch_all()
+
+    import atexit, json, sys, time
+
+    import gevent
+    import redis
+
+    state = {}
+
+    def probe():
+        # Registered before the library is imported: runs after its exit hook.
+        print(json.dumps({"alive": [m.alive for m in state["masters"]]}), flush=True)
+
+    atexit.register(probe)
+
+    from wsgi_eventsource import RedisBroker
+    from wsgi_eventsource.brokers.redis.masters import READER_NAME
+
+    broker = RedisBroker(sys.argv[1], block=0.2)
+    broker.subscribe("exit-channel", None)
+    node = redis.Redis(host="127.0.0.1", port=int(sys.argv[2]), decode_responses=True)
+
+    def readers():
+        return [int(c["id"]) for c in node.client_list() if c["name"] == READER_NAME]
+
+    deadline = time.monotonic() + 10
+    while len(readers()) < 2:
+        assert time.monotonic() < deadline, "the reader did not connect within 10 s"
+        gevent.sleep(0.01)
+    state["masters"] = list(broker._masters.values())
+    node.config_set("maxclients", 1)  # no new connection from now on
+    for client_id in readers():
+        node.client_kill_filter(_id=client_id)
+    while not any(m.backoff >= 3.2 for m in state["masters"]):  # it waits 1.6 to 4.8 s now
+        assert time.monotonic() < deadline + 20, "the reader did not back off"
+        gevent.sleep(0.01)
+    gevent.spawn(sys.exit, 0).join()
+    """
+)
+
+
+def test_a_reader_waiting_to_reconnect_stops_at_exit(cluster: RedisClusterNodes) -> None:
+    """Review (f): at exit, a master's reader that was waiting to reconnect
+    (its master refused it a few times) slept on for up to 7.5 s: the exit
+    hook gave up after block + 1 s ("did not stop within") and left it
+    running into finalization, the crash tests/test_reader_exit.py is about.
+    Its wait must end when the broker closes."""
+    url = cluster.url
+    channel_slot = int(key_slot(b"{p%d}" % partition_of("exit-channel", DEFAULT_PARTITIONS)))
+    node = cluster.master_of(channel_slot)
+    with node.client() as keeper:  # connected before maxclients drops: it can put it back
+        maxclients = keeper.config_get("maxclients")["maxclients"]
+        try:
+            done = subprocess.run(
+                [sys.executable, "-c", _EXIT_SCRIPT, url, str(node.port)],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+        finally:
+            keeper.config_set("maxclients", maxclients)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    assert lines, f"no probe output; rc={done.returncode}, stderr:\n{done.stderr[-3000:]}"
+    assert json.loads(lines[-1])["alive"] == [False], done.stderr[-3000:]
+    assert "did not stop" not in done.stderr
+    assert done.returncode == 0, done.stderr[-3000:]

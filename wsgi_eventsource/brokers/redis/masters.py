@@ -37,13 +37,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import random
 import time
 from typing import TYPE_CHECKING, Any
 
 from gevent._hub_local import get_hub_if_exists
 
 from .cluster import hash_tag, slot_of
-from .reader import _COUNT, Lane, RedisReader, _start_new_thread, _wait, _with_readers
+from .reader import _COUNT, Lane, RedisReader, _sleep, _start_new_thread, _with_readers
 from .support import ReadClock, count_error
 
 if TYPE_CHECKING:
@@ -252,13 +253,14 @@ class ClusterReader(RedisReader):
                     count_error(self.stats, self._redis, exc)
                     if master.backoff == 0.1:
                         logger.warning("Redis cluster master %s:%d cannot be read (%s); retrying", *master.address, exc)
-                    master.backoff = _wait(master.backoff)
+                    self._back_off(master)
                     with contextlib.suppress(*self._errors):
-                        self._relocate(master)
+                        if not self._closed:
+                            self._relocate(master)
                 except Exception:
                     self.reader_stats.restarts += 1
                     logger.exception("the Redis reader failed; restarting it in %.1f s", master.backoff)
-                    master.backoff = _wait(master.backoff)
+                    self._back_off(master)
         finally:
             hub = get_hub_if_exists()  # as RedisReader._supervise does
             if hub is not None:
@@ -269,6 +271,16 @@ class ClusterReader(RedisReader):
                 if self._pid == pid:
                     for lane in master.lanes.values():
                         lane.started = False
+
+    def _back_off(self, master: Master) -> None:
+        """Wait about ``master.backoff`` seconds (jittered), double it; end
+        the wait early if the broker closes (an exit hook waits for the
+        thread only ``block + 1`` s, and a thread left running at
+        finalization crashes the process: see .reader)."""
+        until = time.monotonic() + master.backoff * (0.5 + random.random())
+        while not self._closed and (left := until - time.monotonic()) > 0:
+            _sleep(min(left, 0.05))
+        master.backoff = min(master.backoff * 2, 5.0)
 
     def _read_master(self, pid: int, master: Master) -> None:
         """Read *master*'s lanes until its connection fails (raised) or it has none."""
