@@ -253,3 +253,26 @@ def test_a_reader_waiting_to_reconnect_stops_at_exit(cluster: RedisClusterNodes)
     assert json.loads(lines[-1])["alive"] == [False], done.stderr[-3000:]
     assert "did not stop" not in done.stderr
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_reader_lag_grows_while_a_master_hangs(
+    serve: Callable[..., WSGIServer], broker_of: Callable[..., RedisBroker], cluster: RedisClusterNodes
+) -> None:
+    """Review (h): while a master hung (SIGSTOP), its reader's waits for
+    rings kept timing out empty and each counted as "up to date", so
+    ``reader_lag()`` said 0 for as long as it hung (and until the PING
+    timeout, block + 5 s, with that fixed). A wait after which an unanswered
+    PING is over ``block`` old is no longer up to date: the lag grows."""
+    broker = broker_of()
+    port = serve_broker(serve, broker)
+    channel = "lagging"
+    client = connected(port, f"/events/{channel}")
+    first = broker.publish(channel, "before")
+    client.wait_for(lambda c: first in messages(c), timeout=10)
+    assert broker.reader_lag() == pytest.approx(0.0, abs=0.5)
+    master = cluster.master_of(slot_of(broker, channel))
+    master.signal(signal.SIGSTOP)
+    try:
+        wait_until(lambda: (broker.reader_lag() or 0.0) >= 0.6, 3, message="reader_lag to grow")
+    finally:
+        master.signal(signal.SIGCONT)

@@ -357,7 +357,11 @@ class ClusterReader(RedisReader):
         then take every ring that came meanwhile."""
         timeout = loop.timeout(self.block)
         if timeout > 0 and not loop.work():
-            master.clock.read_began = time.monotonic()
+            # A wait on a master that has left a PING unanswered for `block`
+            # is no sign of being up to date (it may hang): reader_lag grows.
+            heard = bells.pinged_at is None or time.monotonic() - bells.pinged_at < self.block
+            if heard:
+                master.clock.read_began = time.monotonic()
             try:
                 message = bells.next(timeout)
             finally:
@@ -365,9 +369,13 @@ class ClusterReader(RedisReader):
             while message is not None:
                 self._heard(loop, _text(message[0]), self._index_of_bell(_text(message[1])), message)
                 message = bells.next(0)
-        if not bells.answers(self.block, self.block + 5):
-            host, port = master.address
-            raise self._redis.TimeoutError(f"no answer to PING from {host}:{port} within {self.block + 5:g} s")
+            # (Checked only after a wait, which takes the pong: a loop busy
+            # reading takes no message, and an XREAD has its socket timeout.)
+            if not bells.answers(self.block, self.block + 5):
+                host, port = master.address
+                raise self._redis.TimeoutError(f"no answer to PING from {host}:{port} within {self.block + 5:g} s")
+            if not heard and bells.pinged_at is not None:
+                return
         master.clock.returned()
 
     def _heard(self, loop: _MasterLoop, kind: str, index: int | None, message: list[Any]) -> None:
