@@ -27,13 +27,13 @@ from gevent.monkey import get_original, is_module_patched
 from ...connection import os_lock
 from ...errors import BrokerUnavailable
 from . import sentinel
-from .cluster import master_of_slot
+from .cluster import masters_of_slots
 from .support import count_error, text
 from .urls import RedisTarget, shown_url
 
 if TYPE_CHECKING:
     from _thread import LockType as Lock
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
 
     from ..base import BrokerStats
     from .reader import Lane
@@ -160,23 +160,35 @@ class RedisClients:
         )
 
     def _master_of(self, slot: int) -> tuple[str, int]:
-        """The master of *slot*, asked of the URL's nodes in turn (and the
-        masters seen since: the URL's may all be gone after failovers)."""
-        failures = []
+        """The master of *slot* (see :meth:`_masters_of`)."""
+        return self._masters_of([slot])[slot]
+
+    def _masters_of(self, slots: Iterable[int]) -> dict[int, tuple[str, int]]:
+        """The master of each of *slots*, asked of the URL's nodes in turn
+        (and the masters seen since: the URL's may all be gone after
+        failovers), one ``CLUSTER SLOTS`` each until every slot is found
+        (not one per slot: a node that hangs costs its timeout once)."""
+        failures: list[str] = []
+        found: dict[int, tuple[str, int]] = {}
+        wanted = set(slots)
         for address in [*self._target.nodes, *(a for a in self._masters_seen if a not in self._target.nodes)]:
             client = self._node_client(address, socket_connect_timeout=2, socket_timeout=2)
             try:
-                master = master_of_slot(client, slot)
+                found.update(masters_of_slots(client, wanted - found.keys()))
             except self._redis.RedisError as exc:
                 failures.append(f"{address[0]}:{address[1]}: {exc}")
                 continue
             finally:
                 client.close()
-            if master is not None:
-                self._masters_seen.add(master)
-                return master
-            failures.append(f"{address[0]}:{address[1]}: no master serves slot {slot}")
-        raise self._redis.ConnectionError(f"no cluster node named the master of slot {slot} ({'; '.join(failures)})")
+            self._masters_seen.update(found.values())
+            missing = sorted(wanted - found.keys())
+            if not missing:
+                return found
+            failures.append(f"{address[0]}:{address[1]}: no master serves slot {', '.join(map(str, missing))}")
+        missing = sorted(wanted - found.keys())
+        raise self._redis.ConnectionError(
+            f"no cluster node named the master of slot {', '.join(map(str, missing))} ({'; '.join(failures)})"
+        )
 
     def _unblock(self, client: Any, lane: Lane) -> int:
         """CLIENT UNBLOCK *lane*'s reader (one Redis, Sentinel) with *client*

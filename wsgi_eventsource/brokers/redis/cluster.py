@@ -20,9 +20,10 @@ blocked ``XREAD``).
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["hash_tag", "master_of_slot", "partition_of", "slot_of"]
+__all__ = ["hash_tag", "master_of_slot", "masters_of_slots", "partition_of", "slot_of"]
 
 
 def partition_of(channel: str, partitions: int) -> int:
@@ -45,10 +46,17 @@ def slot_of(partition: int) -> int:
 def master_of_slot(client: Any, slot: int) -> tuple[str, int] | None:
     """The address of the master serving *slot*, as the node behind *client*
     (a plain ``redis.Redis``) sees it; ``None`` if no master serves it."""
+    return masters_of_slots(client, [slot]).get(slot)
+
+
+def masters_of_slots(client: Any, slots: Iterable[int]) -> dict[int, tuple[str, int]]:
+    """The address of the master serving each of *slots* that one serves,
+    as the node behind *client* sees it: one ``CLUSTER SLOTS``."""
     own_host = client.connection_pool.connection_kwargs.get("host", "127.0.0.1")
+    wanted, found = set(slots), {}
     for start, end, master, *_replicas in client.execute_command("CLUSTER SLOTS"):
-        if start <= slot <= end:
-            host = master[0].decode() if isinstance(master[0], bytes) else str(master[0])
-            # An empty or "?" host means "the address you reached me at".
-            return (host if host not in ("", "?") else own_host), int(master[1])
-    return None
+        host = master[0].decode() if isinstance(master[0], bytes) else str(master[0])
+        # An empty or "?" host means "the address you reached me at".
+        address = (host if host not in ("", "?") else own_host), int(master[1])
+        found.update(dict.fromkeys((slot for slot in wanted if start <= slot <= end), address))
+    return found

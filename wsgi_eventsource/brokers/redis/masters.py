@@ -138,6 +138,7 @@ class ClusterReader(RedisReader):
     _node_client: Any
     _reader_options: Any
     _master_of: Any
+    _masters_of: Any
 
     # -- what subscribers call ------------------------------------------------------------------
 
@@ -228,8 +229,11 @@ class ClusterReader(RedisReader):
         is now (a failover promoted a replica), and send it there."""
         with self._lock:
             lanes = list(master.lanes.values())
+        if not lanes:
+            return
+        where = self._masters_of({slot_of(lane.index) for lane in lanes})  # one question for them all
         for lane in lanes:
-            address = self._master_of(slot_of(lane.index))
+            address = where[slot_of(lane.index)]
             if address != master.address:
                 self._move_lane(lane, address)
 
