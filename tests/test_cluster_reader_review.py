@@ -317,3 +317,29 @@ def test_a_failover_relocates_every_partition_of_the_master_with_one_question(
     # The PING times out block + 5 s after the stop, then one 2 s question
     # to the hung seed and one to the next: about 6 s after the promotion.
     assert took < 15, f"{len(channels)} partitions read again {took:.1f} s after the promotion"
+
+
+def test_reader_lag_grows_for_a_master_its_reader_never_reached(
+    serve: Callable[..., WSGIServer], broker_of: Callable[..., RedisBroker], cluster: RedisClusterNodes
+) -> None:
+    """Review (h): a master's reader that could not connect from the start
+    (its master refuses new connections, maxclients; the publisher's pooled
+    connection still works) reported ``reader_lag()`` 0 for as long as that
+    lasted: a clock that never returned counts as up to date. Its partitions'
+    events waited unseen; the lag must grow from when the reader began."""
+    broker = broker_of()
+    port = serve_broker(serve, broker)
+    channel = "unreached"
+    node = cluster.master_of(slot_of(broker, channel))
+    broker.publish(channel, "warm")  # the publisher's connection to that master, pooled
+    with node.client() as keeper:
+        keeper.ping()  # connected before maxclients drops: it can put it back
+        maxclients = keeper.config_get("maxclients")["maxclients"]
+        keeper.config_set("maxclients", 1)  # no new connection from now on
+        try:
+            client = connected(port, f"/events/{channel}")
+            event_id = broker.publish(channel, "while the reader cannot connect")
+            wait_until(lambda: (broker.reader_lag() or 0.0) >= 0.6, 3, message="reader_lag to grow")
+        finally:
+            keeper.config_set("maxclients", maxclients)
+    client.wait_for(lambda c: event_id in messages(c), timeout=15)

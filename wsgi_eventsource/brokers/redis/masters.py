@@ -79,8 +79,10 @@ class Master:
         self.joining: set[int] = set()
         #: True while its thread runs (set by whoever starts it).
         self.alive = False
-        #: When its waits began and returned: how far behind it is.
+        #: When its waits began and returned: how far behind it is. Up to
+        #: date when made: one that never reads its master falls behind.
         self.clock = ReadClock()
+        self.clock.returned()
         #: Seconds to wait before reconnecting after a failure (its thread's):
         #: doubles while it fails, back to the first once it reads again.
         self.backoff = 0.1
