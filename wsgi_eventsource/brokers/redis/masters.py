@@ -21,13 +21,16 @@ No event depends on a ring arriving:
   with an empty name ("read the new channels"), once for all the channels
   added until the reader reads them (a storm of N new channels costs O(N)).
 - A connection lost (rings sent meanwhile are lost with it): every partition
-  joins again on the new one.
+  joins again on the new one. A master that hangs (a host gone, a network
+  partition) closes nothing, and an idle subscribe-mode connection never
+  times out: after ``block`` seconds of silence the doorbell connection
+  sends ``PING``, and no answer within ``block + 5`` s counts as lost.
 - A reshard: Redis sends ``sunsubscribe`` for the slot that leaves, reads get
   ``ASK`` while it moves, then ``MOVED``. The partition is read by polling
   (every 0.1 s, longer while it fails) until a read succeeds where it is
   subscribed, or ``MOVED`` names its new master, whose reader takes it over.
-- A failover: the connection breaks; the master of each partition is asked
-  again, and partitions follow theirs to its reader.
+- A failover: the connection breaks; the master of every partition is asked
+  again (one ``CLUSTER SLOTS``), and partitions follow theirs to its reader.
 
 Everything else (positions, gaps, ``stream-reset``, foreign entries, broken
 keys, ``max_age`` keep-alive) is the one-Redis reader's (:mod:`.reader`).
