@@ -343,3 +343,24 @@ def test_reader_lag_grows_for_a_master_its_reader_never_reached(
         finally:
             keeper.config_set("maxclients", maxclients)
     client.wait_for(lambda c: event_id in messages(c), timeout=15)
+
+
+def test_a_new_partition_on_a_running_master_is_read_at_once(
+    serve: Callable[..., WSGIServer], broker_of: Callable[..., RedisBroker], cluster: RedisClusterNodes
+) -> None:
+    """Review (a): the first channel of a partition new to a master whose
+    reader already runs joined it to that reader, then rang the partition's
+    doorbell, which that reader had not subscribed yet: nobody heard it,
+    and the reader took the partition only when its wait for rings ended
+    (``block`` seconds, here 30). An event published at once waited as long.
+    The reader must be woken by a doorbell it does listen to."""
+    broker = broker_of(block=30)
+    port = serve_broker(serve, broker)
+    first = "running-first"
+    second = neighbour(broker, cluster, first, "running-second")  # another partition, the same master
+    client = connected(port, f"/events/{first}")
+    event_id = broker.publish(first, "the reader waits again from now")
+    client.wait_for(lambda c: event_id in messages(c), timeout=5)
+    other = connected(port, f"/events/{second}")
+    event_id = broker.publish(second, "right after the subscribe")
+    other.wait_for(lambda c: event_id in messages(c), timeout=3)

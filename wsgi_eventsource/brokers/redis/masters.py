@@ -168,6 +168,13 @@ class ClusterReader(RedisReader):
             super()._wake_reader(client, lane)
             return
         self._ring(client, lane.index)
+        # A lane new to a running reader: its doorbell is not subscribed
+        # until that reader wakes (within `block`), so ring one it has.
+        with self._lock:
+            master = next((m for m in self._masters.values() if lane.index in m.joining), None)
+            listened = None if master is None else _listened(master)
+        if listened is not None:
+            self._ring(client, listened)
 
     def _ring(self, client: Any, index: int) -> None:
         """Ring *index*'s doorbell with no name: "read the new channels" (or "stop")."""
@@ -531,6 +538,12 @@ class _MasterLoop:
         if self.polling:
             timeout = min(timeout, max(0.0, min(self.polling.values()) - time.monotonic()))
         return timeout
+
+
+def _listened(master: Master) -> int | None:
+    """A lane whose doorbell *master*'s reader listens to (lock held): one
+    it has taken (not joining); None if it has none such."""
+    return next((index for index in master.lanes if index not in master.joining), None)
 
 
 def _text(value: Any) -> str:
