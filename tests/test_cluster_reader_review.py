@@ -364,3 +364,26 @@ def test_a_new_partition_on_a_running_master_is_read_at_once(
     other = connected(port, f"/events/{second}")
     event_id = broker.publish(second, "right after the subscribe")
     other.wait_for(lambda c: event_id in messages(c), timeout=3)
+
+
+def test_a_partition_moved_to_a_running_master_is_read_at_once(
+    serve: Callable[..., WSGIServer], broker_of: Callable[..., RedisBroker], cluster: RedisClusterNodes
+) -> None:
+    """Review (b): a partition whose slot moved (MOVED) to a master whose
+    reader already runs was handed to that reader, which was waiting for
+    rings of its own partitions and took the new one only when that wait
+    ended (``block`` seconds, here 30): the events published on the new
+    master meanwhile waited as long. The reader taking it over must be woken."""
+    broker = broker_of(block=30)
+    port = serve_broker(serve, broker)
+    moving = "handed-over"
+    source = cluster.master_of(slot_of(broker, moving))
+    target = next(node for node in cluster.masters() if node.port != source.port)
+    there = next(f"there-{i}" for i in range(10_000) if cluster.master_of(slot_of(broker, f"there-{i}")) == target)
+    client = connected(port, f"/events/{moving}")
+    resident = connected(port, f"/events/{there}")
+    event_id = broker.publish(there, "the target's reader waits again from now")
+    resident.wait_for(lambda c: event_id in messages(c), timeout=5)
+    cluster.migrate_slot(slot_of(broker, moving), to=target)
+    event_id = publish_soon(broker, moving, "after the move")
+    client.wait_for(lambda c: event_id in messages(c), timeout=5)

@@ -248,6 +248,25 @@ class ClusterReader(RedisReader):
             address = where[slot_of(lane.index)]
             if address != master.address:
                 self._move_lane(lane, address)
+        for address in set(where.values()) - {master.address}:
+            self._wake_master(address)
+
+    def _wake_master(self, address: tuple[str, int]) -> None:
+        """Ring a doorbell that *address*'s running reader listens to, so
+        that it takes the lanes just handed to it now, not when its wait
+        for rings ends (``block``). For another master's thread, which has
+        no cluster client: one short connection, once per handover."""
+        with self._lock:
+            master = self._masters.get(address)
+            listened = None if master is None else _listened(master)
+        if listened is None:
+            return  # none, or a reader just started: it joins its lanes first
+        client = self._node_client(address, socket_connect_timeout=2, socket_timeout=2)
+        try:
+            with contextlib.suppress(*self._errors):  # else it takes them within `block`
+                client.execute_command("SPUBLISH", bell_of(self.prefix, listened), "")
+        finally:
+            client.close()
 
     # -- the threads --------------------------------------------------------------------------------
 
@@ -488,6 +507,7 @@ class ClusterReader(RedisReader):
         if address == master.address:
             return
         self._move_lane(lane, address)
+        self._wake_master(address)
 
     def _lane_of_slot(self, indexes: Iterable[int], slot: int) -> int | None:
         return next((index for index in indexes if slot_of(index) == slot), None)
