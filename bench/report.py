@@ -303,13 +303,21 @@ def _storm_section(storms: dict[str, Any]) -> tuple[str, str]:
         if "error" not in storms[label]
     )
     channels = next((storms[label]["channels"] for label in labels if "error" not in storms[label]), 10_000)
+    cluster = "cluster" in storms
     text = (
         f"{channels:,} channels subscribed at once in one process (``broker.subscribe()`` of a RedisBroker in one"
         " greenlet each, gevent's monkey-patching on, as in a hub worker), then one event published to each"
         " channel; a channel is live when its subscription got its event. Redis commands from ``INFO"
         " commandstats`` (all commands include those run inside the broker's Lua scripts: XADD, EXISTS, ...)."
-        f" Runs: {described}. Reproduce: ``python -m bench.run --scenarios storm --storm-before /tmp/before"
-        " --merge-into docs/benchmarks.json`` (``/tmp/before``: ``git worktree add /tmp/before <commit>``)."
+        + (
+            " The cluster column: the same on a 3-master Redis Cluster, its commands summed over the masters (no"
+            " XREAD there can name every channel's key: CROSSSLOT)."
+            if cluster
+            else ""
+        )
+        + f" Runs: {described}. Reproduce: ``python -m bench.run --scenarios storm --storm-before /tmp/before"
+        + (" --storm-cluster" if cluster else "")
+        + " --merge-into docs/benchmarks.json`` (``/tmp/before``: ``git worktree add /tmp/before <commit>``)."
     )
     table = _table(["measured", *labels], rows)
     return ("Subscription storm", "\n\n".join([text, table, *errors]))

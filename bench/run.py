@@ -20,7 +20,8 @@ client (bench/loadclient.c, C and epoll) is pinned to core 1. Scenarios:
   every hub worker and Redis server (see ``bench/scale.py``);
 * storm: 10,000 channels subscribed at once in one process: seconds until
   all are live and the Redis commands issued (``bench/storm.py``), also with
-  another checkout's package (``--storm-before``);
+  another checkout's package (``--storm-before``) or on a 3-master Redis
+  Cluster (``--storm-cluster``);
 * multiplexed (the hub and nchan): 1,000 clients each with ONE stream of 10
   channels. Memory per stream against 1,000 single-channel streams and
   1,000 x 10 separate single-channel streams; fan-out at 20 events/s on one
@@ -554,6 +555,11 @@ def _parser() -> argparse.ArgumentParser:
         help="a checkout of another commit: the storm runs with its wsgi_eventsource too (before), next to this one's",
     )
     parser.add_argument(
+        "--storm-cluster",
+        action="store_true",
+        help="the storm also on a 3-master Redis Cluster (this checkout's package; reported as 'cluster')",
+    )
+    parser.add_argument(
         "--merge-into",
         default="",
         help="a whole run's results (docs/benchmarks.json): this run's scenarios replace theirs there, and the"
@@ -593,6 +599,8 @@ def main(argv: list[str] | None = None) -> None:
         _parser().error(f"--scenarios: unknown {', '.join(sorted(unknown))} (known: {', '.join(SCENARIOS)})")
     if args.skip_scale_out:
         scenarios -= set(SCALE_SCENARIOS)
+    if args.storm_cluster and "storm" not in scenarios:
+        _parser().error("--storm-cluster: the storm is not among the scenarios run (add it to --scenarios)")
     args.quick = args.quick or args.smoke
 
     if args.compare_with:
@@ -689,6 +697,9 @@ def _scale_scenarios(args: argparse.Namespace, scenarios: set[str], results: dic
         for label, library in runs.items():
             results.setdefault("storm", {})[label] = _attempt(scale.storm, "single", channels, library)
             print("storm", label, _brief(results["storm"][label]), flush=True)
+        if args.storm_cluster:
+            results["storm"]["cluster"] = _attempt(scale.storm, "cluster", channels, None)
+            print("storm cluster", _brief(results["storm"]["cluster"]), flush=True)
 
 
 def _brief(result: dict[str, Any]) -> dict[str, Any]:

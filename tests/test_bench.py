@@ -227,3 +227,49 @@ def test_bench_refuses_an_unknown_server_name(tmp_path: Path) -> None:
     assert "--only: unknown ours" in run.stderr
     assert "known: eventsource, hub, naive, starlette, nchan" in run.stderr
     assert not output.exists()
+
+
+def test_bench_smoke_storm_on_a_cluster(tmp_path: Path) -> None:
+    """Issue 11 (one reader per master): ``--storm-cluster`` runs the storm on
+    a real 3-master Redis Cluster too, next to the one-Redis run: every
+    channel live, the commands summed over the masters, and the report shows
+    it as a column of its own. Its probe of one XREAD naming every channel's
+    key failed there (CROSSSLOT), after the storm itself, and made the
+    cluster's result an error; on a cluster there is no such read, so it is
+    left out (null)."""
+    whole = tmp_path / "benchmarks.json"
+    whole.write_text(Path(ROOT, "docs", "benchmarks.json").read_text())
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--smoke", "--scenarios", "storm", "--storm-cluster", "--output",
+         str(tmp_path / "smoke.json"), "--merge-into", str(whole)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    storms = json.loads((tmp_path / "smoke.json").read_text())["storm"]
+    assert set(storms) == {"after", "cluster"}, storms
+    cluster = storms["cluster"]
+    assert "error" not in cluster, cluster
+    assert cluster["redis"] == "cluster", cluster
+    assert cluster["all_live"], cluster
+    assert cluster["live"] == cluster["channels"] == storms["after"]["channels"] > 0, cluster
+    assert cluster["commands_total"]["evalsha"]["calls"] >= 2 * cluster["channels"], cluster
+    assert cluster["xread_all_keys"] is None, cluster
+    assert storms["after"]["xread_all_keys"]["keys"] == storms["after"]["channels"], storms["after"]
+    report = (tmp_path / "benchmarks.rst").read_text()
+    assert "The cluster column: the same on a 3-master Redis Cluster" in report
+    assert "--storm-cluster --merge-into" in report
+    header = next(line for line in report.splitlines() if line.startswith("measured "))
+    assert header.split()[-1] == "cluster", header
+
+
+def test_bench_refuses_storm_cluster_without_the_storm(tmp_path: Path) -> None:
+    """Bench: ``--storm-cluster`` with scenarios that leave out the storm
+    would do nothing, silently: it is a usage error that says why."""
+    output = tmp_path / "out.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--scenarios", "scale", "--storm-cluster", "--output", str(output)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert "--storm-cluster: the storm is not among the scenarios run" in run.stderr
+    assert not output.exists()

@@ -281,6 +281,19 @@ def test_publish_with_a_token_and_its_refusals(hub_server: Serve) -> None:
             "--token is for a hub",
             id="redis-token",
         ),
+        pytest.param(
+            # Review of issue 11: the URL's form was checked, its options only when the broker was made: a traceback.
+            ("publish", "--redis", "redis://127.0.0.1:9/0?colour=blue", "news", "x"),
+            None,
+            "unexpected keyword argument 'colour'",
+            id="redis-bad-option",
+        ),
+        pytest.param(
+            ("serve", "--redis", "redis://127.0.0.1:9/0?db=x"),
+            None,
+            "option redis-py cannot use",
+            id="serve-bad-option",
+        ),
         pytest.param(("publish", "news"), None, "", id="stdin-empty-is-fine"),
         pytest.param(("tail",), None, "CHANNEL", id="tail-no-channel"),
         pytest.param(("tail", "a/../b"), None, "'..' segment", id="tail-bad-channel"),

@@ -29,7 +29,7 @@ from .cluster import partition_of
 from .masters import ClusterReader, Master, bell_of
 from .reader import Lane
 from .support import REDIS_ERROR_KINDS, ReaderStats, Throttled, text
-from .urls import DEFAULT_PARTITIONS, RedisTarget, parse_redis_url
+from .urls import DEFAULT_PARTITIONS, RedisTarget, check_url_options, parse_redis_url
 
 __all__ = ["RedisBroker"]
 
@@ -124,7 +124,7 @@ class RedisBroker(ClusterReader, RedisClients, Broker):
         self._target = parse_redis_url(url)
         self.url = url
         if self._target.kind == "single":
-            self._check_url_options()
+            check_url_options(url)
         # On a cluster, channels are spread over partitions (see .cluster).
         self._partitions = self._target.partitions if self._target.kind == "cluster" else None
         if self._partitions is not None and ("{" in prefix or "}" in prefix):
@@ -156,21 +156,6 @@ class RedisBroker(ClusterReader, RedisClients, Broker):
         self._current_script = script(None, scripts.CURRENT.encode())
         self._snapshot_script = script(None, scripts.SNAPSHOT.encode())
         self._keep_alive_script = script(None, scripts.KEEP_ALIVE.encode())
-
-    def _check_url_options(self) -> None:
-        """Refuse now a URL whose options redis-py cannot use (``?db=x``, an
-        unknown one): else every publish and subscribe fails with its
-        ValueError or TypeError, which is no :class:`BrokerUnavailable`."""
-        try:
-            pool = self._redis.BlockingConnectionPool.from_url(self.url)  # as _connect makes it
-            pool.connection_class(**pool.connection_kwargs)  # builds one, does not connect
-        except (ValueError, TypeError, self._redis.RedisError) as exc:  # RedisError: a bad ssl_cert_reqs
-            raise ValueError(f"the Redis URL {self._shown_url} has an option redis-py cannot use: {exc}") from None
-        # The broker reads RESP2 bytes (event bodies are sent as they are stored).
-        if pool.connection_kwargs.get("decode_responses"):
-            raise ValueError(f"the Redis URL {self._shown_url} sets decode_responses: the broker reads bytes")
-        if str(pool.connection_kwargs.get("protocol") or 2) != "2":
-            raise ValueError(f"the Redis URL {self._shown_url} sets protocol: the broker reads RESP2 replies")
 
     @classmethod
     def from_client(cls, client: Any, history: int = DEFAULT_HISTORY, **options: Any) -> RedisBroker:

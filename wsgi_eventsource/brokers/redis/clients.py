@@ -45,7 +45,7 @@ __all__ = ["RedisClients"]
 _ThreadLocal: type[Any] = get_original("_thread", "_local")
 
 #: The oldest Redis the broker works with, and the oldest with XTRIM MINID.
-_MIN_VERSION, _MIN_VERSION_MAX_AGE = (5, 0), (6, 2)
+_MIN_VERSION, _MIN_VERSION_MAX_AGE, _MIN_VERSION_CLUSTER = (5, 0), (6, 2), (7, 0)
 
 
 class RedisClients:
@@ -245,6 +245,8 @@ class RedisClients:
             needed, why = _MIN_VERSION, "streams"
             if self.max_age is not None:
                 needed, why = _MIN_VERSION_MAX_AGE, "max_age (XTRIM MINID)"
+            if self._target.kind == "cluster":
+                needed, why = max(needed, _MIN_VERSION_CLUSTER), "a Redis Cluster (its readers' doorbells: SPUBLISH)"
             if numbers < needed:
                 raise BrokerUnavailable(
                     f"{why} needs Redis {needed[0]}.{needed[1]} or later; the Redis at {self._shown_url} is {version}"

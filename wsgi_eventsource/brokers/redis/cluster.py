@@ -10,11 +10,10 @@ the channels must use the same ``partitions`` (the URL's ``?partitions=``):
 another number puts a channel under another key, whose history is elsewhere
 (a resuming client then gets a ``stream-reset``, never a silent gap).
 
-Each partition with subscribers in a process has a reader thread there with
-its own connection to the master of the partition's slot. It is found with
-``CLUSTER SLOTS`` from any node that answers; a ``MOVED`` reply names the new
-master directly (after a reshard or a failover, Redis redirects even a
-blocked ``XREAD``).
+Each process reads the partitions of one master with one reader thread
+(:mod:`.masters`). The master of a partition's slot is found with ``CLUSTER
+SLOTS`` from any node that answers; a ``MOVED`` reply names the new master
+directly (after a reshard or a failover).
 """
 
 from __future__ import annotations

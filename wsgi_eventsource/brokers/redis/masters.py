@@ -181,7 +181,9 @@ class ClusterReader(RedisReader):
         bell = bell_of(self.prefix, index)
         # If this fails the reader reads them at its next wake-up (within `block`).
         with contextlib.suppress(*self._errors):
-            client.get_node_from_key(bell).redis_connection.execute_command("SPUBLISH", bell, "")
+            node = client.get_node_from_key(bell)
+            if node is not None and node.redis_connection is not None:
+                node.redis_connection.execute_command("SPUBLISH", bell, "")
 
     def reader_lag(self) -> float | None:
         if self._partitions is None:
@@ -431,6 +433,7 @@ class ClusterReader(RedisReader):
         """Read what is due: lanes whole (joined, polled), new channels, rung channels."""
         with self._lock:
             lanes = dict(master.lanes)
+        loop.forget_all_but(lanes)
         loop.fresh.clear()  # every lane's new channels are read below
         now = time.monotonic()
         whole = set(loop.whole) | {i for i, due in loop.polling.items() if due <= now}
@@ -446,11 +449,6 @@ class ClusterReader(RedisReader):
                 if not channels:
                     continue
             self._read_lane(client, master, loop, lane, channels)
-        # A lane that moved away meanwhile leaves nothing due here: a past
-        # poll deadline or a "more" would make every wait 0 s (a spin).
-        for due in (loop.rung, loop.more, loop.polling, loop.intervals):
-            for index in [index for index in due if index not in lanes]:
-                del due[index]
 
     def _read_lane(
         self, client: Any, master: Master, loop: _MasterLoop, lane: Lane, channels: Iterable[str] | None
@@ -547,6 +545,16 @@ class _MasterLoop:
         interval = min(self.intervals.get(index, _POLL / 2) * 2, 5.0) if failed else _POLL
         self.intervals[index] = interval
         self.polling[index] = time.monotonic() + interval
+
+    def forget_all_but(self, lanes: Iterable[int]) -> None:
+        """Drop what is noted of lanes that moved to another master (a due
+        poll of one would make every wait 0: a busy loop)."""
+        keep = set(lanes)
+        for noted in (self.polling, self.intervals, self.rung, self.more):
+            for index in [i for i in noted if i not in keep]:
+                del noted[index]
+        self.subscribed &= keep
+        self.whole &= keep
 
     def work(self) -> bool:
         """True if something is to be read now."""

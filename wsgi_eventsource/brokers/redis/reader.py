@@ -82,6 +82,7 @@ STREAM_ERROR = "stream-error"
 
 _start_new_thread: Callable[..., int] = get_original("_thread", "start_new_thread")
 _sleep: Callable[[float], None] = get_original("time", "sleep")
+_allocate_lock: Callable[[], Lock] = get_original("_thread", "allocate_lock")
 
 #: The most seconds the exit hook waits for the readers of one broker to end
 #: (one wakes within ``block`` seconds by itself; CLIENT UNBLOCK is faster).
@@ -105,7 +106,8 @@ class Lane:
     a cluster, or every channel on one Redis (lane 0). Guarded by the broker's lock."""
 
     __slots__ = (
-        "changes", "client_id", "clock", "fresh", "index", "positions", "read_changes", "started", "waking",
+        "changes", "client_id", "clock", "fresh", "idle", "index", "positions", "read_changes", "started",
+        "waking",
     )  # fmt: skip
 
     def __init__(self, index: int) -> None:
@@ -123,6 +125,16 @@ class Lane:
         self.waking = False
         #: On a cluster: channels added since its reader last took them (see .masters).
         self.fresh: set[str] = set()
+        #: Held while its reader has nothing to read; released to wake it (a
+        #: real lock: the reader is an OS thread, which then waits in the
+        #: kernel instead of polling).
+        self.idle = _allocate_lock()
+        self.idle.acquire()
+
+    def wake(self) -> None:
+        """Wake the reader if it waits for channels (from any thread or greenlet)."""
+        with contextlib.suppress(RuntimeError):  # not held: it is awake already
+            self.idle.release()
         #: When its reads began and returned: how far behind it is.
         self.clock = ReadClock()
 
@@ -279,6 +291,7 @@ class RedisReader:
 
     def _wake_to_stop(self, client: Any, threads: list[Any]) -> None:
         for lane in threads:
+            lane.wake()
             self._unblock(client, lane)
 
     def _alive(self, thread: Any) -> bool:
@@ -290,6 +303,7 @@ class RedisReader:
         subscriber does it for every channel added meanwhile, so a storm of N
         new channels costs a few reads of the key set, not N."""
         lane.changes += 1
+        lane.wake()
         if lane.waking:
             return False
         lane.waking = True
@@ -339,7 +353,7 @@ class RedisReader:
                     lane.read_changes = lane.changes
                 if not streams:
                     lane.clock.returned()  # nothing to read: up to date
-                    _sleep(0.05)
+                    lane.idle.acquire(timeout=self.block)  # until a channel is added (or stop)
                     continue
                 try:
                     if loop.client is None:
@@ -431,6 +445,7 @@ class RedisReader:
         # The key is the prefix, the lane's hash tag (on a cluster), the channel.
         prefix = len(self.prefix) + (0 if self._partitions is None else len(hash_tag(lane.index)))
         positions = lane.positions
+        deliveries = 0
         for raw_key, raw_entries in response:
             channel = (raw_key.decode() if isinstance(raw_key, bytes) else raw_key)[prefix:]
             with self._lock:
@@ -440,7 +455,6 @@ class RedisReader:
                 continue  # nobody here reads it any more
             after: tuple[int, int] | None = parse_id(position) or (0, 0)
             expected = position.encode("ascii")
-            delivered = 0
             first = False
             for raw_id, fields in raw_entries:
                 key = parse_id(raw_id.decode("ascii"))
@@ -476,11 +490,12 @@ class RedisReader:
                     continue
                 batch.append((subs, key, b"id: " + raw_id + b"\n" + body))
                 expected = raw_id
-                delivered += 1
+                deliveries += len(subs)
                 # Once per event, not per subscriber; its id's ms are Redis's clock at XADD.
                 self.stats.latency.observe(time.time() - key[0] / 1000)
-            self.stats.delivered += len(subs) * delivered
         with self._lock:
+            # Under the lock: on a cluster several reader threads count here.
+            self.stats.delivered += deliveries
             for channel, position, last in moved:
                 if positions.get(channel) == position:
                     positions[channel] = last

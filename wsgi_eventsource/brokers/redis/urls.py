@@ -11,12 +11,13 @@ nodes', the sentinels are asked without one) and
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
-__all__ = ["DEFAULT_PARTITIONS", "RedisTarget", "check_redis_url", "parse_redis_url", "shown_url"]
+__all__ = ["DEFAULT_PARTITIONS", "RedisTarget", "check_redis_url", "check_url_options", "parse_redis_url", "shown_url"]
 
 # redis-py reads "?password=" from the query of every scheme, unix:// too.
 _QUERY_PASSWORD = re.compile(r"(^|&)(password=)[^&]*")
@@ -112,9 +113,32 @@ def check_redis_url(url: object) -> str:
 
     .. versionadded:: 0.1
     """
-    parse_redis_url(url)
+    target = parse_redis_url(url)
     assert isinstance(url, str)
+    if target.kind == "single":
+        with contextlib.suppress(ImportError):  # without redis-py the broker says so when made
+            check_url_options(url)
     return url
+
+
+def check_url_options(url: str) -> None:
+    """Refuse a ``redis://``, ``rediss://`` or ``unix://`` *url* whose options
+    redis-py cannot use (``?db=x``, an unknown one): else every publish and
+    subscribe would fail with its ValueError or TypeError, which is no
+    :class:`~wsgi_eventsource.BrokerUnavailable`. Needs redis-py."""
+    import redis
+
+    shown = shown_url(url)
+    try:
+        pool = redis.BlockingConnectionPool.from_url(url)  # as the broker makes it
+        pool.connection_class(**pool.connection_kwargs)  # builds one, does not connect
+    except (ValueError, TypeError, redis.RedisError) as exc:  # RedisError: a bad ssl_cert_reqs
+        raise ValueError(f"the Redis URL {shown} has an option redis-py cannot use: {exc}") from None
+    # The broker reads RESP2 bytes (event bodies are sent as they are stored).
+    if pool.connection_kwargs.get("decode_responses"):
+        raise ValueError(f"the Redis URL {shown} sets decode_responses: the broker reads bytes")
+    if str(pool.connection_kwargs.get("protocol") or 2) != "2":
+        raise ValueError(f"the Redis URL {shown} sets protocol: the broker reads RESP2 replies")
 
 
 def shown_url(url: str) -> str:
