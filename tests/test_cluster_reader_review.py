@@ -23,7 +23,7 @@ from tests.cluster_setup import ClusterNode, RedisClusterNodes
 from tests.conftest import ROOT
 from tests.helpers import wait_until
 from tests.test_redis_cluster import connected, messages, publish_soon, serve_broker, slot_of
-from wsgi_eventsource import RedisBroker
+from wsgi_eventsource import BrokerUnavailable, RedisBroker
 from wsgi_eventsource.brokers.redis.cluster import partition_of
 from wsgi_eventsource.brokers.redis.masters import READER_NAME
 from wsgi_eventsource.brokers.redis.urls import DEFAULT_PARTITIONS
@@ -387,3 +387,34 @@ def test_a_partition_moved_to_a_running_master_is_read_at_once(
     cluster.migrate_slot(slot_of(broker, moving), to=target)
     event_id = publish_soon(broker, moving, "after the move")
     client.wait_for(lambda c: event_id in messages(c), timeout=5)
+
+
+def test_a_partition_whose_master_could_not_be_found_is_read_after_all(
+    serve: Callable[..., WSGIServer], cluster_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review of the cluster reader: when no node could name the master of a
+    new partition's slot (every node unreachable for that moment), the
+    subscribe failed softly, but the partition stayed marked as started: no
+    later subscriber of it started its reader, and its channels were never
+    read in this process. (The moment is made here by replacing the lookup
+    once; everything else is the real cluster.)"""
+    broker = RedisBroker(cluster_url, block=30)
+    try:
+        port = serve_broker(serve, broker)
+        real = broker._address_of
+        failures = iter([broker._redis.ConnectionError("no cluster node named the master of slot 1")])
+
+        def address_of(lane: Any) -> Any:
+            failure = next(failures, None)
+            if failure is not None:
+                raise failure
+            return real(lane)
+
+        monkeypatch.setattr(broker, "_address_of", address_of)
+        with pytest.raises(BrokerUnavailable):
+            broker.subscribe("orphan", None)
+        client = connected(port, "/events/orphan")
+        sent = broker.publish("orphan", "read after all")
+        assert client.events(1, timeout=5)[0].last_event_id == sent
+    finally:
+        broker.close()

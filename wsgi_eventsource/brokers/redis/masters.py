@@ -155,7 +155,13 @@ class ClusterReader(RedisReader):
             if lane.started:
                 return
             lane.started = True
-        self._move_lane(lane, self._address_of(lane))
+        try:
+            address = self._address_of(lane)
+        except BaseException:
+            with self._lock:
+                lane.started = False  # else no later subscriber would start its reader
+            raise
+        self._move_lane(lane, address)
 
     def _added_channel(self, lane: Lane, channel: str) -> bool:
         if self._partitions is None:
