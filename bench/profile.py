@@ -32,6 +32,12 @@ from bench.scale import raise_fd_limit
 PY_SPY = Path(sys.executable).parent / "py-spy"
 
 
+def _relative(path: Path) -> str:
+    """*path* from the checkout's root if it is inside it (as ./...), else as it is."""
+    path = path.resolve()
+    return f"./{path.relative_to(run.ROOT)}" if path.is_relative_to(run.ROOT) else str(path)
+
+
 class Profiled(run.Server):
     """A server whose worker py-spy records from its start to its stop."""
 
@@ -41,10 +47,11 @@ class Profiled(run.Server):
 
     def start(self) -> None:
         super().start()
+        # Paths relative to the checkout: the command is written into the graph.
         self.spy = subprocess.Popen(
-            ["taskset", "-c", run.CLIENT_CORE, str(PY_SPY), "record", "--pid", str(self.worker), "--rate",
-             str(self.rate), "--nonblocking", "--format", "flamegraph", "--output", str(self.output)],
-            stdout=subprocess.DEVNULL,
+            ["taskset", "-c", run.CLIENT_CORE, _relative(PY_SPY), "record", "--pid", str(self.worker), "--rate",
+             str(self.rate), "--nonblocking", "--format", "flamegraph", "--output", _relative(self.output)],
+            cwd=run.ROOT, stdout=subprocess.DEVNULL,
         )  # fmt: skip
 
     def stop(self) -> None:
