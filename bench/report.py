@@ -44,6 +44,74 @@ def _get(result: dict[str, Any] | None, key: str) -> Any:
     return result.get(key)
 
 
+#: The floor's server name (bench/run.py FLOOR_NAME): the reference each table's last column divides by.
+FLOOR = "floor"
+
+
+def _floor_header(servers: dict[str, Any], title: str) -> list[str]:
+    """The floor column's header, if the run has the floor (else no column)."""
+    return [title] if FLOOR in servers else []
+
+
+def _floor_blank(servers: dict[str, Any]) -> list[str]:
+    return [""] if FLOOR in servers else []
+
+
+def _times(value: float | None, floor: float | None) -> str:
+    """*value* as a multiple of the floor's; n/a when either is missing
+    (or the floor's is not above 0: its RSS per idle stream can round to 0)."""
+    if value is None or not floor or floor <= 0:
+        return "n/a"
+    return f"{value / floor:,.1f}x" if value / floor >= 10 else f"{value / floor:.2f}x"
+
+
+def _floor_idle_cell(servers: dict[str, Any], largest: dict[str, Any] | None, streams: int) -> list[str]:
+    """RSS per stream at the largest size over the floor's at the same size."""
+    if FLOOR not in servers:
+        return []
+    floor = next((r for r in servers[FLOOR]["idle"] if r.get("streams") == streams), None)
+    return [_times(_get(largest, "kib_per_stream"), _get(floor, "kib_per_stream"))]
+
+
+def _floor_fanout_cell(servers: dict[str, Any], r: dict[str, Any]) -> list[str]:
+    """The fan-out p99 over the floor's at the same number of subscribers."""
+    if FLOOR not in servers:
+        return []
+    floor = next((f for f in servers[FLOOR]["fanout"] if f.get("connections") == r["connections"]), None)
+    return [_times(r["p99_ms"], _get(floor, "p99_ms"))]
+
+
+def _floor_throughput_cell(servers: dict[str, Any], r: dict[str, Any]) -> list[str]:
+    """The floor's events delivered per second over this server's (how many times slower it is)."""
+    if FLOOR not in servers:
+        return []
+    return [_times(_get(servers[FLOOR]["throughput"], "delivered_per_second"), r["delivered_per_second"] or None)]
+
+
+def _floor_sections(results: dict[str, Any]) -> list[tuple[str, str]]:
+    """What the floor is, when the run has it: every table's last column divides by it."""
+    if FLOOR not in results["servers"]:
+        return []
+    text = (
+        'The floor (``bench/floor.c``, the row "C floor") is not a server to choose: it is the cost of the system'
+        " calls alone, the least any server must spend to deliver the same events. One C thread, epoll, no queue"
+        " and no buffer per stream: it answers the same HTTP/1.0 stream requests with the same headers and frames"
+        " as the hub (``id: <ms>-<i>``, ``data: <ns> <i> xxx...``), publishes on the same trigger"
+        " (``POST /bench/publish``, paced as the Python servers' publisher is), formats each event once and writes"
+        " it to every subscriber's socket, one blocking write(2) each (``TCP_NODELAY``, as gunicorn sets), nothing"
+        " else; the load client checks every event at every subscriber as it does for the others. Each table's"
+        " last column is every server's figure as a multiple of the floor's in the same run: memory (RSS per"
+        " stream over the floor's: the floor keeps a descriptor and a 24-byte record per stream, its sockets'"
+        " kernel buffers are not in any server's RSS), fan-out (p99 over the floor's), throughput (the floor's"
+        " events delivered per second over the server's). The multiplexed scenario has no floor. One write(2) per"
+        " subscriber per event is the floor of fan-out at 20 events/s, where every server writes each event alone;"
+        " flat out, the Python servers coalesce the events queued while a stream's writer waits into one write, so"
+        " they can pass this floor there (below 1.00x): ``bench/.build/floor PORT 64`` writes up to 64 due events"
+        " to each socket at once, the floor of coalescing writers."
+    )
+    return [("The floor: the system calls alone", text)]
+
+
 def write_report(results: dict[str, Any], docs: Path, quick: bool = False) -> None:
     target = docs if not quick else Path(__file__).parent / "results"
     target.mkdir(parents=True, exist_ok=True)
@@ -114,6 +182,7 @@ def write_report(results: dict[str, Any], docs: Path, quick: bool = False) -> No
 
     # Throughput.
     rows = []
+    floor_column = _floor_header(servers, "floor's / theirs (events/s)")
     ours_t = ours.get("throughput")
     for name in names:
         r = servers[name]["throughput"]
@@ -128,9 +197,12 @@ def write_report(results: dict[str, Any], docs: Path, quick: bool = False) -> No
             _fmt(r["p99_ms"]), _ratio(_get(ours_t, "delivered_per_second"), r["delivered_per_second"], True),
             *_floor_throughput_cell(servers, r),
         ])  # fmt: skip
-    header = ["server", "delivered", "events/s delivered", "p99 ms", "ours / theirs",
-              *_floor_header(servers, "floor's / theirs (events/s)")]  # fmt: skip
-    sections.append(("Throughput: 100 subscribers, publisher flat out", _table(header, rows)))
+    sections.append(
+        (
+            "Throughput: 100 subscribers, publisher flat out",
+            _table(["server", "delivered", "events/s delivered", "p99 ms", "ours / theirs", *floor_column], rows),
+        )
+    )
     scale = results.get("scale_out")  # an older run's scenario (2 workers, 20,000 streams)
     if scale and not results.get("scale"):
         text = (
@@ -148,74 +220,6 @@ def write_report(results: dict[str, Any], docs: Path, quick: bool = False) -> No
         sections.append(_hot_path_section(results["hot_path"]))
 
     _write(results, sections, target)
-
-
-#: The floor's server name (bench/run.py FLOOR_NAME): the reference each table's last column divides by.
-FLOOR = "floor"
-
-
-def _floor_header(servers: dict[str, Any], title: str) -> list[str]:
-    """The floor column's header, if the run has the floor (else no column)."""
-    return [title] if FLOOR in servers else []
-
-
-def _floor_blank(servers: dict[str, Any]) -> list[str]:
-    return [""] if FLOOR in servers else []
-
-
-def _times(value: float | None, floor: float | None) -> str:
-    """*value* as a multiple of the floor's; n/a when either is missing
-    (or the floor's is not above 0: its RSS per idle stream can round to 0)."""
-    if value is None or not floor or floor <= 0:
-        return "n/a"
-    return f"{value / floor:,.1f}x" if value / floor >= 10 else f"{value / floor:.2f}x"
-
-
-def _floor_idle_cell(servers: dict[str, Any], largest: dict[str, Any] | None, streams: int) -> list[str]:
-    """RSS per stream at the largest size over the floor's at the same size."""
-    if FLOOR not in servers:
-        return []
-    floor = next((r for r in servers[FLOOR]["idle"] if r.get("streams") == streams), None)
-    return [_times(_get(largest, "kib_per_stream"), _get(floor, "kib_per_stream"))]
-
-
-def _floor_fanout_cell(servers: dict[str, Any], r: dict[str, Any]) -> list[str]:
-    """The fan-out p99 over the floor's at the same number of subscribers."""
-    if FLOOR not in servers:
-        return []
-    floor = next((f for f in servers[FLOOR]["fanout"] if f.get("connections") == r["connections"]), None)
-    return [_times(r["p99_ms"], _get(floor, "p99_ms"))]
-
-
-def _floor_throughput_cell(servers: dict[str, Any], r: dict[str, Any]) -> list[str]:
-    """The floor's events delivered per second over this server's (how many times slower it is)."""
-    if FLOOR not in servers:
-        return []
-    return [_times(_get(servers[FLOOR]["throughput"], "delivered_per_second"), r["delivered_per_second"] or None)]
-
-
-def _floor_sections(results: dict[str, Any]) -> list[tuple[str, str]]:
-    """What the floor is, when the run has it: every table's last column divides by it."""
-    if FLOOR not in results["servers"]:
-        return []
-    text = (
-        'The floor (``bench/floor.c``, the row "C floor") is not a server to choose: it is the cost of the system'
-        " calls alone, the least any server must spend to deliver the same events. One C thread, epoll, no queue"
-        " and no buffer per stream: it answers the same HTTP/1.0 stream requests with the same headers and frames"
-        " as the hub (``id: <ms>-<i>``, ``data: <ns> <i> xxx...``), publishes on the same trigger"
-        " (``POST /bench/publish``, paced as the Python servers' publisher is), formats each event once and writes"
-        " it to every subscriber's socket, one blocking write(2) each (``TCP_NODELAY``, as gunicorn sets), nothing"
-        " else; the load client checks every event at every subscriber as it does for the others. Each table's"
-        " last column is every server's figure as a multiple of the floor's in the same run: memory (RSS per"
-        " stream over the floor's: the floor keeps a descriptor and a 24-byte record per stream, its sockets'"
-        " kernel buffers are not in any server's RSS), fan-out (p99 over the floor's), throughput (the floor's"
-        " events delivered per second over the server's). The multiplexed scenario has no floor. One write(2) per"
-        " subscriber per event is the floor of fan-out at 20 events/s, where every server writes each event alone;"
-        " flat out, the Python servers coalesce the events queued while a stream's writer waits into one write, so"
-        " they can pass this floor there (below 1.00x): ``bench/.build/floor PORT 64`` writes up to 64 due events"
-        " to each socket at once, the floor of coalescing writers."
-    )
-    return [("The floor: the system calls alone", text)]
 
 
 #: What a partial run may bring to a whole run's results (see :func:`merge_results`).

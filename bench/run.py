@@ -249,6 +249,9 @@ GUNICORN = [PY, "-m", "gunicorn", "--worker-class", "gevent", "--workers", "1", 
 
 def servers() -> list[Server]:
     return [
+        # The floor: what the system calls alone cost (bench/floor.c); the report shows every server against it.
+        Server(FLOOR_NAME, "C floor: write(2) to N sockets, one thread", [str(FLOOR), "{port}"], "/events",
+               "trigger", worker_depth=0),
         Server("eventsource", "wsgi-eventsource EventSource (gunicorn -k gevent)",
                [*GUNICORN, "bench.servers.ours:eventsource_app"], "/events", "trigger"),
         Server("hub", "wsgi-eventsource hub, MemoryBroker (gunicorn -k gevent)",
@@ -262,9 +265,6 @@ def servers() -> list[Server]:
                worker_depth=0),
         Server("nchan", "nchan (nginx module, C)", ["/usr/sbin/nginx", "-p", "{tmp}", "-c", "{tmp}/nginx.conf"],
                "/events", "nchan", channel_path="/sub/{channel}", multiplex_path="/multi/{channels}"),
-        # The floor: what the system calls alone cost (bench/floor.c); the report shows every server against it.
-        Server(FLOOR_NAME, "C floor: write(2) to N sockets, one thread", [str(FLOOR), "{port}"], "/events",
-               "trigger", worker_depth=0),
     ]  # fmt: skip
 
 
