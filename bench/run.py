@@ -33,6 +33,12 @@ client (bench/loadclient.c, C and epoll) is pinned to core 1. Scenarios:
   the event's channel first); and what one more channel costs
   (``broker.subscribe()``, measured with tracemalloc).
 
+The floor (server ``floor``, ``bench/floor.c``) is the reference every
+server is reported against in idle, fan-out and throughput (not in
+multiplexed): one C thread, epoll, that formats each event once and writes
+it to every subscriber's socket, one write(2) each: the cost of the system
+calls alone.
+
 Every scenario checks that every subscriber got every event. Results go to
 ``bench/results/latest.json``, ``docs/benchmarks.rst`` and two plots in
 ``docs/`` (a quick run, or one of some servers or scenarios only, writes its
@@ -75,6 +81,20 @@ def build_client() -> None:
     source = ROOT / "bench" / "loadclient.c"
     if not CLIENT.exists() or CLIENT.stat().st_mtime < source.stat().st_mtime:
         subprocess.run(["gcc", "-O2", "-Wall", "-o", str(CLIENT), str(source)], check=True)
+    build_floor()
+
+
+#: The floor (``bench/floor.c``): one C thread writing each event to every socket;
+#: its server name (``--only floor``). bench/report.py shows every server as a ratio of it.
+FLOOR = BUILD / "floor"
+FLOOR_NAME = "floor"
+
+
+def build_floor() -> None:
+    """Build the floor server as the load client is built (gcc -O2, when its source is newer)."""
+    source = ROOT / "bench" / "floor.c"
+    if not FLOOR.exists() or FLOOR.stat().st_mtime < source.stat().st_mtime:
+        subprocess.run(["gcc", "-O2", "-Wall", "-o", str(FLOOR), str(source)], check=True)
 
 
 def free_port() -> int:
@@ -243,6 +263,9 @@ GUNICORN = [PY, "-m", "gunicorn", "--worker-class", "gevent", "--workers", "1", 
 
 def servers() -> list[Server]:
     return [
+        # The floor: what the system calls alone cost (bench/floor.c); the report shows every server against it.
+        Server(FLOOR_NAME, "C floor: write(2) to N sockets, one thread", [str(FLOOR), "{port}"], "/events",
+               "trigger", worker_depth=0),
         Server("eventsource", "wsgi-eventsource EventSource (gunicorn -k gevent)",
                [*GUNICORN, "bench.servers.ours:eventsource_app"], "/events", "trigger"),
         Server("hub", "wsgi-eventsource hub, MemoryBroker (gunicorn -k gevent)",
@@ -582,7 +605,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="small sizes, every server and scenario")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes and short runs: checks the harness works")
     parser.add_argument(
-        "--only", default="", help="comma-separated server names (eventsource,hub,naive,starlette,nchan)"
+        "--only", default="", help="comma-separated server names (eventsource,hub,naive,starlette,nchan,floor)"
     )
     parser.add_argument("--skip-scale-out", action="store_true", help="leave out scale, cluster and storm")
     parser.add_argument(

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -254,7 +255,7 @@ def test_bench_refuses_an_unknown_server_name(tmp_path: Path) -> None:
     )  # fmt: skip
     assert run.returncode == 2, run.stdout + run.stderr
     assert "--only: unknown ours" in run.stderr
-    assert "known: eventsource, hub, naive, starlette, nchan" in run.stderr
+    assert "known: floor, eventsource, hub, naive, starlette, nchan" in run.stderr
     assert not output.exists()
 
 
@@ -302,3 +303,62 @@ def test_bench_refuses_storm_cluster_without_the_storm(tmp_path: Path) -> None:
     assert run.returncode == 2, run.stdout + run.stderr
     assert "--storm-cluster: the storm is not among the scenarios run" in run.stderr
     assert not output.exists()
+
+
+def test_bench_smoke_floor_delivers_every_event(tmp_path: Path) -> None:
+    """Issue 12 (the floor): the C floor (bench/floor.c, one thread writing
+    each event to every socket) is built and run as a server like the others,
+    passes the same checks (every event at every subscriber) in idle, fan-out
+    and throughput, and the report shows the floor and its ratio column."""
+    output = tmp_path / "floor.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--smoke", "--only", "floor", "--skip-scale-out", "--output", str(output)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    floor = json.loads(output.read_text())["servers"]["floor"]
+    assert "error" not in floor["idle"][0], floor["idle"]
+    assert floor["idle"][0]["streams"] == 100
+    assert floor["idle"][0]["kib_per_stream"] < 1, floor["idle"]  # a descriptor and a record per stream
+    assert floor["fanout"][0]["delivered_all"], floor["fanout"]
+    assert floor["throughput"]["delivered_all"], floor["throughput"]
+    assert floor["throughput"]["delivered_per_second"] > 0, floor["throughput"]
+    assert "multiplexed" not in floor  # it has no multiplexed streams: left out
+    report = Path(ROOT, "bench", "results", "benchmarks.rst").read_text()
+    assert "The floor: the system calls alone" in report
+    assert "p99 / floor's" in report
+
+
+def test_report_shows_every_server_as_a_ratio_of_the_floor(tmp_path: Path) -> None:
+    """Issue 12 (the floor): each table gains a column, each server's figure
+    over the floor's from the same run (memory and p99: theirs / the floor's;
+    throughput: the floor's / theirs); a run without the floor has no such
+    column, and a floor figure of 0 gives n/a, not a division by zero."""
+    from bench import report
+
+    def server(label: str, kib: float, p99: float, per_second: int) -> dict[str, Any]:
+        fan = {"connections": 10, "events": 20, "expected": 20, "span_s": 1.0, "p50_ms": 1.0, "p99_ms": p99,
+               "max_ms": p99, "delivered_all": True}  # fmt: skip
+        return {"label": label, "idle": [{"streams": 100, "kib_per_stream": kib, "idle_cpu_percent": 0.0}],
+                "fanout": [fan], "throughput": {**fan, "delivered_per_second": per_second}}  # fmt: skip
+
+    machine = {"cpu": "c", "cores": 2, "kernel": "k", "python": "3", "nginx": "n", "nchan": "m", "date": "d"}
+    runs = {"eventsource": server("ours", 12.0, 8.0, 100_000), "floor": server("the floor", 0.5, 2.0, 400_000)}
+    results: dict[str, Any] = {"machine": machine, "servers": runs}
+    report.write_report(results, tmp_path, quick=False)
+    text = (tmp_path / "benchmarks.rst").read_text()
+    ours = [line for line in text.splitlines() if line.startswith("ours ")]
+    assert len(ours) == 3, text  # idle, fan-out, throughput
+    assert [line.split()[-1] for line in ours] == ["24.0x", "4.00x", "4.00x"], ours
+    floor = [line for line in text.splitlines() if line.startswith("the floor ")]
+    assert [line.split()[-1] for line in floor] == ["1.00x"] * 3, floor
+
+    results["servers"]["floor"]["idle"][0]["kib_per_stream"] = 0.0
+    report.write_report(results, tmp_path, quick=False)
+    ours = [line for line in (tmp_path / "benchmarks.rst").read_text().splitlines() if line.startswith("ours ")]
+    assert ours[0].split()[-1] == "n/a", ours
+
+    del results["servers"]["floor"]
+    report.write_report(results, tmp_path, quick=False)
+    text = (tmp_path / "benchmarks.rst").read_text()
+    assert "floor" not in text, text
