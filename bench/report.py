@@ -44,13 +44,81 @@ def _get(result: dict[str, Any] | None, key: str) -> Any:
     return result.get(key)
 
 
+#: The floor's server name (bench/run.py FLOOR_NAME): the reference each table's last column divides by.
+FLOOR = "floor"
+
+
+def _floor_header(servers: dict[str, Any], title: str) -> list[str]:
+    """The floor column's header, if the run has the floor (else no column)."""
+    return [title] if FLOOR in servers else []
+
+
+def _floor_blank(servers: dict[str, Any]) -> list[str]:
+    return [""] if FLOOR in servers else []
+
+
+def _times(value: float | None, floor: float | None) -> str:
+    """*value* as a multiple of the floor's; n/a when either is missing
+    (or the floor's is not above 0: its RSS per idle stream can round to 0)."""
+    if value is None or not floor or floor <= 0:
+        return "n/a"
+    return f"{value / floor:,.1f}x" if value / floor >= 10 else f"{value / floor:.2f}x"
+
+
+def _floor_idle_cell(servers: dict[str, Any], largest: dict[str, Any] | None, streams: int) -> list[str]:
+    """RSS per stream at the largest size over the floor's at the same size."""
+    if FLOOR not in servers:
+        return []
+    floor = next((r for r in servers[FLOOR]["idle"] if r.get("streams") == streams), None)
+    return [_times(_get(largest, "kib_per_stream"), _get(floor, "kib_per_stream"))]
+
+
+def _floor_fanout_cell(servers: dict[str, Any], r: dict[str, Any]) -> list[str]:
+    """The fan-out p99 over the floor's at the same number of subscribers."""
+    if FLOOR not in servers:
+        return []
+    floor = next((f for f in servers[FLOOR]["fanout"] if f.get("connections") == r["connections"]), None)
+    return [_times(r["p99_ms"], _get(floor, "p99_ms"))]
+
+
+def _floor_throughput_cell(servers: dict[str, Any], r: dict[str, Any]) -> list[str]:
+    """The floor's events delivered per second over this server's (how many times slower it is)."""
+    if FLOOR not in servers:
+        return []
+    return [_times(_get(servers[FLOOR]["throughput"], "delivered_per_second"), r["delivered_per_second"] or None)]
+
+
+def _floor_sections(results: dict[str, Any]) -> list[tuple[str, str]]:
+    """What the floor is, when the run has it: every table's last column divides by it."""
+    if FLOOR not in results["servers"]:
+        return []
+    text = (
+        'The floor (``bench/floor.c``, the row "C floor") is not a server to choose: it is the cost of the system'
+        " calls alone, the least any server must spend to deliver the same events. One C thread, epoll, no queue"
+        " and no buffer per stream: it answers the same HTTP/1.0 stream requests with the same headers and frames"
+        " as the hub (``id: <ms>-<i>``, ``data: <ns> <i> xxx...``), publishes on the same trigger"
+        " (``POST /bench/publish``, paced as the Python servers' publisher is), formats each event once and writes"
+        " it to every subscriber's socket, one blocking write(2) each (``TCP_NODELAY``, as gunicorn sets), nothing"
+        " else; the load client checks every event at every subscriber as it does for the others. Each table's"
+        " last column is every server's figure as a multiple of the floor's in the same run: memory (RSS per"
+        " stream over the floor's: the floor keeps a descriptor and a 24-byte record per stream, its sockets'"
+        " kernel buffers are not in any server's RSS), fan-out (p99 over the floor's), throughput (the floor's"
+        " events delivered per second over the server's). The multiplexed scenario has no floor. One write(2) per"
+        " subscriber per event is the floor of fan-out at 20 events/s, where every server writes each event alone;"
+        " flat out, the Python servers coalesce the events queued while a stream's writer waits into one write, so"
+        " they can pass this floor there (below 1.00x): ``bench/.build/floor PORT 64`` writes up to 64 due events"
+        " to each socket at once, the floor of coalescing writers."
+    )
+    return [("The floor: the system calls alone", text)]
+
+
 def write_report(results: dict[str, Any], docs: Path, quick: bool = False) -> None:
     target = docs if not quick else Path(__file__).parent / "results"
     target.mkdir(parents=True, exist_ok=True)
     servers: dict[str, Any] = results["servers"]
     names = list(servers)
     ours = servers.get(OURS, {})
-    sections = []
+    sections = _floor_sections(results)
 
     # Idle memory and CPU.
     sizes = sorted({r["streams"] for s in servers.values() for r in s["idle"] if "streams" in r})
@@ -60,16 +128,17 @@ def write_report(results: dict[str, Any], docs: Path, quick: bool = False) -> No
         row = [servers[name]["label"]]
         for n in sizes:
             r = by_n.get(n)
-            row.append(f"{_fmt(r['kib_per_stream'])} KiB" if r else "failed")
+            row.append(f"{_fmt(r['kib_per_stream'], 1 if r['kib_per_stream'] >= 1 else 2)} KiB" if r else "failed")
         largest = by_n.get(sizes[-1]) if sizes else None
         row.append(f"{_fmt(_get(largest, 'idle_cpu_percent'), 2)} %")
         ours_largest = (
             {r["streams"]: r for r in ours.get("idle", []) if "streams" in r}.get(sizes[-1]) if sizes else None
         )
         row.append(_ratio(_get(ours_largest, "kib_per_stream"), _get(largest, "kib_per_stream"), False))
+        row += _floor_idle_cell(servers, largest, sizes[-1] if sizes else 0)
         rows.append(row)
     header = ["server", *[f"RSS/stream at {n:,}" for n in sizes], f"idle CPU at {sizes[-1]:,}" if sizes else "idle CPU",
-              "theirs / ours (memory)"]  # fmt: skip
+              "theirs / ours (memory)", *_floor_header(servers, "memory / floor's")]  # fmt: skip
     if sizes:
         sections.append(("Idle streams: memory per stream", _table(header, rows)))
 
@@ -78,7 +147,8 @@ def write_report(results: dict[str, Any], docs: Path, quick: bool = False) -> No
     for name in names:
         for r in servers[name]["fanout"]:
             if "error" in r:
-                rows.append([servers[name]["label"], "?", "error", r["error"][:60], "", "", "", "", ""])
+                rows.append([servers[name]["label"], "?", "error", r["error"][:60], "", "", "", "", "",
+                             *_floor_blank(servers)])  # fmt: skip
                 continue
             ours_r = next((o for o in ours.get("fanout", []) if o.get("connections") == r["connections"]), None)
             kept_rate = r["span_s"] <= 10 * 1.1  # 200 events at 20/s take 10 s
@@ -87,7 +157,7 @@ def write_report(results: dict[str, Any], docs: Path, quick: bool = False) -> No
                 "yes" if kept_rate else f"no ({r['span_s']:.0f} s)",
                 _fmt(r["p50_ms"]), _fmt(r["p99_ms"]), _fmt(r["max_ms"]),
                 _fmt(r["p99_ms"] * 1000 / r["connections"]),
-                _ratio(_get(ours_r, "p99_ms"), r["p99_ms"], False),
+                _ratio(_get(ours_r, "p99_ms"), r["p99_ms"], False), *_floor_fanout_cell(servers, r),
             ])  # fmt: skip
     sections.append(
         (
@@ -103,6 +173,7 @@ def write_report(results: dict[str, Any], docs: Path, quick: bool = False) -> No
                     "max",
                     "p99 µs/subscriber",
                     "theirs / ours (p99)",
+                    *_floor_header(servers, "p99 / floor's"),
                 ],
                 rows,
             ),
@@ -111,24 +182,28 @@ def write_report(results: dict[str, Any], docs: Path, quick: bool = False) -> No
 
     # Throughput.
     rows = []
+    floor_column = _floor_header(servers, "floor's / theirs (events/s)")
     ours_t = ours.get("throughput")
     for name in names:
         r = servers[name]["throughput"]
         if r is None:
             continue
         if "error" in r:
-            rows.append([servers[name]["label"], "error", (r or {}).get("error", "")[:60], "", ""])
+            rows.append([servers[name]["label"], "error", (r or {}).get("error", "")[:60], "", "",
+                         *_floor_blank(servers)])  # fmt: skip
             continue
         rows.append([
             servers[name]["label"], f"{r['events']:,}/{r['expected']:,}", _fmt(r["delivered_per_second"]),
             _fmt(r["p99_ms"]), _ratio(_get(ours_t, "delivered_per_second"), r["delivered_per_second"], True),
+            *_floor_throughput_cell(servers, r),
         ])  # fmt: skip
     sections.append(
         (
             "Throughput: 100 subscribers, publisher flat out",
-            _table(["server", "delivered", "events/s delivered", "p99 ms", "ours / theirs"], rows),
+            _table(["server", "delivered", "events/s delivered", "p99 ms", "ours / theirs", *floor_column], rows),
         )
     )
+    sections += _http_throughput_sections(servers)
     scale = results.get("scale_out")  # an older run's scenario (2 workers, 20,000 streams)
     if scale and not results.get("scale"):
         text = (
@@ -148,6 +223,44 @@ def write_report(results: dict[str, Any], docs: Path, quick: bool = False) -> No
         sections.append(_memory_breakdown_section(results["memory_breakdown"]))
 
     _write(results, sections, target)
+
+
+#: The server every other is compared with in the http-throughput table.
+NCHAN = "nchan"
+
+
+def _http_throughput_sections(servers: dict[str, Any]) -> list[tuple[str, str]]:
+    """Throughput published over HTTP (the hub and nchan), as ratios to nchan's."""
+    runs = {name: s["http_throughput"] for name, s in servers.items() if s.get("http_throughput")}
+    if not runs:
+        return []
+    theirs = runs.get(NCHAN)
+    rows = []
+    for name, r in runs.items():
+        label = servers[name]["label"]
+        if "error" in r:
+            rows.append([label, "error", r["error"][:60], "", "", "", "", ""])
+            continue
+        publisher = r.get("publisher", {})
+        rows.append([
+            label, f"{r['checked']:,}/{r['expected']:,}" + ("" if r["delivered_all"] else " (NOT all)"),
+            _fmt(publisher.get("per_second"), 0), _fmt(r["delivered_per_second"]), _fmt(r["p50_ms"]),
+            _fmt(r["p99_ms"]), _ratio(r["delivered_per_second"], _get(theirs, "delivered_per_second"), True),
+            _ratio(_get(theirs, "p99_ms"), r["p99_ms"], False),
+        ])  # fmt: skip
+    text = (
+        "The throughput row again, but every server published over HTTP, through its own publisher"
+        " (the hub: ``POST /publish/bench``; nchan: its ``nchan_publisher`` location), by the C client: flat out,"
+        " 32 requests in flight on one keep-alive connection, the same for both. 100 subscribers, every event"
+        " checked at every subscriber (its data names the channel, in order; the hub's ids too). Ratios are"
+        " against nchan in the same run (delivered: ours / nchan's; p99: ours / nchan's)."
+    )
+    table = _table(
+        ["server", "checked", "publishes/s", "events/s delivered", "p50 ms", "p99 ms", "delivered / nchan",
+         "p99 / nchan"],
+        rows,
+    )  # fmt: skip
+    return [("Throughput published over HTTP: 100 subscribers, publisher flat out", f"{text}\n\n{table}")]
 
 
 #: What a partial run may bring to a whole run's results (see :func:`merge_results`).
@@ -341,6 +454,7 @@ def _write(results: dict[str, Any], sections: list[tuple[str, str]], target: Pat
         " epoll, HTTP/1.0 streams) is pinned to core 1 and reads every byte. Python servers publish from inside"
         " the process (``POST /bench/publish`` starts a publisher greenlet or task that encodes each event and"
         " hands it to every subscriber); nchan is published to over HTTP by the C client, as nchan is meant to be."
+        " The http-throughput rows publish to the hub over HTTP too, through its own publisher, exactly as to nchan."
         " Latency runs from the publish time stamped into each event's data to its arrival at the client."
         " Ratios compare servers in the same run: the machine is shared and absolute numbers move between runs.",
         "",

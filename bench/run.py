@@ -22,6 +22,9 @@ client (bench/loadclient.c, C and epoll) is pinned to core 1. Scenarios:
   all are live and the Redis commands issued (``bench/storm.py``), also with
   another checkout's package (``--storm-before``) or on a 3-master Redis
   Cluster (``--storm-cluster``);
+* http-throughput (the hub and nchan): throughput, published over HTTP by
+  the C client flat out (each server's own publisher, 32 requests in flight
+  on one keep-alive connection), every event checked at every subscriber;
 * multiplexed (the hub and nchan): 1,000 clients each with ONE stream of 10
   channels. Memory per stream against 1,000 single-channel streams and
   1,000 x 10 separate single-channel streams; fan-out at 20 events/s on one
@@ -29,6 +32,12 @@ client (bench/loadclient.c, C and epoll) is pinned to core 1. Scenarios:
   the load client checking every event's data, order and id (the cursor,
   the event's channel first); and what one more channel costs
   (``broker.subscribe()``, measured with tracemalloc).
+
+The floor (server ``floor``, ``bench/floor.c``) is the reference every
+server is reported against in idle, fan-out and throughput (not in
+multiplexed): one C thread, epoll, that formats each event once and writes
+it to every subscriber's socket, one write(2) each: the cost of the system
+calls alone.
 
 Every scenario checks that every subscriber got every event. Results go to
 ``bench/results/latest.json``, ``docs/benchmarks.rst`` and two plots in
@@ -72,6 +81,20 @@ def build_client() -> None:
     source = ROOT / "bench" / "loadclient.c"
     if not CLIENT.exists() or CLIENT.stat().st_mtime < source.stat().st_mtime:
         subprocess.run(["gcc", "-O2", "-Wall", "-o", str(CLIENT), str(source)], check=True)
+    build_floor()
+
+
+#: The floor (``bench/floor.c``): one C thread writing each event to every socket;
+#: its server name (``--only floor``). bench/report.py shows every server as a ratio of it.
+FLOOR = BUILD / "floor"
+FLOOR_NAME = "floor"
+
+
+def build_floor() -> None:
+    """Build the floor server as the load client is built (gcc -O2, when its source is newer)."""
+    source = ROOT / "bench" / "floor.c"
+    if not FLOOR.exists() or FLOOR.stat().st_mtime < source.stat().st_mtime:
+        subprocess.run(["gcc", "-O2", "-Wall", "-o", str(FLOOR), str(source)], check=True)
 
 
 def free_port() -> int:
@@ -97,6 +120,10 @@ class Server:
     subscribe_path: str
     publish: str  # "trigger": POST /bench/publish; "nchan": the C client POSTs each event
     worker_depth: int = 1  # 0: the process itself is the worker; 1: its child
+    # Where the C client POSTs events to the subscribe_path's channel (the
+    # http-throughput scenario, and nchan's every scenario); None: the server
+    # has no publisher over HTTP.
+    publish_path: str | None = None
     # The multiplexed scenario: one channel's stream ("{channel}"), and one
     # stream of many ("{channels}": the channels' names, ",".join-ed; for
     # the hub the path is built from MULTIPLEX_QUERY). None: not supported.
@@ -171,10 +198,17 @@ class Server:
             status = http(self.port, "POST", f"/bench/publish?count={count}&rate={rate}&size={size}{to}")
             assert status == 202, status
             return None
-        path, tag = ("/pub", []) if channel is None else (f"/pub/{channel}", [channel])
+        assert self.publish_path is not None
+        path = self.publish_path if channel is None else f"{self.publish_path}/{channel}"
+        return self.post(path, count, rate, size, channel)
+
+    def post(self, path: str, count: int, rate: float, size: int, tag: str | None) -> subprocess.Popen[bytes]:
+        """The C client POSTing *count* events to *path*, *rate* per second (0:
+        flat out, 32 requests in flight on one keep-alive connection); *tag*
+        (if any) follows the time stamp and number in each event's data."""
         return subprocess.Popen(
             ["taskset", "-c", CLIENT_CORE, str(CLIENT), "pub", "127.0.0.1", str(self.port), path,
-             str(count), str(rate), str(size), *tag],
+             str(count), str(rate), str(size), *([tag] if tag else [])],
             stdout=subprocess.PIPE,
         )  # fmt: skip
 
@@ -229,10 +263,13 @@ GUNICORN = [PY, "-m", "gunicorn", "--worker-class", "gevent", "--workers", "1", 
 
 def servers() -> list[Server]:
     return [
+        # The floor: what the system calls alone cost (bench/floor.c); the report shows every server against it.
+        Server(FLOOR_NAME, "C floor: write(2) to N sockets, one thread", [str(FLOOR), "{port}"], "/events",
+               "trigger", worker_depth=0),
         Server("eventsource", "wsgi-eventsource EventSource (gunicorn -k gevent)",
                [*GUNICORN, "bench.servers.ours:eventsource_app"], "/events", "trigger"),
         Server("hub", "wsgi-eventsource hub, MemoryBroker (gunicorn -k gevent)",
-               [*GUNICORN, "bench.servers.ours:hub_app"], "/events/bench", "trigger",
+               [*GUNICORN, "bench.servers.ours:hub_app"], "/events/bench", "trigger", publish_path="/publish/bench",
                channel_path="/events/{channel}", multiplex_path=MULTIPLEX_QUERY, cursor_ids=True),
         Server("naive", "hand-written gevent app (gunicorn -k gevent)",
                [*GUNICORN, "bench.servers.naive_gevent:app"], "/events", "trigger"),
@@ -241,7 +278,8 @@ def servers() -> list[Server]:
                 "--log-level", "warning", "--backlog", "16384", "--no-access-log"], "/events", "trigger",
                worker_depth=0),
         Server("nchan", "nchan (nginx module, C)", ["/usr/sbin/nginx", "-p", "{tmp}", "-c", "{tmp}/nginx.conf"],
-               "/events", "nchan", channel_path="/sub/{channel}", multiplex_path="/multi/{channels}"),
+               "/events", "nchan", publish_path="/pub", channel_path="/sub/{channel}",
+               multiplex_path="/multi/{channels}"),
     ]  # fmt: skip
 
 
@@ -336,6 +374,34 @@ def throughput(server: Server, n: int = 100, count: int = 20_000, size: int = 64
 
 
 MULTIPLEX_CHECKS = ("bad_data", "bad_order", "bad_id", "other_events")
+#: The channel the http-throughput scenario publishes to and checks: each
+#: event's data names it (the C client's TAG), as in the multiplexed scenario.
+HTTP_CHANNEL = "bench"
+
+
+def http_throughput(server: Server, n: int = 100, count: int = 20_000, size: int = 64) -> dict[str, Any]:
+    """:func:`throughput`, published over HTTP by the C client, flat out, as
+    nchan always is: ``POST`` each event to the server's own publisher
+    (``server.publish_path``), 32 requests in flight on ONE keep-alive
+    connection, the same for every server; every event checked at every
+    subscriber (its data, its order, and for the hub its id)."""
+    assert server.publish_path is not None, f"{server.name} has no publisher over HTTP"
+    with running(server):
+        ids = "plain" if server.cursor_ids else "none"
+        client = subscribe(server, n, count, 30, check=(HTTP_CHANNEL, ids))
+        publisher = server.post(server.publish_path, count, 0, size, HTTP_CHANNEL)
+        result = finish(client, 600)
+        published, _ = publisher.communicate(timeout=60)
+        result["publisher"] = json.loads(published.decode().strip().splitlines()[-1])
+        result["ids_checked"] = ids
+        result["delivered_all"] = (
+            result["events"] == result["expected"] == result["checked"]
+            and result["closed_early"] == 0
+            and all(result[k] == 0 for k in MULTIPLEX_CHECKS)
+            and result["publisher"]["ok"] == count
+        )
+        result["delivered_per_second"] = round(result["events"] / result["span_s"]) if result["span_s"] else 0
+        return result
 
 
 def held(server: Server, groups: list[tuple[str, int]], settle: float = 2) -> dict[str, Any]:
@@ -539,7 +605,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="small sizes, every server and scenario")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes and short runs: checks the harness works")
     parser.add_argument(
-        "--only", default="", help="comma-separated server names (eventsource,hub,naive,starlette,nchan)"
+        "--only", default="", help="comma-separated server names (eventsource,hub,naive,starlette,nchan,floor)"
     )
     parser.add_argument("--skip-scale-out", action="store_true", help="leave out scale, cluster and storm")
     parser.add_argument(
@@ -627,6 +693,9 @@ def main(argv: list[str] | None = None) -> None:
         if "throughput" in scenarios:
             entry["throughput"] = _attempt(throughput, server, 100, throughput_count)
             print(server.name, "throughput", _short(entry["throughput"]), flush=True)
+        if "http-throughput" in scenarios and server.publish_path:
+            entry["http_throughput"] = _attempt(http_throughput, server, 100, throughput_count)
+            print(server.name, "http-throughput", _short(entry["http_throughput"]), flush=True)
         if "multiplexed" in scenarios and server.multiplex_path:
             entry["multiplexed"] = _attempt(multiplexed, server, multiplexed_clients, 10, 20, seconds)
             print(server.name, "multiplexed", _short_multiplexed(entry["multiplexed"]), flush=True)
@@ -677,7 +746,7 @@ def _write_results(args: argparse.Namespace, scenarios: set[str], results: dict[
 #: The servers that serve the package itself: the only ones ``--compare-with`` runs.
 COMPARED = ("eventsource", "hub")
 #: Every scenario (``--scenarios``); those run per server, and those that start their own hub and Redis.
-SERVER_SCENARIOS = ("idle", "fanout", "throughput", "multiplexed")
+SERVER_SCENARIOS = ("idle", "fanout", "throughput", "http-throughput", "multiplexed")
 SCALE_SCENARIOS = ("scale", "cluster", "storm")
 SCENARIOS = SERVER_SCENARIOS + SCALE_SCENARIOS
 #: The scale scenario of each kind of Redis.

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -69,6 +70,35 @@ def test_bench_smoke_multiplexed_checks_every_delivery(tmp_path: Path) -> None:
     cost = results["subscription_cost"]
     assert 0 < cost["subscribe_one_bytes"] < cost["subscribe_many_bytes"], cost
     assert "Multiplexed streams" in Path(ROOT, "bench", "results", "benchmarks.rst").read_text()
+
+
+def test_bench_smoke_http_throughput_checks_every_delivery(tmp_path: Path) -> None:
+    """Issue 12: the http-throughput scenario publishes over HTTP through
+    each server's own publisher (the hub's ``/publish/bench``, nchan's
+    ``/pub``) with the C client, every publish answered 2xx, and the load
+    client checked every event at every subscriber (data, order; the hub's
+    ids); the report has its table, with ratios to nchan."""
+    output = tmp_path / "http.json"
+    only = "hub,nchan" if NCHAN.exists() else "hub"
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--smoke", "--only", only, "--scenarios", "http-throughput",
+         "--skip-scale-out", "--output", str(output)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    results = json.loads(output.read_text())
+    for name in only.split(","):
+        run = results["servers"][name]["http_throughput"]
+        assert "error" not in run, run
+        assert run["delivered_all"], run
+        assert run["checked"] == run["expected"] == run["events"] == 100 * 200, run
+        assert run["publisher"]["ok"] == run["publisher"]["sent"] == 200, run
+        assert run["ids_checked"] == ("plain" if name == "hub" else "none")
+        assert run["delivered_per_second"] > 0
+    report = Path(ROOT, "bench", "results", "benchmarks.rst").read_text()
+    assert "Throughput published over HTTP" in report
+    if "nchan" in only:
+        assert "delivered / nchan" in report
 
 
 def test_load_client_check_mode_counts_wrong_deliveries() -> None:
@@ -226,7 +256,7 @@ def test_bench_refuses_an_unknown_server_name(tmp_path: Path) -> None:
     )  # fmt: skip
     assert run.returncode == 2, run.stdout + run.stderr
     assert "--only: unknown ours" in run.stderr
-    assert "known: eventsource, hub, naive, starlette, nchan" in run.stderr
+    assert "known: floor, eventsource, hub, naive, starlette, nchan" in run.stderr
     assert not output.exists()
 
 
@@ -315,3 +345,62 @@ def test_memory_breakdown_smoke_names_every_part(tmp_path: Path) -> None:
     report = (tmp_path / "benchmarks.rst").read_text()
     assert "Where the memory of a stream goes" in report
     assert "greenlet's saved C stack" in report
+
+
+def test_bench_smoke_floor_delivers_every_event(tmp_path: Path) -> None:
+    """Issue 12 (the floor): the C floor (bench/floor.c, one thread writing
+    each event to every socket) is built and run as a server like the others,
+    passes the same checks (every event at every subscriber) in idle, fan-out
+    and throughput, and the report shows the floor and its ratio column."""
+    output = tmp_path / "floor.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--smoke", "--only", "floor", "--skip-scale-out", "--output", str(output)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    floor = json.loads(output.read_text())["servers"]["floor"]
+    assert "error" not in floor["idle"][0], floor["idle"]
+    assert floor["idle"][0]["streams"] == 100
+    assert floor["idle"][0]["kib_per_stream"] < 1, floor["idle"]  # a descriptor and a record per stream
+    assert floor["fanout"][0]["delivered_all"], floor["fanout"]
+    assert floor["throughput"]["delivered_all"], floor["throughput"]
+    assert floor["throughput"]["delivered_per_second"] > 0, floor["throughput"]
+    assert "multiplexed" not in floor  # it has no multiplexed streams: left out
+    report = Path(ROOT, "bench", "results", "benchmarks.rst").read_text()
+    assert "The floor: the system calls alone" in report
+    assert "p99 / floor's" in report
+
+
+def test_report_shows_every_server_as_a_ratio_of_the_floor(tmp_path: Path) -> None:
+    """Issue 12 (the floor): each table gains a column, each server's figure
+    over the floor's from the same run (memory and p99: theirs / the floor's;
+    throughput: the floor's / theirs); a run without the floor has no such
+    column, and a floor figure of 0 gives n/a, not a division by zero."""
+    from bench import report
+
+    def server(label: str, kib: float, p99: float, per_second: int) -> dict[str, Any]:
+        fan = {"connections": 10, "events": 20, "expected": 20, "span_s": 1.0, "p50_ms": 1.0, "p99_ms": p99,
+               "max_ms": p99, "delivered_all": True}  # fmt: skip
+        return {"label": label, "idle": [{"streams": 100, "kib_per_stream": kib, "idle_cpu_percent": 0.0}],
+                "fanout": [fan], "throughput": {**fan, "delivered_per_second": per_second}}  # fmt: skip
+
+    machine = {"cpu": "c", "cores": 2, "kernel": "k", "python": "3", "nginx": "n", "nchan": "m", "date": "d"}
+    runs = {"eventsource": server("ours", 12.0, 8.0, 100_000), "floor": server("the floor", 0.5, 2.0, 400_000)}
+    results: dict[str, Any] = {"machine": machine, "servers": runs}
+    report.write_report(results, tmp_path, quick=False)
+    text = (tmp_path / "benchmarks.rst").read_text()
+    ours = [line for line in text.splitlines() if line.startswith("ours ")]
+    assert len(ours) == 3, text  # idle, fan-out, throughput
+    assert [line.split()[-1] for line in ours] == ["24.0x", "4.00x", "4.00x"], ours
+    floor = [line for line in text.splitlines() if line.startswith("the floor ")]
+    assert [line.split()[-1] for line in floor] == ["1.00x"] * 3, floor
+
+    results["servers"]["floor"]["idle"][0]["kib_per_stream"] = 0.0
+    report.write_report(results, tmp_path, quick=False)
+    ours = [line for line in (tmp_path / "benchmarks.rst").read_text().splitlines() if line.startswith("ours ")]
+    assert ours[0].split()[-1] == "n/a", ours
+
+    del results["servers"]["floor"]
+    report.write_report(results, tmp_path, quick=False)
+    text = (tmp_path / "benchmarks.rst").read_text()
+    assert "floor" not in text, text

@@ -162,6 +162,39 @@ def test_the_reader_follows_a_newly_subscribed_channel_at_once(
     broker.close()
 
 
+def test_a_reader_left_without_channels_waits_instead_of_polling(
+    serve: Callable[..., WSGIServer], redis_url: str
+) -> None:
+    """Review of issue 11: the reader of a process whose streams had all
+    ended woke 20 times a second for ever to look for channels. It now waits
+    until one is added (or ``block`` seconds pass), and a new channel wakes
+    it at once: here block=30, so anything but the wake-up would take 30 s."""
+    broker = RedisBroker(redis_url, block=30)
+    app = broker.subscriber_app(keepalive=0.1)  # a closed stream is noticed at the next keepalive
+    port = serve(DispatcherMiddleware(lambda e, s: [], {"/events": app})).server_port
+    first = StreamClient(port, "/events/gone")
+    first.wait_for(lambda c: b"id: " in c.raw)
+    lane = broker._lanes[0]
+    wait_until(lambda: lane.client_id is not None, 5)
+    first.reset()
+    wait_until(lambda: not broker.channel_counts() and not lane.positions, 5, message="the stream is gone")
+    # Cut its XREAD short (it would wait out block=30): it finds no channel to read.
+    was_blocked = lane.clock.read_began
+    assert broker._unblock(broker._ensure_client(), lane) == 1
+    wait_until(lambda: lane.clock.read_returned > was_blocked, 5, message="the reader is out of its XREAD")
+    wakes = set()
+    deadline = time.monotonic() + 0.5
+    while time.monotonic() < deadline:
+        wakes.add(lane.clock.read_returned)  # set at every look for channels
+        gevent.sleep(0.01)
+    assert len(wakes) <= 2, f"the idle reader woke {len(wakes)} times in 0.5 s"
+    second = StreamClient(port, "/events/next")
+    second.wait_for(lambda c: b"id: " in c.raw)
+    broker.publish("next", "hello")
+    assert second.events(1, timeout=5)[0].data == "hello"
+    broker.close()
+
+
 def test_the_redis_password_is_never_shown(caplog: pytest.LogCaptureFixture) -> None:
     broker = RedisBroker("redis://user:hunter2@127.0.0.1:1/0")  # nothing listens on port 1
     with pytest.raises(BrokerUnavailable) as raised:

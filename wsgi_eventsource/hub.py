@@ -54,6 +54,7 @@ site's requests. Publishing still reads the header only.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import html
 import ipaddress
@@ -91,6 +92,10 @@ __all__ = ["Hub"]
 _AUTH_METHODS = ("can_subscribe", "can_publish", "claims_of")
 
 
+# Cached: every publish asks both (ipaddress parses each time: a quarter of
+# a publish request's own cost, issue 12); a server sees few distinct
+# addresses and Host values, and the cache is bounded.
+@functools.lru_cache(maxsize=1024)
 def _is_loopback(address: str | None) -> bool:
     try:
         return address is not None and ipaddress.ip_address(address).is_loopback
@@ -98,6 +103,7 @@ def _is_loopback(address: str | None) -> bool:
         return False
 
 
+@functools.lru_cache(maxsize=1024)
 def _is_loopback_host(host: str) -> bool:
     name = urlsplit(f"//{host}").hostname or ""
     return name == "localhost" or name.endswith(".localhost") or _is_loopback(name)

@@ -33,7 +33,7 @@ from .urls import RedisTarget, shown_url
 
 if TYPE_CHECKING:
     from _thread import LockType as Lock
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
 
     from ..base import BrokerStats
     from .reader import Lane
@@ -163,28 +163,31 @@ class RedisClients:
         """The master of *slot* (see :meth:`_masters_of`)."""
         return self._masters_of([slot])[slot]
 
-    def _masters_of(self, slots: list[int]) -> dict[int, tuple[str, int]]:
+    def _masters_of(self, slots: Iterable[int]) -> dict[int, tuple[str, int]]:
         """The master of each of *slots*, asked of the URL's nodes in turn
         (and the masters seen since: the URL's may all be gone after
-        failovers), one ``CLUSTER SLOTS`` each until every slot has one."""
-        failures, found = [], {}
+        failovers), one ``CLUSTER SLOTS`` each until every slot is found
+        (not one per slot: a node that hangs costs its timeout once)."""
+        failures: list[str] = []
+        found: dict[int, tuple[str, int]] = {}
+        wanted = set(slots)
         for address in [*self._target.nodes, *(a for a in self._masters_seen if a not in self._target.nodes)]:
             client = self._node_client(address, socket_connect_timeout=2, socket_timeout=2)
             try:
-                answer = masters_of_slots(client, [slot for slot in slots if slot not in found])
+                found.update(masters_of_slots(client, wanted - found.keys()))
             except self._redis.RedisError as exc:
                 failures.append(f"{address[0]}:{address[1]}: {exc}")
                 continue
             finally:
                 client.close()
-            found.update(answer)
-            self._masters_seen.update(answer.values())
-            if len(found) == len(set(slots)):
+            self._masters_seen.update(found.values())
+            missing = sorted(wanted - found.keys())
+            if not missing:
                 return found
-            failures.append(f"{address[0]}:{address[1]}: no master serves slots {sorted(set(slots) - set(found))}")
-        missing = sorted(set(slots) - set(found))
+            failures.append(f"{address[0]}:{address[1]}: no master serves slot {', '.join(map(str, missing))}")
+        missing = sorted(wanted - found.keys())
         raise self._redis.ConnectionError(
-            f"no cluster node named the master of slots {missing} ({'; '.join(failures)})"
+            f"no cluster node named the master of slot {', '.join(map(str, missing))} ({'; '.join(failures)})"
         )
 
     def _unblock(self, client: Any, lane: Lane) -> int:

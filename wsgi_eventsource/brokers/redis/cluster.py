@@ -19,6 +19,7 @@ directly (after a reshard or a failover).
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterable
 from typing import Any
 
 __all__ = ["hash_tag", "master_of_slot", "masters_of_slots", "partition_of", "slot_of"]
@@ -47,17 +48,14 @@ def master_of_slot(client: Any, slot: int) -> tuple[str, int] | None:
     return masters_of_slots(client, [slot]).get(slot)
 
 
-def masters_of_slots(client: Any, slots: list[int]) -> dict[int, tuple[str, int]]:
-    """The address of the master serving each of *slots* (one ``CLUSTER
-    SLOTS``), as the node behind *client* sees it; a slot no master serves
-    is left out."""
+def masters_of_slots(client: Any, slots: Iterable[int]) -> dict[int, tuple[str, int]]:
+    """The address of the master serving each of *slots* that one serves,
+    as the node behind *client* sees it: one ``CLUSTER SLOTS``."""
     own_host = client.connection_pool.connection_kwargs.get("host", "127.0.0.1")
-    found = {}
+    wanted, found = set(slots), {}
     for start, end, master, *_replicas in client.execute_command("CLUSTER SLOTS"):
         host = master[0].decode() if isinstance(master[0], bytes) else str(master[0])
         # An empty or "?" host means "the address you reached me at".
         address = (host if host not in ("", "?") else own_host), int(master[1])
-        for slot in slots:
-            if start <= slot <= end:
-                found[slot] = address
+        found.update(dict.fromkeys((slot for slot in wanted if start <= slot <= end), address))
     return found

@@ -21,13 +21,16 @@ No event depends on a ring arriving:
   with an empty name ("read the new channels"), once for all the channels
   added until the reader reads them (a storm of N new channels costs O(N)).
 - A connection lost (rings sent meanwhile are lost with it): every partition
-  joins again on the new one.
+  joins again on the new one. A master that hangs (a host gone, a network
+  partition) closes nothing, and an idle subscribe-mode connection never
+  times out: after ``block`` seconds of silence the doorbell connection
+  sends ``PING``, and no answer within ``block + 5`` s counts as lost.
 - A reshard: Redis sends ``sunsubscribe`` for the slot that leaves, reads get
   ``ASK`` while it moves, then ``MOVED``. The partition is read by polling
   (every 0.1 s, longer while it fails) until a read succeeds where it is
   subscribed, or ``MOVED`` names its new master, whose reader takes it over.
-- A failover: the connection breaks; the master of each partition is asked
-  again, and partitions follow theirs to its reader.
+- A failover: the connection breaks; the master of every partition is asked
+  again (one ``CLUSTER SLOTS``), and partitions follow theirs to its reader.
 
 Everything else (positions, gaps, ``stream-reset``, foreign entries, broken
 keys, ``max_age`` keep-alive) is the one-Redis reader's (:mod:`.reader`).
@@ -37,13 +40,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import random
 import time
 from typing import TYPE_CHECKING, Any
 
 from gevent._hub_local import get_hub_if_exists
 
 from .cluster import hash_tag, slot_of
-from .reader import _COUNT, Lane, RedisReader, _start_new_thread, _wait, _with_readers
+from .reader import _COUNT, Lane, RedisReader, _sleep, _start_new_thread, _with_readers
 from .support import ReadClock, count_error
 
 if TYPE_CHECKING:
@@ -69,7 +73,7 @@ class Master:
     """One master of the cluster as this process reads it: the partitions
     (lanes) its reader thread reads. Guarded by the broker's lock."""
 
-    __slots__ = ("address", "alive", "clock", "joining", "lanes")
+    __slots__ = ("address", "alive", "backoff", "clock", "joining", "lanes")
 
     def __init__(self, address: tuple[str, int]) -> None:
         self.address = address
@@ -78,8 +82,13 @@ class Master:
         self.joining: set[int] = set()
         #: True while its thread runs (set by whoever starts it).
         self.alive = False
-        #: When its waits began and returned: how far behind it is.
+        #: When its waits began and returned: how far behind it is. Up to
+        #: date when made: one that never reads its master falls behind.
         self.clock = ReadClock()
+        self.clock.returned()
+        #: Seconds to wait before reconnecting after a failure (its thread's):
+        #: doubles while it fails, back to the first once it reads again.
+        self.backoff = 0.1
 
 
 class _Bells:
@@ -90,6 +99,11 @@ class _Bells:
     def __init__(self, client: Any) -> None:
         self.connection = client.connection_pool.make_connection()
         self.connection.connect()
+        # An idle subscribe-mode connection never times out: a master that
+        # hangs (a host gone, a partition) would be waited on for ever.
+        #: When a message last came; when a PING no message followed yet was sent.
+        self.heard_at = time.monotonic()
+        self.pinged_at: float | None = None
 
     def send(self, *command: str) -> None:
         self.connection.send_command(*command)
@@ -102,7 +116,19 @@ class _Bells:
         # push_request: over RESP3 (redis-py may choose it) a message is a
         # push, which read_response would otherwise hand to a logger and skip.
         message = self.connection.read_response(push_request=True)
+        self.heard_at, self.pinged_at = time.monotonic(), None
         return message if isinstance(message, list) else None
+
+    def answers(self, idle: float, timeout: float) -> bool:
+        """PING after *idle* seconds without a message (its ``pong`` is one);
+        False once a PING is *timeout* seconds without one."""
+        now = time.monotonic()
+        if self.pinged_at is not None:
+            return now - self.pinged_at <= timeout
+        if now - self.heard_at >= idle:
+            self.send("PING")
+            self.pinged_at = now
+        return True
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -129,7 +155,13 @@ class ClusterReader(RedisReader):
             if lane.started:
                 return
             lane.started = True
-        self._move_lane(lane, self._address_of(lane))
+        try:
+            address = self._address_of(lane)
+        except BaseException:
+            with self._lock:
+                lane.started = False  # else no later subscriber would start its reader
+            raise
+        self._move_lane(lane, address)
 
     def _added_channel(self, lane: Lane, channel: str) -> bool:
         if self._partitions is None:
@@ -142,6 +174,13 @@ class ClusterReader(RedisReader):
             super()._wake_reader(client, lane)
             return
         self._ring(client, lane.index)
+        # A lane new to a running reader: its doorbell is not subscribed
+        # until that reader wakes (within `block`), so ring one it has.
+        with self._lock:
+            master = next((m for m in self._masters.values() if lane.index in m.joining), None)
+            listened = None if master is None else _listened(master)
+        if listened is not None:
+            self._ring(client, listened)
 
     def _ring(self, client: Any, index: int) -> None:
         """Ring *index*'s doorbell with no name: "read the new channels" (or "stop")."""
@@ -212,18 +251,36 @@ class ClusterReader(RedisReader):
             lanes = list(master.lanes.values())
         if not lanes:
             return
-        addresses = self._masters_of([slot_of(lane.index) for lane in lanes])  # one CLUSTER SLOTS for all
+        where = self._masters_of({slot_of(lane.index) for lane in lanes})  # one question for them all
         for lane in lanes:
-            address = addresses[slot_of(lane.index)]
+            address = where[slot_of(lane.index)]
             if address != master.address:
                 self._move_lane(lane, address)
+        for address in set(where.values()) - {master.address}:
+            self._wake_master(address)
+
+    def _wake_master(self, address: tuple[str, int]) -> None:
+        """Ring a doorbell that *address*'s running reader listens to, so
+        that it takes the lanes just handed to it now, not when its wait
+        for rings ends (``block``). For another master's thread, which has
+        no cluster client: one short connection, once per handover."""
+        with self._lock:
+            master = self._masters.get(address)
+            listened = None if master is None else _listened(master)
+        if listened is None:
+            return  # none, or a reader just started: it joins its lanes first
+        client = self._node_client(address, socket_connect_timeout=2, socket_timeout=2)
+        try:
+            with contextlib.suppress(*self._errors):  # else it takes them within `block`
+                client.execute_command("SPUBLISH", bell_of(self.prefix, listened), "")
+        finally:
+            client.close()
 
     # -- the threads --------------------------------------------------------------------------------
 
     def _supervise_master(self, pid: int, master: Master) -> None:
         """A master's reader thread: run its loop, and again whenever it fails;
         end when it has no lanes left (they all moved to other masters)."""
-        backoff = 0.1
         try:
             while not self._closed and self._pid == pid:
                 with self._lock:
@@ -234,18 +291,19 @@ class ClusterReader(RedisReader):
                         return
                 try:
                     self._read_master(pid, master)
-                    backoff = 0.1
+                    master.backoff = 0.1
                 except self._redis.RedisError as exc:
                     count_error(self.stats, self._redis, exc)
-                    if backoff == 0.1:
+                    if master.backoff == 0.1:
                         logger.warning("Redis cluster master %s:%d cannot be read (%s); retrying", *master.address, exc)
-                    backoff = _wait(backoff)
+                    self._back_off(master)
                     with contextlib.suppress(*self._errors):
-                        self._relocate(master)
+                        if not self._closed:
+                            self._relocate(master)
                 except Exception:
                     self.reader_stats.restarts += 1
-                    logger.exception("the Redis reader failed; restarting it in %.1f s", backoff)
-                    backoff = _wait(backoff)
+                    logger.exception("the Redis reader failed; restarting it in %.1f s", master.backoff)
+                    self._back_off(master)
         finally:
             hub = get_hub_if_exists()  # as RedisReader._supervise does
             if hub is not None:
@@ -256,6 +314,16 @@ class ClusterReader(RedisReader):
                 if self._pid == pid:
                     for lane in master.lanes.values():
                         lane.started = False
+
+    def _back_off(self, master: Master) -> None:
+        """Wait about ``master.backoff`` seconds (jittered), double it; end
+        the wait early if the broker closes (an exit hook waits for the
+        thread only ``block + 1`` s, and a thread left running at
+        finalization crashes the process: see .reader)."""
+        until = time.monotonic() + master.backoff * (0.5 + random.random())
+        while not self._closed and (left := until - time.monotonic()) > 0:
+            _sleep(min(left, 0.05))
+        master.backoff = min(master.backoff * 2, 5.0)
 
     def _read_master(self, pid: int, master: Master) -> None:
         """Read *master*'s lanes until its connection fails (raised) or it has none."""
@@ -282,6 +350,9 @@ class ClusterReader(RedisReader):
                         if keys:
                             self._keep_alive(client, keys)
                 self._wait_for_rings(bells, master, loop)
+                if master.backoff > 0.1:  # connected, subscribed and read: the next failure is a first one
+                    logger.warning("Redis cluster master %s:%d is read again; resuming", *master.address)
+                    master.backoff = 0.1
         finally:
             if bells is not None:
                 bells.close()
@@ -329,7 +400,11 @@ class ClusterReader(RedisReader):
         then take every ring that came meanwhile."""
         timeout = loop.timeout(self.block)
         if timeout > 0 and not loop.work():
-            master.clock.read_began = time.monotonic()
+            # A wait on a master that has left a PING unanswered for `block`
+            # is no sign of being up to date (it may hang): reader_lag grows.
+            heard = bells.pinged_at is None or time.monotonic() - bells.pinged_at < self.block
+            if heard:
+                master.clock.read_began = time.monotonic()
             try:
                 message = bells.next(timeout)
             finally:
@@ -337,6 +412,13 @@ class ClusterReader(RedisReader):
             while message is not None:
                 self._heard(loop, _text(message[0]), self._index_of_bell(_text(message[1])), message)
                 message = bells.next(0)
+            # (Checked only after a wait, which takes the pong: a loop busy
+            # reading takes no message, and an XREAD has its socket timeout.)
+            if not bells.answers(self.block, self.block + 5):
+                host, port = master.address
+                raise self._redis.TimeoutError(f"no answer to PING from {host}:{port} within {self.block + 5:g} s")
+            if not heard and bells.pinged_at is not None:
+                return
         master.clock.returned()
 
     def _heard(self, loop: _MasterLoop, kind: str, index: int | None, message: list[Any]) -> None:
@@ -429,6 +511,7 @@ class ClusterReader(RedisReader):
         if address == master.address:
             return
         self._move_lane(lane, address)
+        self._wake_master(address)
 
     def _lane_of_slot(self, indexes: Iterable[int], slot: int) -> int | None:
         return next((index for index in indexes if slot_of(index) == slot), None)
@@ -489,6 +572,12 @@ class _MasterLoop:
         if self.polling:
             timeout = min(timeout, max(0.0, min(self.polling.values()) - time.monotonic()))
         return timeout
+
+
+def _listened(master: Master) -> int | None:
+    """A lane whose doorbell *master*'s reader listens to (lock held): one
+    it has taken (not joining); None if it has none such."""
+    return next((index for index in master.lanes if index not in master.joining), None)
 
 
 def _text(value: Any) -> str:

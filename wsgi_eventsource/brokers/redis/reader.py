@@ -82,6 +82,7 @@ STREAM_ERROR = "stream-error"
 
 _start_new_thread: Callable[..., int] = get_original("_thread", "start_new_thread")
 _sleep: Callable[[float], None] = get_original("time", "sleep")
+_allocate_lock: Callable[[], Lock] = get_original("_thread", "allocate_lock")
 
 #: The most seconds the exit hook waits for the readers of one broker to end
 #: (one wakes within ``block`` seconds by itself; CLIENT UNBLOCK is faster).
@@ -105,7 +106,8 @@ class Lane:
     a cluster, or every channel on one Redis (lane 0). Guarded by the broker's lock."""
 
     __slots__ = (
-        "changes", "client_id", "clock", "fresh", "index", "positions", "read_changes", "started", "waking",
+        "changes", "client_id", "clock", "fresh", "idle", "index", "positions", "read_changes", "started",
+        "waking",
     )  # fmt: skip
 
     def __init__(self, index: int) -> None:
@@ -123,6 +125,16 @@ class Lane:
         self.waking = False
         #: On a cluster: channels added since its reader last took them (see .masters).
         self.fresh: set[str] = set()
+        #: Held while its reader has nothing to read; released to wake it (a
+        #: real lock: the reader is an OS thread, which then waits in the
+        #: kernel instead of polling).
+        self.idle = _allocate_lock()
+        self.idle.acquire()
+
+    def wake(self) -> None:
+        """Wake the reader if it waits for channels (from any thread or greenlet)."""
+        with contextlib.suppress(RuntimeError):  # not held: it is awake already
+            self.idle.release()
         #: When its reads began and returned: how far behind it is.
         self.clock = ReadClock()
 
@@ -279,6 +291,7 @@ class RedisReader:
 
     def _wake_to_stop(self, client: Any, threads: list[Any]) -> None:
         for lane in threads:
+            lane.wake()
             self._unblock(client, lane)
 
     def _alive(self, thread: Any) -> bool:
@@ -290,6 +303,7 @@ class RedisReader:
         subscriber does it for every channel added meanwhile, so a storm of N
         new channels costs a few reads of the key set, not N."""
         lane.changes += 1
+        lane.wake()
         if lane.waking:
             return False
         lane.waking = True
@@ -339,7 +353,7 @@ class RedisReader:
                     lane.read_changes = lane.changes
                 if not streams:
                     lane.clock.returned()  # nothing to read: up to date
-                    _sleep(0.05)
+                    lane.idle.acquire(timeout=self.block)  # until a channel is added (or stop)
                     continue
                 try:
                     if loop.client is None:
