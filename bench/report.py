@@ -112,18 +112,11 @@ def _floor_sections(results: dict[str, Any]) -> list[tuple[str, str]]:
     return [("The floor: the system calls alone", text)]
 
 
-def write_report(results: dict[str, Any], docs: Path, quick: bool = False) -> None:
-    target = docs if not quick else Path(__file__).parent / "results"
-    target.mkdir(parents=True, exist_ok=True)
-    servers: dict[str, Any] = results["servers"]
-    names = list(servers)
-    ours = servers.get(OURS, {})
-    sections = _floor_sections(results)
-
-    # Idle memory and CPU.
+def _idle_section(servers: dict[str, Any], ours: dict[str, Any]) -> tuple[str, str] | None:
+    """Idle memory and CPU: the section, or None when no run has idle streams."""
     sizes = sorted({r["streams"] for s in servers.values() for r in s["idle"] if "streams" in r})
     rows = []
-    for name in names:
+    for name in servers:
         by_n = {r["streams"]: r for r in servers[name]["idle"] if "streams" in r}
         row = [servers[name]["label"]]
         for n in sizes:
@@ -139,8 +132,22 @@ def write_report(results: dict[str, Any], docs: Path, quick: bool = False) -> No
         rows.append(row)
     header = ["server", *[f"RSS/stream at {n:,}" for n in sizes], f"idle CPU at {sizes[-1]:,}" if sizes else "idle CPU",
               "theirs / ours (memory)", *_floor_header(servers, "memory / floor's")]  # fmt: skip
-    if sizes:
-        sections.append(("Idle streams: memory per stream", _table(header, rows)))
+    if not sizes:
+        return None
+    return ("Idle streams: memory per stream", _table(header, rows))
+
+
+def write_report(results: dict[str, Any], docs: Path, quick: bool = False) -> None:
+    target = docs if not quick else Path(__file__).parent / "results"
+    target.mkdir(parents=True, exist_ok=True)
+    servers: dict[str, Any] = results["servers"]
+    names = list(servers)
+    ours = servers.get(OURS, {})
+    sections = _floor_sections(results)
+
+    idle = _idle_section(servers, ours)
+    if idle is not None:
+        sections.append(idle)
 
     # Fan-out latency.
     rows = []
