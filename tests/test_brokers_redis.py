@@ -195,6 +195,22 @@ def test_a_reader_left_without_channels_waits_instead_of_polling(
     broker.close()
 
 
+def test_a_lane_has_its_clock_from_the_start_and_a_wake_keeps_it(redis_url: str) -> None:
+    """Regression (8439623, caught by CI): the lane's clock was made in
+    ``wake()`` instead of ``__init__`` (an edit that put the new method in
+    the middle of the constructor). ``/stats`` of a hub that made a lane but
+    had not woken its reader yet answered 500 (``'Lane' object has no
+    attribute 'clock'``), and every wake reset the reader's lag."""
+    broker = RedisBroker(redis_url)
+    with broker._lock:
+        lane = broker._lane_of("news")  # as a subscribe does, before it wakes the reader
+    assert broker.reader_lag() == 0.0
+    clock = lane.clock
+    lane.wake()
+    assert lane.clock is clock
+    broker.close()
+
+
 def test_the_redis_password_is_never_shown(caplog: pytest.LogCaptureFixture) -> None:
     broker = RedisBroker("redis://user:hunter2@127.0.0.1:1/0")  # nothing listens on port 1
     with pytest.raises(BrokerUnavailable) as raised:

@@ -392,7 +392,9 @@ def connected(server: ServerProcess, n: int = 1, token: str | None = None) -> No
 
     def streams() -> int:
         stats = StreamClient(server.port, "/stats", headers=headers)
-        return int(json.loads(stats.read_body())["connections"]["total"])
+        body = stats.read_body()
+        assert stats.status == 200, (stats.status, body[-300:], "".join(server.log)[-3000:])
+        return int(json.loads(body)["connections"]["total"])
 
     wait_until(lambda: streams() >= n, 10, message="the tail subscribed")
 

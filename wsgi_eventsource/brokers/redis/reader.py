@@ -130,13 +130,13 @@ class Lane:
         #: kernel instead of polling).
         self.idle = _allocate_lock()
         self.idle.acquire()
+        #: When its reads began and returned: how far behind it is.
+        self.clock = ReadClock()
 
     def wake(self) -> None:
         """Wake the reader if it waits for channels (from any thread or greenlet)."""
         with contextlib.suppress(RuntimeError):  # not held: it is awake already
             self.idle.release()
-        #: When its reads began and returned: how far behind it is.
-        self.clock = ReadClock()
 
 
 class _Loop:
