@@ -34,16 +34,18 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import gevent
 import pytest
 import redis
 
+from wsgi_eventsource import RedisBroker
+
 if TYPE_CHECKING:
     from tests.conftest import ServerProcess
 
-__all__ = ["ClusterNode", "RedisClusterNodes", "cluster", "cluster_url", "redis_cluster"]
+__all__ = ["ClusterNode", "RedisClusterNodes", "cluster", "cluster_brokers", "cluster_url", "redis_cluster"]
 
 #: Slots in a Redis Cluster (fixed by the protocol).
 SLOTS = 16384
@@ -423,3 +425,18 @@ def cluster(redis_cluster: RedisClusterNodes) -> RedisClusterNodes:
 def cluster_url(cluster: RedisClusterNodes) -> str:
     """A ``redis+cluster://`` URL of the session's cluster, emptied for the test."""
     return cluster.url
+
+
+@pytest.fixture
+def cluster_brokers(cluster_url: str) -> Iterator[Callable[..., RedisBroker]]:
+    """RedisBrokers on the test's cluster, closed afterwards."""
+    made: list[RedisBroker] = []
+
+    def make(url: str = cluster_url, **options: Any) -> RedisBroker:
+        broker = RedisBroker(url, **{"block": 0.2, **options})
+        made.append(broker)
+        return broker
+
+    yield make
+    for broker in made:
+        broker.close()

@@ -422,6 +422,6 @@ def make_broker(request: pytest.FixtureRequest, redis_broker_options: dict[str, 
 
 
 # The Redis Cluster (imported last: tests/cluster_setup.py uses ServerProcess from above).
-from tests.cluster_setup import cluster, cluster_url, redis_cluster  # noqa: E402
+from tests.cluster_setup import cluster, cluster_brokers, cluster_url, redis_cluster  # noqa: E402
 
-__all__ = ["cluster", "cluster_url", "redis_cluster"]  # fixtures, found by pytest here
+__all__ = ["cluster", "cluster_brokers", "cluster_url", "redis_cluster"]  # fixtures, found by pytest here

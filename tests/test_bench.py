@@ -17,14 +17,18 @@ from tests.conftest import ROOT
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
 
-def test_bench_smoke_run_delivers_every_event(tmp_path: Path) -> None:
-    output = tmp_path / "smoke.json"
+def smoke(*args: str) -> None:
+    """``python -m bench.run --smoke *args*``, which must succeed (its output on failure)."""
     result = subprocess.run(
-        [sys.executable, "-m", "bench.run", "--smoke", "--only", "eventsource,hub", "--skip-scale-out",
-         "--output", str(output)],
+        [sys.executable, "-m", "bench.run", "--smoke", *args],
         cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_bench_smoke_run_delivers_every_event(tmp_path: Path) -> None:
+    output = tmp_path / "smoke.json"
+    smoke("--only", "eventsource,hub", "--skip-scale-out", "--output", str(output))
     results = json.loads(output.read_text())
     for name in ("eventsource", "hub"):
         server = results["servers"][name]
@@ -45,12 +49,7 @@ def test_bench_smoke_multiplexed_checks_every_delivery(tmp_path: Path) -> None:
     with the event's channel first), next to single-channel streams."""
     output = tmp_path / "multiplexed.json"
     only = "hub,nchan" if NCHAN.exists() else "hub"
-    result = subprocess.run(
-        [sys.executable, "-m", "bench.run", "--smoke", "--only", only, "--scenarios", "multiplexed",
-         "--skip-scale-out", "--output", str(output)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout + result.stderr
+    smoke("--only", only, "--scenarios", "multiplexed", "--skip-scale-out", "--output", str(output))
     results = json.loads(output.read_text())
     for name in only.split(","):
         run = results["servers"][name]["multiplexed"]
@@ -80,12 +79,7 @@ def test_bench_smoke_http_throughput_checks_every_delivery(tmp_path: Path) -> No
     ids); the report has its table, with ratios to nchan."""
     output = tmp_path / "http.json"
     only = "hub,nchan" if NCHAN.exists() else "hub"
-    result = subprocess.run(
-        [sys.executable, "-m", "bench.run", "--smoke", "--only", only, "--scenarios", "http-throughput",
-         "--skip-scale-out", "--output", str(output)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout + result.stderr
+    smoke("--only", only, "--scenarios", "http-throughput", "--skip-scale-out", "--output", str(output))
     results = json.loads(output.read_text())
     for name in only.split(","):
         run = results["servers"][name]["http_throughput"]
@@ -148,12 +142,7 @@ def test_bench_smoke_scale_and_storm_merge_into_a_whole_run(tmp_path: Path) -> N
     whole = tmp_path / "benchmarks.json"
     whole.write_text(Path(ROOT, "docs", "benchmarks.json").read_text())
     before = json.loads(whole.read_text())
-    result = subprocess.run(
-        [sys.executable, "-m", "bench.run", "--smoke", "--scenarios", "scale,cluster,storm", "--output",
-         str(tmp_path / "smoke.json"), "--merge-into", str(whole)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout + result.stderr
+    smoke("--scenarios", "scale,cluster,storm", "--output", str(tmp_path / "smoke.json"), "--merge-into", str(whole))
     runs = json.loads((tmp_path / "smoke.json").read_text())["scale"]
     for kind, servers in (("single", 1), ("cluster", 3)):
         scale = runs[kind]
@@ -270,12 +259,9 @@ def test_bench_smoke_storm_on_a_cluster(tmp_path: Path) -> None:
     left out (null)."""
     whole = tmp_path / "benchmarks.json"
     whole.write_text(Path(ROOT, "docs", "benchmarks.json").read_text())
-    result = subprocess.run(
-        [sys.executable, "-m", "bench.run", "--smoke", "--scenarios", "storm", "--storm-cluster", "--output",
-         str(tmp_path / "smoke.json"), "--merge-into", str(whole)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout + result.stderr
+    smoke(
+        "--scenarios", "storm", "--storm-cluster", "--output", str(tmp_path / "smoke.json"), "--merge-into", str(whole)
+    )
     storms = json.loads((tmp_path / "smoke.json").read_text())["storm"]
     assert set(storms) == {"after", "cluster"}, storms
     cluster = storms["cluster"]
@@ -353,11 +339,7 @@ def test_bench_smoke_floor_delivers_every_event(tmp_path: Path) -> None:
     passes the same checks (every event at every subscriber) in idle, fan-out
     and throughput, and the report shows the floor and its ratio column."""
     output = tmp_path / "floor.json"
-    result = subprocess.run(
-        [sys.executable, "-m", "bench.run", "--smoke", "--only", "floor", "--skip-scale-out", "--output", str(output)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout + result.stderr
+    smoke("--only", "floor", "--skip-scale-out", "--output", str(output))
     floor = json.loads(output.read_text())["servers"]["floor"]
     assert "error" not in floor["idle"][0], floor["idle"]
     assert floor["idle"][0]["streams"] == 100

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import gevent
@@ -29,21 +29,6 @@ from wsgi_eventsource.brokers.redis.masters import READER_NAME
 from wsgi_eventsource.brokers.redis.urls import DEFAULT_PARTITIONS
 
 pytestmark = pytest.mark.server
-
-
-@pytest.fixture
-def broker_of(cluster_url: str) -> Iterator[Callable[..., RedisBroker]]:
-    """RedisBrokers on the test's cluster, closed afterwards."""
-    made: list[RedisBroker] = []
-
-    def make(url: str = cluster_url, **options: Any) -> RedisBroker:
-        broker = RedisBroker(url, **{"block": 0.2, **options})
-        made.append(broker)
-        return broker
-
-    yield make
-    for broker in made:
-        broker.close()
 
 
 def cpu_while_idle(seconds: float = 1.0) -> float:
@@ -67,13 +52,13 @@ def neighbour(broker: RedisBroker, cluster: RedisClusterNodes, channel: str, ste
 
 
 def test_a_master_whose_lane_moved_away_does_not_spin(
-    serve: Callable[..., WSGIServer], broker_of: Callable[..., RedisBroker], cluster: RedisClusterNodes
+    serve: Callable[..., WSGIServer], cluster_brokers: Callable[..., RedisBroker], cluster: RedisClusterNodes
 ) -> None:
     """Review (b): after a slot moved live, the old master's reader (which
     still reads other partitions) kept the moved lane's poll deadline: past
     due, its wait for rings was 0 s and its read found no such lane, so it
     spun at full CPU for as long as it ran. It must go back to waiting."""
-    broker = broker_of()
+    broker = cluster_brokers()
     port = serve_broker(serve, broker)
     moving = "spin-moving"
     staying = neighbour(broker, cluster, moving, "spin-staying")
@@ -104,7 +89,7 @@ def wait_until_on(broker: RedisBroker, node: ClusterNode, channel: str) -> None:
 
 
 def test_a_master_that_hangs_is_left_for_the_replica_promoted_in_its_place(
-    serve: Callable[..., WSGIServer], broker_of: Callable[..., RedisBroker], cluster: RedisClusterNodes
+    serve: Callable[..., WSGIServer], cluster_brokers: Callable[..., RedisBroker], cluster: RedisClusterNodes
 ) -> None:
     """Review (c): a master that stops answering without closing its
     connections (a hung host, a network partition; here SIGSTOP) is failed
@@ -112,7 +97,7 @@ def test_a_master_that_hangs_is_left_for_the_replica_promoted_in_its_place(
     connection for ever: an idle subscribe-mode connection never times out,
     so nothing was read from the promoted replica. The reader must notice
     (a PING unanswered within the socket timeout) and follow its partitions."""
-    broker = broker_of()
+    broker = cluster_brokers()
     port = serve_broker(serve, broker)
     channel = "hanging"
     slot = slot_of(broker, channel)
@@ -149,7 +134,7 @@ def reader_ids(node: ClusterNode) -> list[int]:
 
 
 def test_a_reader_reconnects_at_once_however_many_failures_came_before(
-    serve: Callable[..., WSGIServer], broker_of: Callable[..., RedisBroker], cluster: RedisClusterNodes
+    serve: Callable[..., WSGIServer], cluster_brokers: Callable[..., RedisBroker], cluster: RedisClusterNodes
 ) -> None:
     """Review (c): a master's reader doubled its wait before reconnecting
     at each failure (0.1 s up to 5 s) and reset it only when its master had
@@ -157,7 +142,7 @@ def test_a_reader_reconnects_at_once_however_many_failures_came_before(
     failures, weeks apart or not, every later one cost up to 7.5 s without
     events (and no warning: it warns only at the first). It must wait as
     after a first failure once it has read again."""
-    broker = broker_of()
+    broker = cluster_brokers()
     port = serve_broker(serve, broker)
     channel = "reconnecting"
     client = connected(port, f"/events/{channel}")
@@ -256,14 +241,14 @@ def test_a_reader_waiting_to_reconnect_stops_at_exit(cluster: RedisClusterNodes)
 
 
 def test_reader_lag_grows_while_a_master_hangs(
-    serve: Callable[..., WSGIServer], broker_of: Callable[..., RedisBroker], cluster: RedisClusterNodes
+    serve: Callable[..., WSGIServer], cluster_brokers: Callable[..., RedisBroker], cluster: RedisClusterNodes
 ) -> None:
     """Review (h): while a master hung (SIGSTOP), its reader's waits for
     rings kept timing out empty and each counted as "up to date", so
     ``reader_lag()`` said 0 for as long as it hung (and until the PING
     timeout, block + 5 s, with that fixed). A wait after which an unanswered
     PING is over ``block`` old is no longer up to date: the lag grows."""
-    broker = broker_of()
+    broker = cluster_brokers()
     port = serve_broker(serve, broker)
     channel = "lagging"
     client = connected(port, f"/events/{channel}")
@@ -279,7 +264,7 @@ def test_reader_lag_grows_while_a_master_hangs(
 
 
 def test_a_failover_relocates_every_partition_of_the_master_with_one_question(
-    serve: Callable[..., WSGIServer], broker_of: Callable[..., RedisBroker], cluster: RedisClusterNodes
+    serve: Callable[..., WSGIServer], cluster_brokers: Callable[..., RedisBroker], cluster: RedisClusterNodes
 ) -> None:
     """Review (c): after its master failed, a reader asked where each of
     its partitions is now one after another, each time from the URL's first
@@ -289,7 +274,9 @@ def test_a_failover_relocates_every_partition_of_the_master_with_one_question(
     answer says where every slot is."""
     victim = cluster.masters()[0]
     seeds = [victim, *(node for node in cluster.nodes if node.port != victim.port)]
-    broker = broker_of("redis+cluster://" + ",".join(f"127.0.0.1:{node.port}" for node in seeds) + "/?partitions=64")
+    broker = cluster_brokers(
+        "redis+cluster://" + ",".join(f"127.0.0.1:{node.port}" for node in seeds) + "/?partitions=64"
+    )
     assert broker._partitions == 64
     port = serve_broker(serve, broker, max_channels=100)
     victim_slots = next(view.slots for view in cluster.view() if view.port == victim.port)
@@ -320,14 +307,14 @@ def test_a_failover_relocates_every_partition_of_the_master_with_one_question(
 
 
 def test_reader_lag_grows_for_a_master_its_reader_never_reached(
-    serve: Callable[..., WSGIServer], broker_of: Callable[..., RedisBroker], cluster: RedisClusterNodes
+    serve: Callable[..., WSGIServer], cluster_brokers: Callable[..., RedisBroker], cluster: RedisClusterNodes
 ) -> None:
     """Review (h): a master's reader that could not connect from the start
     (its master refuses new connections, maxclients; the publisher's pooled
     connection still works) reported ``reader_lag()`` 0 for as long as that
     lasted: a clock that never returned counts as up to date. Its partitions'
     events waited unseen; the lag must grow from when the reader began."""
-    broker = broker_of()
+    broker = cluster_brokers()
     port = serve_broker(serve, broker)
     channel = "unreached"
     node = cluster.master_of(slot_of(broker, channel))
@@ -346,7 +333,7 @@ def test_reader_lag_grows_for_a_master_its_reader_never_reached(
 
 
 def test_a_new_partition_on_a_running_master_is_read_at_once(
-    serve: Callable[..., WSGIServer], broker_of: Callable[..., RedisBroker], cluster: RedisClusterNodes
+    serve: Callable[..., WSGIServer], cluster_brokers: Callable[..., RedisBroker], cluster: RedisClusterNodes
 ) -> None:
     """Review (a): the first channel of a partition new to a master whose
     reader already runs joined it to that reader, then rang the partition's
@@ -354,7 +341,7 @@ def test_a_new_partition_on_a_running_master_is_read_at_once(
     and the reader took the partition only when its wait for rings ended
     (``block`` seconds, here 30). An event published at once waited as long.
     The reader must be woken by a doorbell it does listen to."""
-    broker = broker_of(block=30)
+    broker = cluster_brokers(block=30)
     port = serve_broker(serve, broker)
     first = "running-first"
     second = neighbour(broker, cluster, first, "running-second")  # another partition, the same master
@@ -367,14 +354,14 @@ def test_a_new_partition_on_a_running_master_is_read_at_once(
 
 
 def test_a_partition_moved_to_a_running_master_is_read_at_once(
-    serve: Callable[..., WSGIServer], broker_of: Callable[..., RedisBroker], cluster: RedisClusterNodes
+    serve: Callable[..., WSGIServer], cluster_brokers: Callable[..., RedisBroker], cluster: RedisClusterNodes
 ) -> None:
     """Review (b): a partition whose slot moved (MOVED) to a master whose
     reader already runs was handed to that reader, which was waiting for
     rings of its own partitions and took the new one only when that wait
     ended (``block`` seconds, here 30): the events published on the new
     master meanwhile waited as long. The reader taking it over must be woken."""
-    broker = broker_of(block=30)
+    broker = cluster_brokers(block=30)
     port = serve_broker(serve, broker)
     moving = "handed-over"
     source = cluster.master_of(slot_of(broker, moving))

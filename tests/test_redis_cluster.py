@@ -47,21 +47,6 @@ from wsgi_eventsource.brokers.redis.urls import DEFAULT_PARTITIONS
 pytestmark = pytest.mark.server
 
 
-@pytest.fixture
-def broker_of(cluster_url: str) -> Iterator[Callable[..., RedisBroker]]:
-    """RedisBrokers on the test's cluster, closed afterwards."""
-    made: list[RedisBroker] = []
-
-    def make(url: str = cluster_url, **options: Any) -> RedisBroker:
-        broker = RedisBroker(url, **{"block": 0.2, **options})
-        made.append(broker)
-        return broker
-
-    yield make
-    for broker in made:
-        broker.close()
-
-
 def not_found(environ: Any, start_response: Any) -> list[bytes]:
     start_response("404 Not Found", [("Content-Type", "text/plain"), ("Content-Length", "0")])
     return []
@@ -190,12 +175,16 @@ def hub_process(cluster_url: str) -> Iterator[Callable[..., ServerProcess]]:
 
 @pytest.mark.parametrize(("query", "partitions"), [("", 16), ("?partitions=4", 4)])
 def test_channels_spread_over_every_master(
-    broker_of: Callable[..., RedisBroker], cluster: RedisClusterNodes, cluster_url: str, query: str, partitions: int
+    cluster_brokers: Callable[..., RedisBroker],
+    cluster: RedisClusterNodes,
+    cluster_url: str,
+    query: str,
+    partitions: int,
 ) -> None:
     """Issue 11, cluster: 200 channels land on every master, in hash-tagged
     partitions (one slot per partition, at most ``partitions`` slots), each
     channel's stream whole on one master."""
-    broker = broker_of(cluster_url + query)
+    broker = cluster_brokers(cluster_url + query)
     channels = [f"spread-{i}" for i in range(200)]
     ids = {channel: broker.publish(channel, "x") for channel in channels}
     keys_per_master = {}
@@ -257,7 +246,7 @@ def reset_counters(cluster: RedisClusterNodes) -> None:
 
 
 def test_one_xread_per_partition_reads_many_channels(
-    hub_process: Callable[..., ServerProcess], broker_of: Callable[..., RedisBroker], cluster: RedisClusterNodes
+    hub_process: Callable[..., ServerProcess], cluster_brokers: Callable[..., RedisBroker], cluster: RedisClusterNodes
 ) -> None:
     """Issue 11, cluster and "a reader that scales with channels": one
     stream of 300 channels (subscribed at once) is read live with far fewer
@@ -268,7 +257,7 @@ def test_one_xread_per_partition_reads_many_channels(
     channels = [f"many-{i}" for i in range(300)]
     # block=5: no idle XREAD returns (and is counted) while the test runs.
     port = hub_process(block=5.0, max_channels=300).port
-    broker = broker_of()  # for the key function
+    broker = cluster_brokers()  # for the key function
     connected(port, "/first").close()  # the storm meets a hub that serves already
     reset_counters(cluster)
     client = StreamClient(port, "/?" + "&".join(f"channel={channel}" for channel in channels))
@@ -292,13 +281,13 @@ def reader_connections(cluster: RedisClusterNodes) -> dict[int, int]:
 
 
 def test_one_reader_per_master_whatever_the_partitions(
-    serve: Callable[..., WSGIServer], broker_of: Callable[..., RedisBroker], cluster: RedisClusterNodes
+    serve: Callable[..., WSGIServer], cluster_brokers: Callable[..., RedisBroker], cluster: RedisClusterNodes
 ) -> None:
     """Issue 11, "one reader per master per process": a stream of a channel
     in every one of the 16 partitions is read by one reader thread per
     master, each with two connections (its doorbells, its reads), not one
     per partition (16 threads and connections before)."""
-    broker = broker_of()
+    broker = cluster_brokers()
     port = serve_broker(serve, broker, max_channels=100)
     by_partition: dict[int, str] = {}
     for i in range(1000):
@@ -322,12 +311,12 @@ def test_one_reader_per_master_whatever_the_partitions(
 
 
 def test_a_read_names_only_the_channels_that_rang(
-    serve: Callable[..., WSGIServer], broker_of: Callable[..., RedisBroker], cluster: RedisClusterNodes
+    serve: Callable[..., WSGIServer], cluster_brokers: Callable[..., RedisBroker], cluster: RedisClusterNodes
 ) -> None:
     """Issue 11, "a reader that scales with channels": with 300 channels
     subscribed, one event costs one XREAD naming its channel alone (the
     doorbell says which), not one naming every channel of its partition."""
-    broker = broker_of()
+    broker = cluster_brokers()
     port = serve_broker(serve, broker, max_channels=300)
     channels = [f"quiet-{i}" for i in range(300)]
     client = connected(port, "/events/?" + "&".join(f"channel={channel}" for channel in channels))
@@ -366,16 +355,16 @@ def test_a_read_names_only_the_channels_that_rang(
 
 
 def test_a_cluster_of_redis_older_than_7_is_a_clear_error(
-    broker_of: Callable[..., RedisBroker], monkeypatch: pytest.MonkeyPatch
+    cluster_brokers: Callable[..., RedisBroker], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Issue 11: the readers' doorbells are shard channels (SPUBLISH, Redis
     7.0). With an older cluster every publish would fail with "unknown
     command" from inside the script; check() (the hub's start-up check),
     publish and subscribe name the version needed and the one found. (The
     real cluster here is 7.x: its INFO reply is replaced.)"""
-    broker_of().check()  # the real one
+    cluster_brokers().check()  # the real one
     monkeypatch.setattr(redis.RedisCluster, "info", lambda self, *args, **kwargs: {"redis_version": "6.2.14"})
-    old = broker_of()
+    old = cluster_brokers()
     for attempt in (old.check, lambda: old.publish("c", "x"), lambda: old.subscribe("c", None)):
         with pytest.raises(BrokerUnavailable, match=r"a Redis Cluster .* needs Redis 7\.0 or later.* is 6\.2\.14"):
             attempt()
@@ -383,7 +372,7 @@ def test_a_cluster_of_redis_older_than_7_is_a_clear_error(
 
 
 def test_a_storm_of_new_streams_costs_at_most_one_xread_each(
-    hub_process: Callable[..., ServerProcess], broker_of: Callable[..., RedisBroker], cluster: RedisClusterNodes
+    hub_process: Callable[..., ServerProcess], cluster_brokers: Callable[..., RedisBroker], cluster: RedisClusterNodes
 ) -> None:
     """Issue 11, "a reader that scales with channels": 300 streams of a
     new channel each, opened at once (a reconnect storm), are all read live
@@ -395,7 +384,7 @@ def test_a_storm_of_new_streams_costs_at_most_one_xread_each(
     tight the storm is, so only the O(N) bound is asserted.)"""
     channels = [f"storm-{i}" for i in range(300)]
     port = hub_process(block=5.0).port
-    broker = broker_of()
+    broker = cluster_brokers()
     connected(port, "/first").close()
     reset_counters(cluster)
     clients, storm = open_storm(port, channels)
@@ -432,14 +421,14 @@ def test_a_storm_on_a_fresh_hub_builds_one_cluster_client(
 
 
 def test_the_cluster_reader_runs_without_warnings(
-    serve: Callable[..., WSGIServer], broker_of: Callable[..., RedisBroker]
+    serve: Callable[..., WSGIServer], cluster_brokers: Callable[..., RedisBroker]
 ) -> None:
     """Issue 11 (review): the reader's own connection to a partition's
     master was made with redis-py's deprecated ``retry_on_timeout``; its
     DeprecationWarning, under warnings-as-errors (as these tests run, and as
     some apps do), failed the reader at every start: it restarted for ever
     and delivered nothing on a cluster. The reader reads, and never restarts."""
-    broker = broker_of()
+    broker = cluster_brokers()
     port = serve_broker(serve, broker)
     client = connected(port, "/events/plain")
     sent = broker.publish("plain", "hello")
@@ -451,11 +440,11 @@ def test_the_cluster_reader_runs_without_warnings(
 
 
 def test_a_multiplexed_stream_over_every_master_resumes_each_channel(
-    serve: Callable[..., WSGIServer], broker_of: Callable[..., RedisBroker], cluster: RedisClusterNodes
+    serve: Callable[..., WSGIServer], cluster_brokers: Callable[..., RedisBroker], cluster: RedisClusterNodes
 ) -> None:
     """Issue 11, cluster: replay as on one Redis, for channels on different
     masters in one stream: the cursor resumes each from its own position."""
-    broker = broker_of()
+    broker = cluster_brokers()
     chosen = list(channel_per_master(broker, cluster, "multi").values())
     port = serve_broker(serve, broker)
     query = "&".join(f"channel={channel}" for channel in chosen)
@@ -477,7 +466,7 @@ def test_a_multiplexed_stream_over_every_master_resumes_each_channel(
 
 
 def test_a_gap_the_reader_missed_is_announced_with_a_stream_reset(
-    hub_process: Callable[..., ServerProcess], broker_of: Callable[..., RedisBroker]
+    hub_process: Callable[..., ServerProcess], cluster_brokers: Callable[..., RedisBroker]
 ) -> None:
     """Issue 11, cluster: live gap detection as on one Redis. The hub's
     process is stopped (SIGSTOP: its reader is cut off) while 300 events are
@@ -485,7 +474,7 @@ def test_a_gap_the_reader_missed_is_announced_with_a_stream_reset(
     when it runs again its client gets a ``stream-reset`` ("overrun") before
     what is left, never a silent gap."""
     hub = hub_process(history=10)
-    broker = broker_of(history=10)
+    broker = cluster_brokers(history=10)
     client = connected(hub.port, "/gap")
     first = broker.publish("gap", "first")
     assert client.events(1)[0].last_event_id == first
@@ -525,11 +514,13 @@ def assert_no_silent_gap(events: list[ParsedEvent], published: list[str]) -> Non
         seen = event.last_event_id
 
 
-def test_max_age_expires_keys_on_the_cluster(broker_of: Callable[..., RedisBroker], cluster: RedisClusterNodes) -> None:
+def test_max_age_expires_keys_on_the_cluster(
+    cluster_brokers: Callable[..., RedisBroker], cluster: RedisClusterNodes
+) -> None:
     """Issue 11, cluster: max_age as on one Redis: a published channel's key
     gets its TTL (2 * max_age) on the master that holds it, and old events
     are not replayed."""
-    broker = broker_of(max_age=0.5)
+    broker = cluster_brokers(max_age=0.5)
     for channel in channel_per_master(broker, cluster, "aged").values():
         broker.publish(channel, "old")
         with cluster.master_of(slot_of(broker, channel)).client() as client:
@@ -542,14 +533,14 @@ def test_max_age_expires_keys_on_the_cluster(broker_of: Callable[..., RedisBroke
 
 
 def test_wait_replicas_waits_on_the_master_of_each_channels_slot(
-    broker_of: Callable[..., RedisBroker], cluster: RedisClusterNodes
+    cluster_brokers: Callable[..., RedisBroker], cluster: RedisClusterNodes
 ) -> None:
     """Issue 11, cluster: wait_replicas=1 sends WAIT on the connection of the
     publish, to the master of the channel's slot (a cluster pipeline refuses
     EVALSHA and WAIT has no key): every master's replica confirms. With a
     master's replica paused, that master's publish is stored but says so
     (NotReplicated with its id) and the others still confirm."""
-    broker = broker_of(wait_replicas=1, wait_timeout=0.5)
+    broker = cluster_brokers(wait_replicas=1, wait_timeout=0.5)
     channels = channel_per_master(broker, cluster, "confirmed")
     for channel in channels.values():
         event_id = broker.publish(channel, "confirmed")
@@ -577,14 +568,14 @@ def test_wait_replicas_waits_on_the_master_of_each_channels_slot(
 
 
 def test_a_slot_moved_live_loses_nothing(
-    serve: Callable[..., WSGIServer], broker_of: Callable[..., RedisBroker], cluster: RedisClusterNodes
+    serve: Callable[..., WSGIServer], cluster_brokers: Callable[..., RedisBroker], cluster: RedisClusterNodes
 ) -> None:
     """Issue 11, cluster: MOVED/ASK survived. The slot of a subscribed
     channel's partition moves to another master while its stream is open
     and events keep being published (first ASK: keys moved, slot not yet;
     then MOVED): every event arrives once, in order, with no reset, and no
     publish is refused."""
-    broker = broker_of()
+    broker = cluster_brokers()
     channel = "moving"
     port = serve_broker(serve, broker)
     client = connected(port, f"/events/{channel}")
@@ -620,13 +611,13 @@ def test_a_slot_moved_live_loses_nothing(
 
 
 def test_a_reader_that_handed_a_partition_over_does_not_spin(
-    serve: Callable[..., WSGIServer], broker_of: Callable[..., RedisBroker], cluster: RedisClusterNodes
+    serve: Callable[..., WSGIServer], cluster_brokers: Callable[..., RedisBroker], cluster: RedisClusterNodes
 ) -> None:
     """Issue 11, doorbells: after a slot moved, its old master's reader
     (still reading another partition) forgets the partition it handed over.
     It kept the partition's poll, always due, so its every wait was 0 and it
     spun a core (the regression test measured about 1 s of CPU per second)."""
-    broker = broker_of()
+    broker = cluster_brokers()
     port = serve_broker(serve, broker)
     moving = "spin-0"
     slot = slot_of(broker, moving)
@@ -650,7 +641,7 @@ def test_a_reader_that_handed_a_partition_over_does_not_spin(
 
 
 def test_a_master_failover_keeps_the_stream_open(
-    serve: Callable[..., WSGIServer], broker_of: Callable[..., RedisBroker], cluster: RedisClusterNodes
+    serve: Callable[..., WSGIServer], cluster_brokers: Callable[..., RedisBroker], cluster: RedisClusterNodes
 ) -> None:
     """Issue 11, cluster: a master failover survived. The master of a
     subscribed partition is killed (SIGKILL) and its replica promoted while a
@@ -661,7 +652,7 @@ def test_a_master_failover_keeps_the_stream_open(
     event the cluster still holds arrives, and a client that saw an event
     that was then lost is told so by a ``stream-reset``, never left with a
     silent gap."""
-    broker = broker_of()
+    broker = cluster_brokers()
     channel = "failing"
     port = serve_broker(serve, broker)
     client = connected(port, f"/events/{channel}")
@@ -694,7 +685,7 @@ def test_a_master_failover_keeps_the_stream_open(
 
 
 def test_events_a_failover_loses_are_announced_with_a_stream_reset(
-    serve: Callable[..., WSGIServer], broker_of: Callable[..., RedisBroker], cluster: RedisClusterNodes
+    serve: Callable[..., WSGIServer], cluster_brokers: Callable[..., RedisBroker], cluster: RedisClusterNodes
 ) -> None:
     """Issue 11, cluster: a failover that loses acknowledged events (made
     certain: the replica is stopped while they are published, then the
@@ -702,7 +693,7 @@ def test_events_a_failover_loses_are_announced_with_a_stream_reset(
     promoted replica never had them; the next event is preceded by a
     ``stream-reset`` ("restarted") naming the last event the client saw, and
     the stream stays open."""
-    broker = broker_of()
+    broker = cluster_brokers()
     channel = "lossy"
     key, slot = broker._key(channel), slot_of(broker, channel)
     port = serve_broker(serve, broker)
@@ -764,7 +755,7 @@ def surviving_ids(master: ClusterNode, key: str) -> list[str]:
 
 
 def test_two_hubs_on_the_cluster_share_every_channel(
-    hub_server: Serve, broker_of: Callable[..., RedisBroker], cluster: RedisClusterNodes, cluster_url: str
+    hub_server: Serve, cluster_brokers: Callable[..., RedisBroker], cluster: RedisClusterNodes, cluster_url: str
 ) -> None:
     """Issue 11, cluster: two ``wsgi-eventsource serve --redis
     redis+cluster://...`` processes: a publish to either reaches the
@@ -772,7 +763,7 @@ def test_two_hubs_on_the_cluster_share_every_channel(
     that moves from one hub to the other resumes where it was."""
     one = hub_server("--redis", cluster_url, "--keepalive", "1")
     two = hub_server("--redis", cluster_url, "--keepalive", "1")
-    chosen = list(channel_per_master(broker_of(), cluster, "room").values())
+    chosen = list(channel_per_master(cluster_brokers(), cluster, "room").values())
     for publish_to, subscribe_to in ((one, two), (two, one)):
         clients = {channel: connected(subscribe_to.port, f"/events/{channel}") for channel in chosen}
         sent = {}
@@ -799,7 +790,7 @@ def test_two_hubs_on_the_cluster_share_every_channel(
 
 def test_from_client_takes_the_apps_redis_cluster(
     serve: Callable[..., WSGIServer],
-    broker_of: Callable[..., RedisBroker],
+    cluster_brokers: Callable[..., RedisBroker],
     cluster: RedisClusterNodes,
     cluster_url: str,
 ) -> None:
@@ -811,7 +802,7 @@ def test_from_client_takes_the_apps_redis_cluster(
     try:
         broker = RedisBroker.from_client(app_client, partitions=4, block=0.2)
         try:
-            by_url = broker_of(cluster_url + "?partitions=4")
+            by_url = cluster_brokers(cluster_url + "?partitions=4")
             channels = list(channel_per_master(by_url, cluster, "app").values())
             assert [broker._key(channel) for channel in channels] == [by_url._key(channel) for channel in channels]
             port = serve_broker(serve, broker)
