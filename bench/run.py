@@ -257,8 +257,11 @@ http {{
 #: Server.multiplex_path for the hub: ``/events?channel=c0&channel=c1...``.
 MULTIPLEX_QUERY = "query"
 
-GUNICORN = [PY, "-m", "gunicorn", "--worker-class", "gevent", "--workers", "1", "--worker-connections", "40000",
-            "--bind", "127.0.0.1:{port}", "--backlog", "16384", "--log-level", "warning"]  # fmt: skip
+#: gunicorn's stock gevent worker, one greenlet per open stream.
+STOCK_GUNICORN = [PY, "-m", "gunicorn", "--worker-class", "gevent", "--workers", "1", "--worker-connections", "40000",
+                  "--bind", "127.0.0.1:{port}", "--backlog", "16384", "--log-level", "warning"]  # fmt: skip
+#: The same, on the worker wsgi-eventsource deploys on (``serve`` runs it): streams written from the hub.
+GUNICORN = [*STOCK_GUNICORN[:4], "wsgi_eventsource.gunicorn_worker.GeventWorker", *STOCK_GUNICORN[5:]]
 
 
 def servers() -> list[Server]:
@@ -266,11 +269,13 @@ def servers() -> list[Server]:
         # The floor: what the system calls alone cost (bench/floor.c); the report shows every server against it.
         Server(FLOOR_NAME, "C floor: write(2) to N sockets, one thread", [str(FLOOR), "{port}"], "/events",
                "trigger", worker_depth=0),
-        Server("eventsource", "wsgi-eventsource EventSource (gunicorn -k gevent)",
+        Server("eventsource", "wsgi-eventsource EventSource (its gunicorn gevent worker)",
                [*GUNICORN, "bench.servers.ours:eventsource_app"], "/events", "trigger"),
-        Server("hub", "wsgi-eventsource hub, MemoryBroker (gunicorn -k gevent)",
+        Server("hub", "wsgi-eventsource hub, MemoryBroker (its gunicorn gevent worker)",
                [*GUNICORN, "bench.servers.ours:hub_app"], "/events/bench", "trigger", publish_path="/publish/bench",
                channel_path="/events/{channel}", multiplex_path=MULTIPLEX_QUERY, cursor_ids=True),
+        Server("stock", "wsgi-eventsource EventSource on gunicorn's stock -k gevent (a greenlet per stream)",
+               [*STOCK_GUNICORN, "bench.servers.ours:eventsource_app"], "/events", "trigger"),
         Server("naive", "hand-written gevent app (gunicorn -k gevent)",
                [*GUNICORN, "bench.servers.naive_gevent:app"], "/events", "trigger"),
         Server("starlette", "sse-starlette (uvicorn, uvloop + httptools)",
@@ -605,7 +610,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="small sizes, every server and scenario")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes and short runs: checks the harness works")
     parser.add_argument(
-        "--only", default="", help="comma-separated server names (eventsource,hub,naive,starlette,nchan,floor)"
+        "--only", default="", help="comma-separated server names (eventsource,hub,stock,naive,starlette,nchan,floor)"
     )
     parser.add_argument("--skip-scale-out", action="store_true", help="leave out scale, cluster and storm")
     parser.add_argument(

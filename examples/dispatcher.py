@@ -4,7 +4,7 @@
 Prosody-style pubsub mount) and ``/events/clock`` is a hand-written stream.
 Flask publishes with ``broker.publish``.
 
-Run it:  gunicorn --worker-class gevent --config examples/gunicorn.conf.py examples.dispatcher:application
+Run it:  gunicorn --config examples/gunicorn.conf.py examples.dispatcher:application
 """
 
 from __future__ import annotations

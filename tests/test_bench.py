@@ -245,7 +245,7 @@ def test_bench_refuses_an_unknown_server_name(tmp_path: Path) -> None:
     )  # fmt: skip
     assert run.returncode == 2, run.stdout + run.stderr
     assert "--only: unknown ours" in run.stderr
-    assert "known: floor, eventsource, hub, naive, starlette, nchan" in run.stderr
+    assert "known: floor, eventsource, hub, stock, naive, starlette, nchan" in run.stderr
     assert not output.exists()
 
 

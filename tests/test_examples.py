@@ -55,7 +55,8 @@ def test_dispatcher_example_with_the_recommended_gunicorn_config() -> None:
     )
     try:
         # gunicorn logs the worker class just after "Listening at", so wait for it.
-        wait_until(lambda: any("Using worker: gevent" in line for line in server.log), 5, message="a gevent worker")
+        worker = "Using worker: wsgi_eventsource.gunicorn_worker.GeventWorker"
+        wait_until(lambda: any(worker in line for line in server.log), 5, message="the library's gevent worker")
         page = StreamClient(server.port, "/")
         assert b"/eventsource/news" in page.read_body()
         news = StreamClient(server.port, "/eventsource/news")

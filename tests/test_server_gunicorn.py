@@ -1,4 +1,9 @@
-"""The target deployment: a real ``gunicorn -k gevent`` worker in a subprocess."""
+"""The target deployment: a real gunicorn gevent worker in a subprocess.
+
+Every test runs on gunicorn's stock ``-k gevent`` worker (a greenlet per
+stream) and on :class:`wsgi_eventsource.gunicorn_worker.GeventWorker` (the
+streams written from the hub), which must keep the same contract.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +26,23 @@ pytestmark = pytest.mark.server
 
 APP = "tests.apps.streams:app"
 Gunicorn = Callable[..., ServerProcess]
+OURS = "wsgi_eventsource.gunicorn_worker.GeventWorker"
+
+
+@pytest.fixture(params=["gevent", OURS], ids=["stock-worker", "our-worker"])
+def worker_class(request: pytest.FixtureRequest) -> str:
+    worker: str = request.param
+    return worker
+
+
+@pytest.fixture
+def gunicorn(gunicorn: Gunicorn, worker_class: str) -> Gunicorn:
+    """The conftest's ``gunicorn``, on *worker_class*."""
+
+    def start(app: str, *extra: str, env: dict[str, str] | None = None) -> ServerProcess:
+        return gunicorn(app, "--worker-class", worker_class, *extra, env=env)
+
+    return start
 
 
 def stats(server: ServerProcess) -> dict[str, Any]:
@@ -105,9 +127,14 @@ def test_sigterm_ends_streams_promptly_with_a_retry_hint(gunicorn: Gunicorn) -> 
 
 
 @pytest.mark.parametrize("hooked", [True, False], ids=["with-hook", "control-without-hook"])
-def test_a_worker_retired_by_max_requests_ends_its_streams_promptly(gunicorn: Gunicorn, hooked: bool) -> None:
+def test_a_worker_retired_by_max_requests_ends_its_streams_promptly(
+    gunicorn: Gunicorn, worker_class: str, hooked: bool
+) -> None:
     # gunicorn retires a worker after max_requests without sending it a signal.
+    # The stock worker needs the hook for that; ours shuts its streams' apps
+    # down by itself when it stops, hook or not.
     hook = ["--config", "python:wsgi_eventsource.gunicorn_hooks"] if hooked else []
+    hooked = hooked or worker_class == OURS
     server = gunicorn(APP, *hook, "--max-requests", "3", "--graceful-timeout", "6")
     first_pid = stats(server)["pid"]  # request 1
     clients = [StreamClient(server.port, "/clock") for _ in range(2)]  # requests 2 and 3: retired now

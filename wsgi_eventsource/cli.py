@@ -610,7 +610,7 @@ def serve(args: argparse.Namespace) -> None:
     options = {
         "bind": f"[{args.host}]:{args.port}" if ":" in args.host else f"{args.host}:{args.port}",
         "workers": args.workers,
-        "worker_class": "gevent",
+        "worker_class": "wsgi_eventsource.gunicorn_worker.GeventWorker",
         "worker_connections": args.worker_connections,
         "graceful_timeout": args.graceful_timeout,
         "loglevel": args.log_level,

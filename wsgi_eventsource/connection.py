@@ -381,11 +381,12 @@ class Connection:
         reader = self._reader
         if self._waiting or reader is None:
             self._wake()
-        elif isinstance(reader, gevent.Greenlet):
+        elif isinstance(reader, (gevent.Greenlet, _socket_writer())):
             # The reader is blocked inside the server's socket write and will
             # not come back while the client does not read. Killing it makes the
             # server close the socket and call Stream.close() (gunicorn and
-            # pywsgi both close the result in a finally).
+            # pywsgi both close the result in a finally); a SocketWriter (a
+            # stream whose socket the worker took over) closes it itself.
             reader.kill(block=False)
 
     def _take(self) -> bytes:
@@ -448,6 +449,13 @@ class Connection:
             if handler is not None:
                 handler.join(timeout=1)
             self._hub.destroy(destroy_loop=True)
+
+
+def _socket_writer() -> type[Any]:
+    # Imported when first needed: socket_writer imports this module.
+    from .socket_writer import SocketWriter
+
+    return SocketWriter
 
 
 def _run_callback(callback: Callable[[], object]) -> None:

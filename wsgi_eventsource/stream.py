@@ -31,11 +31,14 @@ KEEPALIVE = b":\n\n"
 class Stream:
     """Iterates over a connection's encoded output until it is closed."""
 
-    __slots__ = ("_conn", "_keepalive")
+    __slots__ = ("_conn", "_keepalive", "_response")
 
     def __init__(self, connection: Connection, keepalive: float | None) -> None:
         self._conn = connection
         self._keepalive = keepalive
+        # The server's response object, when a worker that can take the
+        # stream's socket over (gunicorn_worker.GeventWorker) noted it.
+        self._response: object = None
 
     @property
     def connection(self) -> Connection:

@@ -57,6 +57,13 @@ def handler(conn: Connection, environ: WSGIEnvironment) -> None:
             raise RuntimeError("handler failure on purpose")
         elif path == "/invalid":
             conn.push({"event": "bad\nname", "data": "x"})
+        elif path == "/finite":
+            conn.push({"id": 1, "data": "one"})
+            conn.push("two\nlines")
+            conn.push({"event": "last", "data": "three"})
+            conn.close()
+        elif path == "/idle":
+            return  # the stream stays open with no handler behind it
         elif path == "/lines":
             conn.push("first line", "second line")
             conn.push({"event": "named", "data": "a\r\nb\rc"})
