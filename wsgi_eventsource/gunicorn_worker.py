@@ -148,4 +148,9 @@ class GeventWorker(_StockGeventWorker):  # type: ignore[misc]  # gunicorn has no
             self.notify()
             gevent.sleep(0.05)
         for writer in list(self.streams):
-            writer.cut()  # now: the worker exits next
+            writer.cut()  # now, callbacks in this greenlet: the worker exits next
+        # Streams that ended just before run their on_close callbacks in
+        # greenlets of their own (see SocketWriter._end): let them finish.
+        deadline = time.monotonic() + 1.0
+        while self.streams and time.monotonic() < deadline:
+            gevent.sleep(0.01)

@@ -32,6 +32,8 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
+from gevent import getcurrent, spawn_raw
+
 from .connection import _KEEPALIVE_DUE
 from .stream import KEEPALIVE
 
@@ -189,8 +191,6 @@ class SocketWriter:
 
     def _writable(self) -> None:
         self._writing.stop()
-        if self._conn._finished:
-            return
         self._pump()
 
     def _readable(self) -> None:
@@ -208,9 +208,15 @@ class SocketWriter:
     def _end(self, *, last_chunk: bool) -> None:
         """The stream is over: close the socket, then let the connection go."""
         conn = self._conn
-        if conn._finished:
+        if self._reading is None:  # ended already (its connection may not be finished yet)
             return
+        # Over for its pushers at once, as when a reader greenlet's write
+        # fails and the server closes the stream right away.
+        conn._closed = True
         conn._waiting = False
+        conn._since = 0.0
+        conn._chunks = []
+        conn._size = 0
         for watcher in (self._reading, self._writing):
             if watcher is not None:
                 watcher.stop()
@@ -221,5 +227,18 @@ class SocketWriter:
             with contextlib.suppress(OSError):  # best effort: it fits unless the client stopped reading
                 self._sock.send(_LAST_CHUNK)
         self._sock.close()
-        self._registry.discard(self)
-        conn._finish()
+        if getcurrent() is conn._hub:
+            # The on_close callbacks may wait (a call to a database, to
+            # Redis), which a loop callback cannot: they run in a greenlet,
+            # as on the stock worker (the request's, in its finally).
+            spawn_raw(self._finish)
+        else:
+            self._finish()
+
+    def _finish(self) -> None:
+        try:
+            self._conn._finish()
+        finally:
+            # Only now: the worker waits on the registry at shutdown, so the
+            # callbacks of the streams it ends have run when it exits.
+            self._registry.discard(self)

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
-stats = {"opened": 0, "closed": 0, "handlers_running": 0, "handlers_ended": 0}
+stats = {"opened": 0, "closed": 0, "handlers_running": 0, "handlers_ended": 0, "slow_closed": 0}
 BIG = Event("x" * 65536)
 
 
@@ -30,10 +30,20 @@ def _closed() -> None:
     stats["closed"] += 1
 
 
+def _slow_closed() -> None:
+    # An on_close callback that waits, as one that tells a database or
+    # Redis that the client left does (a cooperative wait under gevent).
+    gevent.sleep(0.01)
+    stats["slow_closed"] += 1
+    print(f"slow on_close done: {stats['slow_closed']}", flush=True)  # seen after the worker exits
+
+
 def handler(conn: Connection, environ: WSGIEnvironment) -> None:
     stats["opened"] += 1
     conn.on_close(_closed)
     path = environ["PATH_INFO"]
+    if path == "/slow-close":
+        conn.on_close(_slow_closed)
     stats["handlers_running"] += 1
     try:
         if path == "/clock":

@@ -1,0 +1,82 @@
+"""Review of :class:`wsgi_eventsource.gunicorn_worker.GeventWorker` (issue 12):
+regression tests for the defects found, each against a real gunicorn
+subprocess and real sockets, and checks that its contract is the stock
+worker's under the loud cases.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+
+import pytest
+
+from tests.conftest import ServerProcess
+from tests.helpers import StreamClient, wait_until
+from tests.test_gunicorn_worker import stats
+
+pytestmark = pytest.mark.server
+
+APP = "tests.apps.streams:app"
+OURS = "wsgi_eventsource.gunicorn_worker.GeventWorker"
+Gunicorn = Callable[..., ServerProcess]
+
+
+@pytest.fixture
+def ours(gunicorn: Gunicorn) -> Callable[..., ServerProcess]:
+    def start(*extra: str, env: dict[str, str] | None = None) -> ServerProcess:
+        return gunicorn(APP, "--worker-class", OURS, *extra, env=env)
+
+    return start
+
+
+@pytest.fixture(params=["gevent", OURS], ids=["stock-worker", "our-worker"])
+def either(request: pytest.FixtureRequest, gunicorn: Gunicorn) -> Callable[..., ServerProcess]:
+    """A contract test: on the stock worker (the reference) and on ours."""
+    worker: str = request.param
+
+    def start(*extra: str, env: dict[str, str] | None = None) -> ServerProcess:
+        return gunicorn(APP, "--worker-class", worker, *extra, env=env)
+
+    return start
+
+
+def test_an_on_close_callback_may_wait_after_a_hang_up(either: Callable[..., ServerProcess]) -> None:
+    """Issue 12 review (1): the worker ran a stream's ``on_close`` callbacks
+    in the hub's own loop, where a callback that waits (a cooperative
+    database or Redis call, here ``gevent.sleep``) fails with gevent's
+    BlockingSwitchOutError and never finishes. On the stock worker they run
+    in the request's greenlet and may wait."""
+    server = either()  # keepalives every 0.2 s: the stock worker notices a hang-up too
+    clients = [StreamClient(server.port, "/slow-close") for _ in range(3)]
+    for client in clients:
+        client.wait_for(lambda c: b": ok" in c.raw)
+    for client in clients:
+        client.close()
+    wait_until(lambda: stats(server)["closed"] == 3, 10, 0.05, "the hang-ups noticed")
+    wait_until(lambda: stats(server)["slow_closed"] == 3, 5, 0.05, "the waiting on_close callbacks to finish")
+    assert "BlockingSwitchOutError" not in "".join(server.log)
+
+
+def test_waiting_on_close_callbacks_run_before_the_worker_exits_at_sigterm(
+    either: Callable[..., ServerProcess],
+) -> None:
+    """Issue 12 review (1): at SIGTERM the streams end in the hub; their
+    waiting ``on_close`` callbacks must all run (and finish) before the
+    worker exits."""
+    server = either("--graceful-timeout", "10", env={"TEST_KEEPALIVE": "30"})
+    clients = [StreamClient(server.port, "/slow-close") for _ in range(5)]
+    for client in clients:
+        client.wait_for(lambda c: b": ok" in c.raw)
+    wait_until(lambda: stats(server)["opened"] == 5, 5, 0.05)
+    started = time.monotonic()
+    os.kill(server.proc.pid, signal.SIGTERM)
+    for client in clients:
+        client.read_to_end(timeout=5)
+    assert server.wait(10) == 0, "".join(server.log)
+    assert time.monotonic() - started < 5
+    log = "".join(server.log)
+    assert "slow on_close done: 5" in log, log
+    assert "BlockingSwitchOutError" not in log
