@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable
 
+import gevent
 import pytest
 
 from tests.conftest import ServerProcess
@@ -80,3 +82,32 @@ def test_waiting_on_close_callbacks_run_before_the_worker_exits_at_sigterm(
     log = "".join(server.log)
     assert "slow on_close done: 5" in log, log
     assert "BlockingSwitchOutError" not in log
+
+
+def test_a_connection_closed_after_its_stream_says_so_in_its_headers(either: Callable[..., ServerProcess]) -> None:
+    """Issue 12 review (2): the worker closes a stream's connection when the
+    stream ends, but its headers said ``Connection: keep-alive``, so a client
+    or proxy may reuse it for its next request (nginx's upstream ``keepalive``
+    pool of the shipped config does) and send that request into a closing
+    socket: a failed request (nginx answers 502 to a POST it may not retry).
+    Either the connection is kept alive and serves the next request (the
+    stock worker), or the headers say ``Connection: close``."""
+    server = either()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"GET /finite HTTP/1.1\r\nHost: x\r\n\r\n")
+        received = b""
+        with gevent.Timeout(10):
+            while not received.endswith(b"\r\n0\r\n\r\n"):
+                data = sock.recv(65536)
+                assert data, f"closed before the last chunk: {received!r}"
+                received += data
+        head = received.partition(b"\r\n\r\n")[0].lower()
+        if b"\r\nconnection: close" in head:
+            with gevent.Timeout(10):
+                assert sock.recv(65536) == b"", "announced a close, did not close"
+            return
+        assert b"\r\nconnection: keep-alive" in head, head
+        sock.sendall(b"GET /stats HTTP/1.1\r\nHost: x\r\n\r\n")
+        with gevent.Timeout(10):
+            answer = sock.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 200 OK"), f"announced keep-alive, then closed: {answer!r}"

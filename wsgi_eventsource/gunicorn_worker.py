@@ -38,7 +38,8 @@ for its requests, until they have ended or ``graceful_timeout`` has passed,
 and cuts the ones left then.
 
 Divergences from the stock worker: the connection of a stream that ended is
-closed rather than kept alive for a next request; gunicorn's access log line
+closed rather than kept alive for a next request (its headers say
+``Connection: close``); gunicorn's access log line
 of a stream is written when the stream starts (its time is the time to the
 headers), and ``post_request`` runs then too; and ``environ["gunicorn.socket"]``
 is closed once the stream is taken over (the stream owns the descriptor; the
@@ -118,6 +119,10 @@ class GeventWorker(_StockGeventWorker):  # type: ignore[misc]  # gunicorn has no
         ):
             return False
         started = datetime.now()
+        # The connection is closed when the stream ends (SocketWriter): say
+        # so, or a client or proxy (nginx's upstream keepalive pool) may send
+        # its next request into the closing socket.
+        resp.force_close()
         try:
             resp.send_headers()  # a blocking (cooperative) write, in the request's greenlet
         except BaseException:

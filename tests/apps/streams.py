@@ -106,6 +106,7 @@ events = EventSource(
     handler,
     keepalive=float(os.environ.get("TEST_KEEPALIVE", "0.2")),
     max_pending=int(os.environ.get("TEST_MAX_PENDING", str(256 * 1024))),
+    write_timeout=float(os.environ.get("TEST_WRITE_TIMEOUT", "60")),
     shutdown_retry=1500,
 )
 
