@@ -111,3 +111,43 @@ def test_a_connection_closed_after_its_stream_says_so_in_its_headers(either: Cal
         with gevent.Timeout(10):
             answer = sock.recv(65536)
         assert answer.startswith(b"HTTP/1.1 200 OK"), f"announced keep-alive, then closed: {answer!r}"
+
+
+def test_a_raising_on_close_callback_leaves_the_other_streams_alone(either: Callable[..., ServerProcess]) -> None:
+    """Checked (no defect): callbacks that raise, of streams that end together,
+    are logged; the other streams' events keep coming, in order."""
+    server = either()
+    ticking = [StreamClient(server.port, "/clock") for _ in range(5)]
+    failing = [StreamClient(server.port, "/raise-on-close") for _ in range(5)]
+    for client in failing:
+        client.wait_for(lambda c: b": ok" in c.raw)
+    for client in failing:
+        client.close()
+    wait_until(lambda: stats(server)["closed"] == 5, 10, 0.05, "the hang-ups noticed")
+    for client in ticking:
+        events = client.events(len(client.parser.events) + 5, timeout=5)
+        assert [int(e.last_event_id) for e in events] == list(range(1, len(events) + 1))
+    log = "".join(server.log)
+    assert log.count("RuntimeError: on_close failure on purpose") == 5, log
+    assert stats(server)["open"] == 5
+
+
+def test_clients_gone_before_the_headers_leave_nothing_behind(either: Callable[..., ServerProcess]) -> None:
+    """Checked (no defect): a client that resets right after its request (the
+    worker's header write or take-over fails half-way) gets its stream ended
+    once, with its socket closed."""
+    server = either(env={"TEST_KEEPALIVE": "30"})
+    base = stats(server)["fds"]
+    for _ in range(30):
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        sock.sendall(b"GET /lines HTTP/1.1\r\nHost: x\r\n\r\n")
+        sock.close()  # an RST, at once
+    wait_until(lambda: stats(server)["opened"] == 30, 10, 0.05, "every stream opened")
+    # The stock worker notices a reset at its next writes (keepalives are 30 s
+    # apart here, but the handler's two pushes are writes).
+    wait_until(lambda: stats(server)["closed"] == 30, 10, 0.05, "every stream ended")
+    wait_until(lambda: stats(server)["fds"] <= base + 1, 10, 0.05, "every socket closed")
+    info = stats(server)
+    assert (info["open"], info["handlers_running"]) == (0, 0), info
+    assert "Traceback" not in "".join(server.log)

@@ -38,12 +38,18 @@ def _slow_closed() -> None:
     print(f"slow on_close done: {stats['slow_closed']}", flush=True)  # seen after the worker exits
 
 
+def _raising_on_close() -> None:
+    raise RuntimeError("on_close failure on purpose")
+
+
 def handler(conn: Connection, environ: WSGIEnvironment) -> None:
     stats["opened"] += 1
     conn.on_close(_closed)
     path = environ["PATH_INFO"]
     if path == "/slow-close":
         conn.on_close(_slow_closed)
+    elif path == "/raise-on-close":
+        conn.on_close(_raising_on_close)
     stats["handlers_running"] += 1
     try:
         if path == "/clock":
