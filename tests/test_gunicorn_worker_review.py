@@ -151,3 +151,19 @@ def test_clients_gone_before_the_headers_leave_nothing_behind(either: Callable[.
     info = stats(server)
     assert (info["open"], info["handlers_running"]) == (0, 0), info
     assert "Traceback" not in "".join(server.log)
+
+
+def test_pushes_from_a_thread_to_a_blocked_stream_cut_it_at_max_pending(
+    either: Callable[..., ServerProcess],
+) -> None:
+    """Checked (no defect): a stream blocked on a client that stopped reading,
+    pushed to from a real OS thread, is cut once more than ``max_pending``
+    waits; the thread's next push raises ConnectionClosed."""
+    server = either(env={"TEST_MAX_PENDING": str(256 * 1024), "TEST_KEEPALIVE": "30"})
+    stalled = StreamClient(server.port, "/thread-blocked")
+    stalled.wait_for(lambda c: b": ok" in c.raw)
+    wait_until(lambda: stats(server)["closed"] == 1, 10, 0.05, "the blocked stream cut")
+    info = stats(server)
+    assert info["dropped"] == 1, info
+    wait_until(lambda: stats(server).get("thread_saw_closed") == 1, 5, 0.05, "the thread told")
+    assert "not reading" in "".join(server.log)

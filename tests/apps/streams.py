@@ -68,6 +68,12 @@ def handler(conn: Connection, environ: WSGIEnvironment) -> None:
             # A real OS thread (not a monkey-patched greenlet) pushing.
             start_new_thread = get_original("_thread", "start_new_thread")
             start_new_thread(_push_from_thread, (conn,))
+        elif path == "/thread-blocked":
+            # Blocked behind an event the client does not read, then pushed
+            # to from a real OS thread until the stream is cut.
+            conn.push(Event("s" * (4 * 1024 * 1024)))
+            start_new_thread = get_original("_thread", "start_new_thread")
+            start_new_thread(_push_from_thread_until_closed, (conn,))
         elif path == "/raise":
             conn.push("about to fail")
             raise RuntimeError("handler failure on purpose")
@@ -106,6 +112,16 @@ def _push_from_thread(conn: Connection) -> None:
         if i % 25 == 0:
             sleep(0.005)
     conn.close()
+
+
+def _push_from_thread_until_closed(conn: Connection) -> None:
+    sleep = get_original("time", "sleep")
+    try:
+        while True:
+            conn.push("x" * 1024)
+            sleep(0.0005)
+    except ConnectionClosed:
+        stats["thread_saw_closed"] = stats.get("thread_saw_closed", 0) + 1
 
 
 events = EventSource(
