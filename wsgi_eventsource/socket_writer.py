@@ -23,7 +23,11 @@ at the second write after it went away, up to two keepalives later).
 Deliberate divergences from the greenlet path: the connection is closed when
 the stream ends (no keep-alive for a next request on it: an event stream is
 the last request of its connection in practice, and EventSource reconnects on
-a new one), and bytes a client sends after its request are read and dropped.
+a new one; the worker's headers say ``Connection: close``), bytes a client
+sends after its request are read and dropped, and a client that half-closes
+its connection (shuts down its sending side, as ``nc -N`` does) is taken as
+gone, as nginx takes it ("client prematurely closed connection"): a socket
+cannot tell that from a hang-up until a write fails.
 """
 
 from __future__ import annotations
