@@ -9,13 +9,17 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import gevent
+import gevent.socket
+import gevent.ssl
 import pytest
 
-from tests.conftest import ServerProcess
+from tests.conftest import ServerProcess, self_signed_certificate
 from tests.helpers import StreamClient, wait_until
 from tests.test_gunicorn_worker import stats
 
@@ -167,3 +171,67 @@ def test_pushes_from_a_thread_to_a_blocked_stream_cut_it_at_max_pending(
     assert info["dropped"] == 1, info
     wait_until(lambda: stats(server).get("thread_saw_closed") == 1, 5, 0.05, "the thread told")
     assert "not reading" in "".join(server.log)
+
+
+def _tls_gunicorn(tmp_path: Path, *extra: str) -> tuple[ServerProcess, str]:
+    """Our worker serving tests/apps/streams.py over TLS (gunicorn's own)."""
+    certificate, key = self_signed_certificate(str(tmp_path))
+    args = [
+        sys.executable, "-m", "gunicorn", "--worker-class", OURS, "--workers", "1",
+        "--bind", "127.0.0.1:0", "--log-level", "debug",
+        "--certfile", certificate, "--keyfile", key, *extra, APP,
+    ]  # fmt: skip
+    pattern = r"Listening at: https://127\.0\.0\.1:(\d+)"
+    return ServerProcess(args, ready_pattern=pattern, stop_signal=signal.SIGINT), certificate
+
+
+def _tls_request(port: int, certificate: str, path: str) -> gevent.ssl.SSLSocket:
+    context = gevent.ssl.create_default_context(cafile=certificate)
+    plain = gevent.socket.create_connection(("127.0.0.1", port), timeout=15)
+    sock = context.wrap_socket(plain, server_hostname="127.0.0.1")
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+    return sock
+
+
+def _read_until_closed(sock: gevent.ssl.SSLSocket) -> bytes:
+    received = b""
+    while True:
+        try:
+            data = sock.recv(65536)
+        except OSError:
+            return received
+        if not data:
+            return received
+        received += data
+
+
+def test_a_retired_worker_ends_its_tls_streams_promptly_without_the_hook(tmp_path: Path) -> None:
+    """Issue 12 review (3): the worker ended the streams it had taken over
+    when gunicorn retired it after ``max_requests``, but only after gunicorn
+    had waited out ``graceful_timeout`` for the requests it still served:
+    streams over TLS, which it serves as the stock worker does (they hold
+    their requests). So a retired worker with TLS streams accepted nobody
+    for ``graceful_timeout`` and then cut them, although the documentation
+    says the worker needs no hook. Now it ends every stream of its apps as
+    soon as it stops."""
+    server, certificate = _tls_gunicorn(tmp_path, "--max-requests", "2", "--graceful-timeout", "8")
+    try:
+        streams = [_tls_request(server.port, certificate, "/clock") for _ in range(2)]  # requests 1, 2: retired
+        for sock in streams:
+            with gevent.Timeout(5):
+                while b"tick 1" not in sock.recv(65536):
+                    pass
+        started = time.monotonic()
+        with gevent.Timeout(15):
+            bodies = [_read_until_closed(sock) for sock in streams]
+        ended = time.monotonic() - started
+        for sock in streams:
+            sock.close()
+        for body in bodies:
+            assert body.endswith(b"\r\n0\r\n\r\n"), f"cut off, not ended: ...{body[-80:]!r}"
+            assert b"retry: " in body, "no shutdown retry hint"
+        assert ended < 4, f"streams took {ended:.1f}s to end (graceful timeout is 8 s)"
+        wait_until(lambda: "Worker exiting" in "".join(server.log), 5, 0.05, "the retired worker to exit")
+        assert "graceful timeout" not in "".join(server.log).lower()
+    finally:
+        server.stop()

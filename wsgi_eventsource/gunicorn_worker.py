@@ -31,11 +31,11 @@ over TLS or HTTP/2 (the socket then is not a plain one to write to), or a
 stream wrapped by a middleware (it is no longer the app's own iterator) is
 served by gunicorn as usual. When the worker stops, for a signal or retired
 after ``max_requests`` (no hook needed, unlike the stock worker: see
-:mod:`wsgi_eventsource.gunicorn_hooks`), it ends the streams it took over as
-``SIGTERM`` does (:meth:`EventSource.shutdown
-<wsgi_eventsource.EventSource.shutdown>`), waits for them as gunicorn waits
-for its requests, until they have ended or ``graceful_timeout`` has passed,
-and cuts the ones left then.
+:mod:`wsgi_eventsource.gunicorn_hooks`), it ends the streams of its apps
+(the ones it took over and the ones gunicorn serves) as ``SIGTERM`` does
+(:meth:`EventSource.shutdown <wsgi_eventsource.EventSource.shutdown>`) at
+once, waits for them as gunicorn waits for its requests, until they have
+ended or ``graceful_timeout`` has passed, and cuts the ones left then.
 
 Divergences from the stock worker: the connection of a stream that ended is
 closed rather than kept alive for a next request (its headers say
@@ -66,6 +66,8 @@ from .stream import Stream
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
+    from .app import EventSource
+
 __all__ = ["GeventWorker"]
 
 
@@ -92,6 +94,10 @@ class GeventWorker(_StockGeventWorker):  # type: ignore[misc]  # gunicorn has no
         super().__init__(*args, **kwargs)
         #: The streams this worker took over and that are still open.
         self.streams: set[SocketWriter] = set()
+        # The apps of every stream it served: it ends their streams when it
+        # stops (the ones it took over and the ones gunicorn serves).
+        self._apps: set[EventSource] = set()
+        self._stopped_at: float | None = None
 
     def load_wsgi(self) -> None:
         super().load_wsgi()
@@ -99,12 +105,32 @@ class GeventWorker(_StockGeventWorker):  # type: ignore[misc]  # gunicorn has no
         self.wsgi = _NoteResponse(app)
 
     def is_already_handled(self, respiter: object) -> bool:
-        if type(respiter) is Stream and respiter._response is not None and self._take_over(respiter):
-            # gunicorn's way for a worker to end the request's greenlet
-            # without touching the response: the connection is "closed" (its
-            # socket object, which no longer owns the descriptor).
-            raise StopIteration("event stream taken over by the hub")
+        if type(respiter) is Stream:
+            owner = respiter.connection._owner
+            if owner is not None:
+                self._apps.add(owner)
+            if respiter._response is not None and self._take_over(respiter):
+                # gunicorn's way for a worker to end the request's greenlet
+                # without touching the response: the connection is "closed"
+                # (its socket object, which no longer owns the descriptor).
+                raise StopIteration("event stream taken over by the hub")
         return bool(super().is_already_handled(respiter))
+
+    def notify(self) -> None:
+        super().notify()
+        # gunicorn calls this while it waits for its requests to finish after
+        # the worker stopped: streams it serves itself (over TLS, HTTP/2) are
+        # among them, and would hold it until graceful_timeout.
+        if not self.alive and self._stopped_at is None:
+            self._end_streams()
+
+    def _end_streams(self) -> None:
+        """End every stream of this worker's apps the way SIGTERM does (after
+        a signal their apps have begun already; a retirement after
+        max_requests comes without one)."""
+        self._stopped_at = time.monotonic()
+        for app in list(self._apps):
+            app.shutdown()
 
     def _take_over(self, stream: Stream) -> bool:
         resp: Any = stream._response  # gunicorn.http.wsgi.Response, when it is one
@@ -140,15 +166,13 @@ class GeventWorker(_StockGeventWorker):  # type: ignore[misc]  # gunicorn has no
     def run(self) -> None:
         super().run()
         # The worker is stopping. gunicorn waited for its requests; the
-        # streams it handed over are not among them. End them the way
-        # SIGTERM does (after a signal their apps have begun already; a
-        # retirement after max_requests comes without one), wait for them as
-        # gunicorn waits for its requests, then cut what is left.
-        apps = {writer._conn._owner for writer in self.streams}
-        for app in apps:
-            if app is not None:
-                app.shutdown()
-        deadline = time.monotonic() + self.cfg.graceful_timeout
+        # streams it handed over are not among them. End them (if gunicorn
+        # had no request left to wait for, notify() has not done it yet),
+        # wait for them as gunicorn waits for its requests (from the same
+        # moment on), then cut what is left.
+        if self._stopped_at is None:
+            self._end_streams()
+        deadline = (self._stopped_at or time.monotonic()) + self.cfg.graceful_timeout
         while self.streams and time.monotonic() < deadline:
             self.notify()
             gevent.sleep(0.05)
