@@ -93,7 +93,7 @@ def test_a_connection_closed_after_its_stream_says_so_in_its_headers(either: Cal
     stream ends, but its headers said ``Connection: keep-alive``, so a client
     or proxy may reuse it for its next request (nginx's upstream ``keepalive``
     pool of the shipped config does) and send that request into a closing
-    socket: a failed request (nginx answers 502 to a POST it may not retry).
+    socket, where it fails (a race: not seen in 300 tries through nginx).
     Either the connection is kept alive and serves the next request (the
     stock worker), or the headers say ``Connection: close``."""
     server = either()
