@@ -248,7 +248,8 @@ def saved_stacks() -> dict[str, int]:
     this process (gevent.spawn, Python 3.11+: Python-to-Python calls add no
     C frame, a call from C into Python adds one of the eval loop): parked in
     the function it runs, one plain call deeper, in a ``__next__`` that a
-    ``for`` loop calls (a stream's place), and in a C-level iterator
+    ``for`` loop calls (where a stream's greenlet waits on the stock
+    ``-k gevent`` worker), and in a C-level iterator
     (``iter(hub.switch, None)``) that calls the switch with no Python frame."""
     import gevent
 
