@@ -1,12 +1,15 @@
 """Where the memory of an idle stream goes, part by part (JSON out).
 
-    .venv/bin/python -m bench.memory_breakdown                   # 10,000 streams, hub and eventsource
+    .venv/bin/python -m bench.memory_breakdown                   # 10,000 streams, every setup
     .venv/bin/python -m bench.memory_breakdown --streams 500 --output /tmp/m.json
     .venv/bin/python -m bench.memory_breakdown --merge-into docs/benchmarks.json
 
-Each server runs as in ``bench/run.py`` (gunicorn ``-k gevent``, one worker,
-pinned to core 0), wrapped by ``bench/servers/memory_probe.py``; the load
-client opens N idle streams. Each server is run twice:
+Each server runs as in ``bench/run.py`` (one gunicorn worker pinned to core 0:
+the library's worker, ``wsgi_eventsource.gunicorn_worker.GeventWorker``, for
+``hub`` and ``eventsource``, where an open stream has no greenlet; gunicorn's
+stock ``-k gevent`` for ``stock``, the same EventSource app with a greenlet
+per stream), wrapped by ``bench/servers/memory_probe.py``; the load client
+opens N idle streams. Each setup is run twice:
 
 * untraced: the worker's RSS and ``/proc/<pid>/smaps`` before and after, per
   kind of mapping (``[heap]``: glibc's brk heap; anonymous mappings:
@@ -18,7 +21,8 @@ client opens N idle streams. Each server is run twice:
   open to one with N: bytes per stream by source line and by part (ours,
   gunicorn's request and environ, gevent's socket and greenlet), the saved C
   stack of every waiting greenlet (``greenlet._stack_saved``) and where in
-  Python it waits.
+  Python it waits; then what the streams' environs alone keep of gunicorn's
+  request (``memory_probe.release_request``).
 """
 
 from __future__ import annotations
@@ -38,13 +42,17 @@ from bench.scale import raise_fd_limit
 
 #: What each stream of a server runs: (server of bench/run.py, path: None for its own).
 SETUPS: dict[str, tuple[str, str | None]] = {
-    "eventsource": ("eventsource", None),
     "hub": ("hub", None),
+    "eventsource": ("eventsource", None),
+    "stock": ("stock", None),
     "hub-multiplexed": ("hub", "/events?" + "&".join(f"channel=c{k}" for k in range(10))),
 }
+#: The part of wsgi_eventsource's own objects: a stream's Stream on the stock
+#: worker, its SocketWriter (with its io watcher and socket) on the library's.
+OURS = "ours (Connection, subscription, Stream or SocketWriter)"
 #: The parts of a stream, by the files their bytes are allocated in (the first match wins).
 PARTS = (
-    ("ours (Connection, Stream, subscription)", ("wsgi_eventsource/",)),
+    (OURS, ("wsgi_eventsource/",)),
     ("gunicorn (request, environ, response)", ("gunicorn/http/",)),
     ("gunicorn worker (accept, handler greenlet)", ("gunicorn/",)),
     ("gevent (socket, greenlet, pool, hub)", ("gevent/", "greenlet/")),
@@ -200,7 +208,9 @@ def traced(name: str, path: str, n: int, settle: float) -> dict[str, Any]:
         if not getattr(snapshot, "based", False):
             snapshot.based = True  # type: ignore[attr-defined]
             return probe(server, "POST", "/bench/memory/base")
-        return probe(server, "GET", "/bench/memory")
+        found = probe(server, "GET", "/bench/memory")
+        found["released"] = probe(server, "POST", "/bench/memory/release-request")  # the run's last probe
+        return found
 
     _, after = with_streams(probed_server(name, traced=True), path, n, settle, snapshot)
     parts: dict[str, float] = {STACK: 0.0, **{label: 0.0 for label, _ in PARTS}, "other": 0.0}
@@ -223,6 +233,13 @@ def traced(name: str, path: str, n: int, settle: float) -> dict[str, Any]:
             for line in after["lines"]
             if abs(line["bytes"]) / n >= 8
         ],
+        # What taking gunicorn's request entries out of every environ freed.
+        "request_kept_by_environ": {
+            "bytes_per_stream": round(after["released"]["traced_bytes_freed"] / n, 1),
+            # The environ's dict and the strings made for it (sys.getsizeof).
+            "environ_bytes_per_stream": round(after["released"]["environ_bytes"] / n, 1),
+            "objects_per_stream": {o["type"]: round(o["count"] / n, 2) for o in after["released"]["objects_freed"]},
+        },
     }
 
 
@@ -231,7 +248,8 @@ def saved_stacks() -> dict[str, int]:
     this process (gevent.spawn, Python 3.11+: Python-to-Python calls add no
     C frame, a call from C into Python adds one of the eval loop): parked in
     the function it runs, one plain call deeper, in a ``__next__`` that a
-    ``for`` loop calls (a stream's place), and in a C-level iterator
+    ``for`` loop calls (where a stream's greenlet waits on the stock
+    ``-k gevent`` worker), and in a C-level iterator
     (``iter(hub.switch, None)``) that calls the switch with no Python frame."""
     import gevent
 
@@ -326,7 +344,7 @@ def breakdown(setup: str, n: int, settle: float = 3) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--streams", type=int, default=10_000)
-    parser.add_argument("--setups", default="hub,eventsource,hub-multiplexed", help=f"of: {', '.join(SETUPS)}")
+    parser.add_argument("--setups", default=",".join(SETUPS), help=f"of: {', '.join(SETUPS)}")
     parser.add_argument("--settle", type=float, default=3.0, help="seconds from READY to the measurement")
     parser.add_argument("--output", default=str(run.ROOT / "bench" / "results" / "memory.json"))
     parser.add_argument("--merge-into", default="", help="a whole run's results (docs/benchmarks.json): set its"

@@ -6,8 +6,9 @@
     .venv/bin/python -m bench.profile throughput docs/profiles/hub-throughput.svg
 
 Runs the ``hub`` server of ``bench/run.py`` (``wsgi-eventsource``'s hub on a
-MemoryBroker under ``gunicorn -k gevent``, one worker pinned to core 0) through
-the scenario at its full size (idle: 10,000 streams; fan-out: 10,000
+MemoryBroker under gunicorn with the library's worker,
+``wsgi_eventsource.gunicorn_worker.GeventWorker``, one worker pinned to core
+0) through the scenario at its full size (idle: 10,000 streams; fan-out: 10,000
 subscribers, 20 events/s for 10 s; throughput: 100 subscribers, 20,000 events
 flat out), with ``py-spy record`` attached to the worker from its start to its
 stop: the flame graph covers the streams opening, the events and the end.

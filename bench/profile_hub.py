@@ -3,7 +3,8 @@
     .venv/bin/python -m bench.profile_hub docs/profiles/hub-http-throughput-after.svg
     .venv/bin/python -m bench.profile_hub out.json --format speedscope --rate 200
 
-Starts the ``hub`` server of :mod:`bench.run` (gunicorn, one worker, pinned
+Starts the ``hub`` server of :mod:`bench.run` (gunicorn with the library's
+worker, ``wsgi_eventsource.gunicorn_worker.GeventWorker``, one worker, pinned
 to core 0), attaches ``py-spy record`` to its worker, runs the
 http-throughput scenario (100 subscribers, the C client POSTing 20,000
 events flat out) and stops py-spy when the scenario is over. py-spy runs

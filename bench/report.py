@@ -653,7 +653,10 @@ if __name__ == "__main__":
 
 
 #: The columns of the memory breakdown, in order (``bench/memory_breakdown.py``'s setups).
-_BREAKDOWN_SETUPS = {"hub": "hub", "eventsource": "EventSource", "hub-multiplexed": "hub, 10 channels"}
+_BREAKDOWN_SETUPS = {"hub": "hub", "eventsource": "EventSource", "stock": "EventSource, stock worker",
+                     "hub-multiplexed": "hub, 10 channels"}  # fmt: skip
+#: The setup on gunicorn's stock ``-k gevent`` worker (a greenlet per stream); the others run on the library's.
+_STOCK = "stock"
 
 
 def _outside_arenas(result: dict[str, Any]) -> float | None:
@@ -668,14 +671,158 @@ def _outside_arenas(result: dict[str, Any]) -> float | None:
     return anonymous - arenas_and_mmapped
 
 
+def _ours(parts: dict[str, float]) -> float:
+    """wsgi_eventsource's own part (its label changed with the worker: found by its prefix)."""
+    return next((v for k, v in parts.items() if k.startswith("ours")), 0.0)
+
+
+def _part(parts: dict[str, float], prefix: str) -> float:
+    """The sum of the parts whose label starts with *prefix* (``"gunicorn"``: the request's and the worker's)."""
+    return sum(v for k, v in parts.items() if k.startswith(prefix))
+
+
+def _library_worker_notes(name: str, result: dict[str, Any]) -> list[str]:
+    """What an idle stream on the library's worker holds (no greenlet)."""
+    parts = result["parts_bytes_per_stream"]
+    suspended = sum(g["count"] for g in result.get("greenlets", []))
+    greenlets = (
+        f"On the library's worker an idle stream has no greenlet: with {result['streams']:,} {name} streams open,"
+        f" {suspended:,} greenlets wait in the whole worker (its own), and their saved stacks do not grow with the"
+        " streams."
+        if suspended < result["streams"] // 2
+        else f"On the library's worker, {suspended:,} greenlets wait with {result['streams']:,} {name} streams open."
+    )
+    notes = [
+        f"{greenlets} What a stream holds is its ``Connection``, its subscription, the ``SocketWriter`` that writes it"
+        " from the hub, with its io watcher (the socket watched for reading) and the socket itself, and the environ,"
+        f" which the ``Connection`` keeps. Of the {_fmt(result['traced_bytes_per_stream'], 0)} bytes tracemalloc"
+        f" sees per {name} stream, {_fmt(_ours(parts), 0)} are wsgi_eventsource's objects,"
+        f" {_fmt(_part(parts, 'gunicorn'), 0)} gunicorn's and {_fmt(_part(parts, 'gevent'), 0)} gevent's."
+    ]
+    kept = result.get("request_kept_by_environ")
+    if kept:
+        objects = ", ".join(f"``{t}``" for t, count in kept["objects_per_stream"].items()
+                            if count >= 0.9 and (t[:1].isupper() or t.startswith("_") or t == "socket"))  # fmt: skip
+        rest = _part(parts, "gunicorn") + _part(parts, "gevent") - kept["bytes_per_stream"]
+        notes.append(
+            "gunicorn's and gevent's share is mostly the environ and what it refers to: its ``wsgi.input`` (the"
+            " request's body reader, with the request's unreader and buffers), its ``wsgi.early_hints`` (a closure"
+            " over the request, the socket and the response) and ``gunicorn.socket`` (the accepted gevent socket,"
+            " closed once the stream is taken over) keep gunicorn's request objects alive. Taking these three"
+            " entries out of every environ at the end of the traced run freed"
+            f" {_fmt(kept['bytes_per_stream'], 0)} bytes per {name} stream ({objects or 'no object per stream'},"
+            f" and their lists and buffers). The rest of the two parts is {_fmt(rest, 0)} bytes"
+        )
+        if "environ_bytes_per_stream" in kept:
+            notes[-1] += (
+                ", of which the environ's own dict and the strings made for it are"
+                f" {_fmt(kept['environ_bytes_per_stream'], 0)} (``sys.getsizeof``)"
+            )
+        notes[-1] += "."
+    return notes
+
+
+def _stock_worker_notes(breakdown: dict[str, Any], result: dict[str, Any]) -> list[str]:
+    """Where the greenlet of a stream on the stock ``-k gevent`` worker waits, and what it costs."""
+    streams = result["streams"]
+    notes = []
+    for wait in [g for g in result.get("greenlets", []) if g["count"] >= streams // 2][:1]:
+        chain = " < ".join(f"``{f.split(':', 1)[1]}``" for f in wait["frames"])
+        notes.append(
+            "On the stock worker, each stream keeps the greenlet that answered its request: it waits with"
+            f" {wait['python_frames']} Python frames ({chain}) and"
+            f" {wait['stack_saved_median']:,} bytes of saved C stack (median)."
+        )
+    stacks = breakdown.get("saved_stacks")
+    if not stacks:
+        return notes
+    ours_frame = stacks["in___next___of_a_for_loop"] - stacks["in_its_function"]
+    notes.append(
+        "That saved stack is the C frames between the greenlet's start and its switch: gevent's ``Greenlet.run``"
+        " (Cython), CPython's eval loop for the server's frames (gunicorn's chain enters through"
+        " ``_handle_and_close_when_done(*args)``, a call CPython does not inline), the eval loop again for"
+        " ``Stream.__next__`` (called from the server's ``for`` loop through the iterator slot), then"
+        f" greenlet's switch. In one process: a greenlet parked in its own function saves"
+        f" {stacks['in_its_function']:,} bytes, one plain call deeper {stacks['one_call_deeper']:,}, in a"
+        f" ``__next__`` of a ``for`` loop {stacks['in___next___of_a_for_loop']:,} (``Stream.__next__``'s share:"
+        f" {ours_frame:,}), in a C-level iterator that calls the switch with no Python frame"
+        f" {stacks['in_a_c_iterator_of_a_for_loop']:,}."
+    )
+    parts = result["parts_bytes_per_stream"]
+    theirs = sum(v for k, v in parts.items() if not k.startswith("ours")) - ours_frame
+    notes.append(
+        f"Ours, of the {_fmt(result['traced_bytes_per_stream'], 0)} bytes tracemalloc sees per stream on the stock"
+        f" worker: {_fmt(_ours(parts), 0)} in wsgi_eventsource's objects (with the ``Stream`` the server iterates)"
+        f" and about {ours_frame:,} of the saved stack (``Stream.__next__``'s eval-loop frame). The other"
+        f" {_fmt(theirs, 0)} are the server's: gunicorn's request, environ and response, gevent's socket and"
+        " greenlet, and the rest of the saved stack."
+    )
+    return notes
+
+
+def _outside_notes(breakdown: dict[str, Any], setups: dict[str, dict[str, Any]]) -> str:
+    """What RSS holds beyond what tracemalloc sees, per setup, and the anonymous memory neither allocator has."""
+    gaps = "; ".join(f"{_BREAKDOWN_SETUPS[k]} {_fmt(r['rss_kib_per_stream'] * 1024 - r['traced_bytes_per_stream'], 0)}"
+                     for k, r in setups.items())  # fmt: skip
+    free = "; ".join(
+        f"{_BREAKDOWN_SETUPS[k]} {_fmt(a['arenas_bytes'] - a['allocated_blocks'], 0)}"
+        for k, r in setups.items()
+        if "allocated_blocks" in (a := r.get("allocators_bytes_per_stream", {}))
+    )
+    note = (
+        f"What RSS holds beyond what tracemalloc sees, in bytes per stream: {gaps}. pymalloc's arenas grow by what"
+        f" their allocated blocks hold and their free blocks and pools ({free or 'n/a'}), glibc's malloc holds the"
+        " blocks over pymalloc's 512 bytes (the environ's dict table, and on the stock worker the saved stacks), in"
+        " its ``[heap]`` and in space it had free before the streams."
+    )
+    ours = {k: v for k, r in setups.items() if k != _STOCK and (v := _outside_arenas(r)) is not None}
+    if ours:
+        values = "; ".join(f"{_BREAKDOWN_SETUPS[k]} {_fmt(v, 0)}" for k, v in ours.items())
+        note += (
+            " Anonymous memory outside both (and outside glibc's mmap-ed blocks), per stream on the library's"
+            f" worker: {values}"
+        )
+        if max(abs(v) for v in ours.values()) < 1024:
+            note += (
+                ": nothing to speak of (below zero where the arenas have pages not touched yet, which RSS does not"
+                " count), as no greenlet runs Python code for a stream."
+            )
+        else:
+            note += ", seen neither by tracemalloc nor by either allocator."
+    stock = setups.get(_STOCK)
+    outside = _outside_arenas(stock) if stock else None
+    if outside is not None:
+        note += (
+            f" On the stock worker it is {_fmt(outside, 0)} bytes per stream ({_pages(outside)}),"
+            " seen neither by tracemalloc nor by either allocator: the frame data stack of the stream's greenlet"
+            " (CPython 3.11+ maps it in chunks of 16 KiB, greenlet keeps one per greenlet that runs Python code, and"
+            " its first page is touched)."
+        )
+    pages = breakdown.get("greenlet_pages")
+    if pages and outside is not None:
+        note += (
+            f" In one process, such memory per waiting greenlet: {_fmt(pages['python_gevent'], 0)} bytes for a"
+            f" gevent greenlet parked in a Python function, {_fmt(pages['python_raw'], 0)} for a raw greenlet, and"
+            f" {_fmt(pages['c_raw'], 0)} for one whose ``run`` is a C function (no Python frame)."
+        )
+    return note
+
+
+def _pages(size: float) -> str:
+    """*size* bytes in 4 KiB pages, in words."""
+    pages = size / 4096
+    return "about one 4 KiB page" if 0.8 <= pages <= 1.2 else f"about {pages:.1f} pages of 4 KiB"
+
+
 def _memory_breakdown_section(breakdown: dict[str, Any]) -> tuple[str, str]:
     """Where the memory of an idle stream goes (``bench/memory_breakdown.py``):
-    bytes per stream, part by part, per setup; then the top source lines and
-    the stack a stream's greenlet waits with."""
-    setups = {k: v for k, v in breakdown.items() if k in _BREAKDOWN_SETUPS and "error" not in v}
+    bytes per stream, part by part, per setup; what a stream holds on the
+    library's worker, and on the stock one the stack its greenlet waits with;
+    then the top source lines of the first setup."""
+    setups = {k: breakdown[k] for k in _BREAKDOWN_SETUPS if k in breakdown and "error" not in breakdown[k]}
     if not setups:
         return ("Where the memory of a stream goes", "")
-    first = next(iter(setups.values()))
+    first_name, first = next(iter(setups.items()))
     streams = first["streams"]
     header = ["bytes per idle stream", *[_BREAKDOWN_SETUPS[k] for k in setups]]
 
@@ -698,71 +845,35 @@ def _memory_breakdown_section(breakdown: dict[str, Any]) -> tuple[str, str]:
         row("greenlet._stack_saved (not traced run)", lambda r: r["greenlet_stack_bytes_per_stream"]),
         row("kernel, not in RSS: per end of a connection", lambda r: r.get("kernel_per_end", {}).get("bytes")),
     ]  # fmt: skip
+    stock = (
+        f' but "{_BREAKDOWN_SETUPS[_STOCK]}": the same EventSource app on gunicorn\'s stock ``-k gevent``, where each'
+        " stream keeps the greenlet that answered its request"
+        if _STOCK in setups
+        else ""
+    )
     intro = (
-        f"``python -m bench.memory_breakdown`` ({streams:,} idle streams per setup, gunicorn ``-k gevent``, one"
-        " worker, as above; the worker wraps the bench app in ``bench/servers/memory_probe.py``). Each setup runs"
-        " twice: untraced, for RSS and ``/proc/<pid>/smaps``, and with tracemalloc inside the"
-        " worker, a snapshot with no stream open against one with all of them. The kernel's row is the size of the"
-        " slab objects of one end of an idle connection (``/proc/slabinfo``: its socket, inode, file, dentry and"
-        " epoll item; an idle stream holds no socket buffers). Run on"
+        f"``python -m bench.memory_breakdown`` ({streams:,} idle streams per setup, one gunicorn worker as above; the"
+        " worker wraps the bench app in ``bench/servers/memory_probe.py``). Every setup runs on the library's worker"
+        " (``wsgi_eventsource.gunicorn_worker.GeventWorker``: it writes an open stream from the hub, with no"
+        f" greenlet){stock}. Each setup runs twice: untraced, for RSS and ``/proc/<pid>/smaps``, and with tracemalloc"
+        " inside the worker, a snapshot with no stream open against one with all of them. The kernel's row is the"
+        " size of the slab objects of one end of an idle connection (``/proc/slabinfo``: its socket, inode, file,"
+        " dentry and epoll item; an idle stream holds no socket buffers). Run on"
         f" {breakdown.get('machine', {}).get('date', 'n/a')}."
     )
     lines = [
         [f"``{line['at']}``", f"``{line['code'][:70]}``", _fmt(line["bytes"], 0), _fmt(line["blocks"], 1)]
         for line in first["lines"][:16]
     ]
-    waits = [g for g in first.get("greenlets", []) if g["count"] >= streams // 2]
     notes = []
-    for wait in waits[:1]:
-        chain = " < ".join(f"``{f.split(':', 1)[1]}``" for f in wait["frames"])
-        notes.append(
-            f"Each stream's greenlet waits with {wait['python_frames']} Python frames ({chain}) and"
-            f" {wait['stack_saved_median']:,} bytes of saved C stack (median)."
-        )
-    stacks = breakdown.get("saved_stacks")
-    if stacks:
-        ours_frame = stacks["in___next___of_a_for_loop"] - stacks["in_its_function"]
-        notes.append(
-            "The saved stack is the C frames between the greenlet's start and its switch: gevent's ``Greenlet.run``"
-            " (Cython), CPython's eval loop for the server's frames (gunicorn's chain enters through"
-            " ``_handle_and_close_when_done(*args)``, a call CPython does not inline), the eval loop again for"
-            " ``Stream.__next__`` (called from the server's ``for`` loop through the iterator slot), then"
-            f" greenlet's switch. In one process: a greenlet parked in its own function saves"
-            f" {stacks['in_its_function']:,} bytes, one plain call deeper {stacks['one_call_deeper']:,}, in a"
-            f" ``__next__`` of a ``for`` loop {stacks['in___next___of_a_for_loop']:,} (ours: {ours_frame:,}), in a"
-            f" C-level iterator that calls the switch with no Python frame {stacks['in_a_c_iterator_of_a_for_loop']:,}."
-        )
-    parts = first["parts_bytes_per_stream"]
-    if stacks:
-        theirs = sum(v for k, v in parts.items() if not k.startswith("ours")) - ours_frame
-        notes.append(
-            f"Ours, of the {_fmt(first['traced_bytes_per_stream'], 0)} bytes tracemalloc sees per"
-            f" {_BREAKDOWN_SETUPS[next(iter(setups))]} stream:"
-            f" {_fmt(parts['ours (Connection, Stream, subscription)'], 0)} in wsgi_eventsource's objects and about"
-            f" {ours_frame:,} of the saved stack (``Stream.__next__``'s eval-loop frame). The other"
-            f" {_fmt(theirs, 0)} are the server's: gunicorn's request, environ and response, gevent's socket and"
-            " greenlet, and the rest of the saved stack."
-        )
-    gap = first["rss_kib_per_stream"] * 1024 - first["traced_bytes_per_stream"]
-    notes.append(
-        f"What RSS holds beyond what tracemalloc sees ({_fmt(gap, 0)} bytes per stream here): pymalloc's arenas"
-        " grow by what their allocated blocks hold (no fragmentation to speak of), glibc's heap by what is in use"
-        " there (every block over pymalloc's 512 bytes: the saved stacks, the environ's dict table). The rest,"
-        f" {_fmt(_outside_arenas(first), 0)} bytes of anonymous memory outside both (and outside glibc's mmap-ed"
-        " blocks), about one 4 KiB page per stream and the same with 10 channels, is seen neither by tracemalloc"
-        " nor by either allocator: the frame data stack of the stream's greenlet (CPython 3.11+"
-        " maps it in chunks of 16 KiB, greenlet keeps one per greenlet that runs Python code, and its first page"
-        " is touched)."
-    )
-    pages = breakdown.get("greenlet_pages")
-    if pages:
-        notes[-1] += (
-            f" In one process, such memory per waiting greenlet: {_fmt(pages['python_gevent'], 0)} bytes for a"
-            f" gevent greenlet parked in a Python function, {_fmt(pages['python_raw'], 0)} for a raw greenlet, and"
-            f" {_fmt(pages['c_raw'], 0)} for one whose ``run`` is a C function (no Python frame)."
-        )
+    library = next(((k, r) for k, r in setups.items() if k != _STOCK), None)
+    if library:
+        notes += _library_worker_notes(_BREAKDOWN_SETUPS[library[0]], library[1])
+    if _STOCK in setups:
+        notes += _stock_worker_notes(breakdown, setups[_STOCK])
+    notes.append(_outside_notes(breakdown, setups))
     notes.append("The kernel's side (the socket, file and epoll objects) is not in RSS at all.")
-    name = _BREAKDOWN_SETUPS[next(iter(setups))]
+    name = _BREAKDOWN_SETUPS[first_name]
     return (
         "Where the memory of a stream goes",
         "\n\n".join([

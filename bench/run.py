@@ -277,7 +277,7 @@ def servers() -> list[Server]:
         Server("stock", "wsgi-eventsource EventSource on gunicorn's stock -k gevent (a greenlet per stream)",
                [*STOCK_GUNICORN, "bench.servers.ours:eventsource_app"], "/events", "trigger"),
         Server("naive", "hand-written gevent app (gunicorn -k gevent)",
-               [*GUNICORN, "bench.servers.naive_gevent:app"], "/events", "trigger"),
+               [*STOCK_GUNICORN, "bench.servers.naive_gevent:app"], "/events", "trigger"),
         Server("starlette", "sse-starlette (uvicorn, uvloop + httptools)",
                [PY, "-m", "uvicorn", "bench.servers.starlette_app:app", "--port", "{port}", "--workers", "1",
                 "--log-level", "warning", "--backlog", "16384", "--no-access-log"], "/events", "trigger",

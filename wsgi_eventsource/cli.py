@@ -28,8 +28,9 @@ if TYPE_CHECKING:
 
 __all__ = ["main"]
 
-#: Streams one worker may hold. gunicorn's own default, 1000, counts every
-#: open stream for its whole life, which is far too few for an SSE hub.
+#: Connections one worker serves at once, and so the streams it may hold
+#: (``--max-connections`` stays below it). gunicorn's own default, 1000, is
+#: far too few for an SSE hub.
 DEFAULT_WORKER_CONNECTIONS = 10_000
 
 _ENV = "WSGI_EVENTSOURCE_"
@@ -42,9 +43,13 @@ _SECRETS = frozenset({"jwt_key"})
 def connection_reserve(worker_connections: int) -> int:
     """Worker slots kept free of streams when ``--max-connections`` is not given.
 
-    Every open stream holds one of gunicorn's ``worker_connections`` slots for
-    its whole life; were streams allowed to take them all, publishes,
-    ``/healthz`` and ``/stats`` would wait for a free slot (hang). The reserve
+    On gunicorn's stock gevent worker every open stream holds one of its
+    ``worker_connections`` slots for its whole life; were streams allowed to
+    take them all, publishes, ``/healthz`` and ``/stats`` would wait for a
+    free slot (hang). (The hub's own worker,
+    :class:`~wsgi_eventsource.gunicorn_worker.GeventWorker`, frees a stream's
+    slot once its headers are sent; the cap stays, as the bound on streams
+    and open files.) The reserve
     also carries the clients refused softly over the cap: each keeps its slot
     for gunicorn's keepalive (2 s) after its short answer, so 10 % of 10,000
     slots absorb about 500 refusals a second besides publishes and health
@@ -225,8 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
         "worker-connections",
         _positive_int,
         DEFAULT_WORKER_CONNECTIONS,
-        "streams one worker may hold at once (each open stream holds a slot for its whole life; "
-        "gunicorn's own default is 1000)",
+        "connections one worker serves at once, and so the streams it may hold (--max-connections stays "
+        "below it; gunicorn's own default is 1000)",
     )
     option("redis", _redis_url, None, "Redis URL (redis://host:6379/0) to share channels between workers and hosts")
     option(

@@ -1,4 +1,5 @@
-"""wsgi-eventsource under test, run by ``gunicorn -k gevent -w 1``.
+"""wsgi-eventsource under test, run by gunicorn, one worker: the library's worker
+(``wsgi_eventsource.gunicorn_worker.GeventWorker``), or ``-k gevent`` for the ``stock`` server.
 
 ``eventsource_app``: ``EventSource``, a handler that keeps every connection,
 and an in-process publisher that encodes each event once (``Event``) and

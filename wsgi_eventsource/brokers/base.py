@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..connection import _shared_ident, _thread_ident
+from gevent._hub_local import get_hub_if_exists
+
 from ..encoding import Data, Event, encode_id
 from ..errors import ChannelUnavailable, InvalidChannel, InvalidEvent
 from ..histogram import Histogram
@@ -45,6 +46,7 @@ __all__ = [
     "STREAM_RESET",
     "Broker",
     "BrokerStats",
+    "ChannelSink",
     "Entry",
     "ReplayPlan",
     "Sink",
@@ -234,6 +236,19 @@ class Sink(Protocol):
     def close(self) -> None: ...
 
 
+class ChannelSink(Protocol):
+    """Where a :class:`Subscription` attached with an *index* sends its
+    events: one of several channels of a
+    :class:`~wsgi_eventsource.brokers.multiplex.Multiplex`.
+
+    .. versionadded:: 0.1
+    """
+
+    def _deliver(self, index: int, data: bytes) -> bool: ...
+
+    def _end(self, index: int) -> None: ...
+
+
 class Subscription:
     """One connection's subscription to one channel.
 
@@ -242,17 +257,21 @@ class Subscription:
     replay-to-live hand-off sends nothing twice.
     """
 
-    __slots__ = ("buffer", "channel", "conn", "ending", "floor", "hub", "thread")
+    __slots__ = ("buffer", "channel", "conn", "ending", "floor", "hub", "index")
 
     def __init__(self, channel: str, hub: Hub) -> None:
         self.channel = _interned(channel)
-        self.conn: Sink | None = None
+        # A Sink, or with index >= 0 a ChannelSink (typed Any: which one is
+        # decided by index, on the hot path, without an isinstance).
+        self.conn: Any = None
         self.buffer: list[tuple[tuple[int, int], bytes]] | None = []
         self.floor: tuple[int, int] | None = None
         #: The last event of a stream that :meth:`end` ended before it was attached.
         self.ending: bytes | None = None
+        #: The hub of the subscriber's thread: its events are delivered there.
         self.hub = hub
-        self.thread = _shared_ident(_thread_ident())
+        #: Its channel's index in the ChannelSink it is attached to; -1 for a Sink.
+        self.index = -1
 
     def deliver(self, key: tuple[int, int], wire: bytes) -> None:
         """In the subscriber's hub: queue a live event (or buffer it)."""
@@ -264,19 +283,35 @@ class Subscription:
                 self.floor = None  # events come in order: no comparisons from now on
             # Still buffering: the buffer may hold events from before the
             # floor was set, at or below it, which attach() must drop.
-        if self.conn is not None:
-            self.conn._enqueue_here(wire)  # fan_out_batch runs this in the connection's thread
+        conn = self.conn
+        if conn is not None:
+            # fan_out_batch runs this in the connection's thread
+            index = self.index
+            if index < 0:
+                conn._enqueue_here(wire)
+            else:
+                conn._deliver(index, wire)
         elif self.buffer is not None:
             self.buffer.append((key, wire))
 
-    def attach(self, conn: Sink) -> None:
-        """Go live on *conn*: flush what was buffered meanwhile."""
+    def attach(self, conn: Sink | ChannelSink, index: int = -1) -> None:
+        """Go live on *conn* (with *index*: a :class:`ChannelSink`, this
+        subscription its channel *index*): flush what was buffered meanwhile.
+
+        .. versionchanged:: 0.1
+            *index*: one object serves every channel of a multiplexed stream,
+            instead of one sink object per channel.
+        """
         buffered, self.buffer = self.buffer, None
         self.conn = conn
+        self.index = index
         for key, wire in buffered or ():
             if self.floor is None or key > self.floor:
                 self.floor = None
-                conn._enqueue_here(wire)
+                if index < 0:
+                    conn._enqueue_here(wire)  # type: ignore[union-attr]
+                else:
+                    conn._deliver(index, wire)  # type: ignore[union-attr]
         if self.ending is not None:
             self.end(self.ending)
 
@@ -287,8 +322,13 @@ class Subscription:
         if conn is None:
             self.ending = wire  # attach() ends it
             return
-        conn._enqueue_here(wire)
-        conn.close()
+        index = self.index
+        if index < 0:
+            conn._enqueue_here(wire)
+            conn.close()
+        else:
+            conn._deliver(index, wire)
+            conn._end(index)
 
 
 def fan_out(subscriptions: Iterable[Subscription], key: tuple[int, int], wire: bytes) -> None:
@@ -302,15 +342,17 @@ def fan_out_batch(batch: Iterable[tuple[Iterable[Subscription], tuple[int, int],
     Subscriptions of the calling thread are served directly; each other
     thread's hub gets ONE callback that serves the whole batch, in order.
     """
-    me = _thread_ident()
-    elsewhere: dict[int, tuple[Hub, list[tuple[Subscription, tuple[int, int], bytes]]]] = {}
+    # A hub belongs to one thread: a subscription whose hub is this thread's
+    # is served here. (A thread without a hub, a Redis reader's, has none.)
+    here = get_hub_if_exists()
+    elsewhere: dict[Hub, list[tuple[Subscription, tuple[int, int], bytes]]] = {}
     for subscriptions, key, wire in batch:
         for sub in subscriptions:
-            if sub.thread == me:
+            if sub.hub is here:
                 sub.deliver(key, wire)
             else:
-                elsewhere.setdefault(sub.thread, (sub.hub, []))[1].append((sub, key, wire))
-    for hub, items in elsewhere.values():
+                elsewhere.setdefault(sub.hub, []).append((sub, key, wire))
+    for hub, items in elsewhere.items():
         try:
             hub.loop.run_callback_threadsafe(_deliver_all, items)
         except Exception:  # that thread's hub is gone with its streams
@@ -320,9 +362,9 @@ def fan_out_batch(batch: Iterable[tuple[Iterable[Subscription], tuple[int, int],
 def end_subscriptions(subscriptions: Iterable[Subscription], wire: bytes) -> None:
     """End each subscription's stream after the last event *wire*, in its own
     hub (see :meth:`Subscription.end`)."""
-    me = _thread_ident()
+    here = get_hub_if_exists()
     for sub in subscriptions:
-        if sub.thread == me:
+        if sub.hub is here:
             sub.end(wire)
         else:
             try:
