@@ -188,3 +188,21 @@ def test_many_streams_each_get_every_event_in_order(ours: Callable[..., ServerPr
         client.close()
     wait_until(lambda: stats(server)["open"] == 0, 10, 0.05, "every stream closed")
     wait_until(lambda: stats(server)["fds"] <= base_fds + 1, 10, 0.05, "every socket closed")
+
+
+def test_the_frame_cache_frames_once_per_event_and_keeps_no_big_chunk() -> None:
+    """Review (issue 12): the cache of the last framed chunk kept a 16 MiB
+    event twice its size until the next write; it now keeps chunks of at most
+    FRAME_CACHE_MAX bytes. An event small enough is framed once for every
+    subscriber (the same object comes back)."""
+    from wsgi_eventsource import socket_writer
+
+    small = b"data: x\n\n"
+    first = socket_writer.frame_chunk(small)
+    assert first == b"9\r\ndata: x\n\n\r\n"
+    assert socket_writer.frame_chunk(small) is first
+    big = b"x" * (socket_writer.FRAME_CACHE_MAX + 1)
+    framed = socket_writer.frame_chunk(big)
+    assert framed == b"%X\r\n" % len(big) + big + b"\r\n"
+    assert socket_writer._frames.data is small, "a big chunk was kept"
+    assert socket_writer.frame_chunk(small) is first

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
     from .connection import Connection
 
-__all__ = ["SocketWriter", "frame_chunk"]
+__all__ = ["FRAME_CACHE_MAX", "SocketWriter", "frame_chunk"]
 
 logger = logging.getLogger("wsgi_eventsource")
 
@@ -72,6 +72,9 @@ class _FrameCache:
 
 
 _frames = _FrameCache()
+#: The biggest chunk the cache keeps: a big event (a replay of megabytes) is
+#: framed per write and not kept, twice its size, until the next event.
+FRAME_CACHE_MAX = 64 * 1024
 
 
 def frame_chunk(data: bytes) -> bytes:
@@ -80,8 +83,9 @@ def frame_chunk(data: bytes) -> bytes:
     if data is cache.data:
         return cache.framed
     framed = b"%X\r\n%s\r\n" % (len(data), data)
-    cache.data = data
-    cache.framed = framed
+    if len(data) <= FRAME_CACHE_MAX:
+        cache.data = data
+        cache.framed = framed
     return framed
 
 
