@@ -14,27 +14,18 @@ import json
 import socket
 import time
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 
 from tests.conftest import ServerProcess
 from tests.helpers import StreamClient, parse, wait_until
+from tests.test_server_gunicorn import stats
 
 pytestmark = pytest.mark.server
 
 APP = "tests.apps.streams:app"
 OURS = "wsgi_eventsource.gunicorn_worker.GeventWorker"
 Gunicorn = Callable[..., ServerProcess]
-
-
-def stats(server: ServerProcess) -> dict[str, Any]:
-    client = StreamClient(server.port, "/stats")
-    try:
-        result: dict[str, Any] = json.loads(client.read_body())
-        return result
-    finally:
-        client.close()
 
 
 def raw_exchange(port: int, request: bytes, timeout: float = 10.0) -> bytes:

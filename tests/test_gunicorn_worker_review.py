@@ -21,7 +21,7 @@ import pytest
 
 from tests.conftest import ServerProcess, self_signed_certificate
 from tests.helpers import StreamClient, wait_until
-from tests.test_gunicorn_worker import stats
+from tests.test_server_gunicorn import stats
 
 pytestmark = pytest.mark.server
 
