@@ -428,15 +428,10 @@ def cluster_url(cluster: RedisClusterNodes) -> str:
 
 
 @pytest.fixture
-def cluster_brokers(cluster_url: str) -> Iterator[Callable[..., RedisBroker]]:
-    """RedisBrokers on the test's cluster, closed afterwards."""
-    made: list[RedisBroker] = []
+def cluster_brokers(cluster_url: str, redis_brokers: Callable[..., RedisBroker]) -> Callable[..., RedisBroker]:
+    """RedisBrokers on the test's cluster (conftest's ``redis_brokers``), closed afterwards."""
 
     def make(url: str = cluster_url, **options: Any) -> RedisBroker:
-        broker = RedisBroker(url, **{"block": 0.2, **options})
-        made.append(broker)
-        return broker
+        return redis_brokers(url, **options)
 
-    yield make
-    for broker in made:
-        broker.close()
+    return make

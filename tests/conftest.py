@@ -421,6 +421,24 @@ def make_broker(request: pytest.FixtureRequest, redis_broker_options: dict[str, 
         broker.close()
 
 
+@pytest.fixture
+def redis_brokers() -> Iterator[Callable[..., Any]]:
+    """``make(url, **options)``: RedisBrokers on *url* (``block=0.2`` unless
+    told otherwise), every one closed afterwards."""
+    from wsgi_eventsource import RedisBroker
+
+    made: list[RedisBroker] = []
+
+    def make(url: str, **options: Any) -> RedisBroker:
+        broker = RedisBroker(url, **{"block": 0.2, **options})
+        made.append(broker)
+        return broker
+
+    yield make
+    for broker in made:
+        broker.close()
+
+
 # The Redis Cluster (imported last: tests/cluster_setup.py uses ServerProcess from above).
 from tests.cluster_setup import cluster, cluster_brokers, cluster_url, redis_cluster  # noqa: E402
 

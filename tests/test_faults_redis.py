@@ -37,18 +37,13 @@ def admin(redis_url: str) -> Iterator[redis.Redis]:
 
 
 @pytest.fixture
-def broker_of(redis_url: str) -> Iterator[Callable[..., RedisBroker]]:
-    """RedisBrokers on the test's Redis, closed afterwards."""
-    made: list[RedisBroker] = []
+def broker_of(redis_url: str, redis_brokers: Callable[..., RedisBroker]) -> Callable[..., RedisBroker]:
+    """RedisBrokers on the test's Redis, closed afterwards (conftest's ``redis_brokers``)."""
 
     def make(**options: Any) -> RedisBroker:
-        broker = RedisBroker(redis_url, **{"block": 0.2, **options})
-        made.append(broker)
-        return broker
+        return redis_brokers(redis_url, **options)
 
-    yield make
-    for broker in made:
-        broker.close()
+    return make
 
 
 def connected(port: int, path: str, **options: Any) -> StreamClient:

@@ -49,6 +49,17 @@ def either(request: pytest.FixtureRequest, gunicorn: Gunicorn) -> Callable[..., 
     return start
 
 
+def open_then_hang_up(server: ServerProcess, path: str, n: int) -> None:
+    """Open *n* streams of *path*, wait until each is open, close them all
+    and wait until the worker has noticed every hang-up."""
+    clients = [StreamClient(server.port, path) for _ in range(n)]
+    for client in clients:
+        client.wait_for(lambda c: b": ok" in c.raw)
+    for client in clients:
+        client.close()
+    wait_until(lambda: stats(server)["closed"] == n, 10, 0.05, "the hang-ups noticed")
+
+
 def test_an_on_close_callback_may_wait_after_a_hang_up(either: Callable[..., ServerProcess]) -> None:
     """Issue 12 review (1): the worker ran a stream's ``on_close`` callbacks
     in the hub's own loop, where a callback that waits (a cooperative
@@ -56,12 +67,7 @@ def test_an_on_close_callback_may_wait_after_a_hang_up(either: Callable[..., Ser
     BlockingSwitchOutError and never finishes. On the stock worker they run
     in the request's greenlet and may wait."""
     server = either()  # keepalives every 0.2 s: the stock worker notices a hang-up too
-    clients = [StreamClient(server.port, "/slow-close") for _ in range(3)]
-    for client in clients:
-        client.wait_for(lambda c: b": ok" in c.raw)
-    for client in clients:
-        client.close()
-    wait_until(lambda: stats(server)["closed"] == 3, 10, 0.05, "the hang-ups noticed")
+    open_then_hang_up(server, "/slow-close", 3)
     wait_until(lambda: stats(server)["slow_closed"] == 3, 5, 0.05, "the waiting on_close callbacks to finish")
     assert "BlockingSwitchOutError" not in "".join(server.log)
 
@@ -122,12 +128,7 @@ def test_a_raising_on_close_callback_leaves_the_other_streams_alone(either: Call
     are logged; the other streams' events keep coming, in order."""
     server = either()
     ticking = [StreamClient(server.port, "/clock") for _ in range(5)]
-    failing = [StreamClient(server.port, "/raise-on-close") for _ in range(5)]
-    for client in failing:
-        client.wait_for(lambda c: b": ok" in c.raw)
-    for client in failing:
-        client.close()
-    wait_until(lambda: stats(server)["closed"] == 5, 10, 0.05, "the hang-ups noticed")
+    open_then_hang_up(server, "/raise-on-close", 5)
     for client in ticking:
         events = client.events(len(client.parser.events) + 5, timeout=5)
         assert [int(e.last_event_id) for e in events] == list(range(1, len(events) + 1))

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,18 +30,9 @@ pytestmark = pytest.mark.server
 
 
 @pytest.fixture
-def broker_of() -> Iterator[Callable[..., RedisBroker]]:
-    """RedisBrokers (``block=0.2``), closed afterwards."""
-    made: list[RedisBroker] = []
-
-    def make(url: str, **options: Any) -> RedisBroker:
-        broker = RedisBroker(url, **{"block": 0.2, **options})
-        made.append(broker)
-        return broker
-
-    yield make
-    for broker in made:
-        broker.close()
+def broker_of(redis_brokers: Callable[..., RedisBroker]) -> Callable[..., RedisBroker]:
+    """RedisBrokers (``block=0.2``), closed afterwards: conftest's ``redis_brokers``."""
+    return redis_brokers
 
 
 def master_url(setup: SentinelSetup) -> str:

@@ -405,15 +405,20 @@ class Connection:
                 return bytes(rest[:PIECE_SIZE])
             self._rest = None
             return bytes(rest)
-        chunks = self._chunks
-        self._chunks = []
-        self._size = 0
-        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        data = self._take_all()
         if len(data) <= PIECE_SIZE:
             return data
         rest = memoryview(data)
         self._rest = rest[PIECE_SIZE:]
         return bytes(rest[:PIECE_SIZE])
+
+    def _take_all(self) -> bytes:
+        """Everything queued, as one batch (coalesced); the queue is empty
+        after, and pushes from now on count against ``max_pending`` anew."""
+        chunks = self._chunks
+        self._chunks = []
+        self._size = 0
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def _finish(self) -> None:
         """The server is done with the stream: release everything, run callbacks."""

@@ -158,11 +158,8 @@ class SocketWriter:
                 data: bytes | memoryview = rest
                 self._rest = None
             else:
-                chunks = conn._chunks
-                if chunks:
-                    conn._chunks = []
-                    conn._size = 0
-                    data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                if conn._chunks:
+                    data = conn._take_all()
                 elif why is _KEEPALIVE_DUE and not conn._closed:
                     data = KEEPALIVE
                 elif conn._closed and not conn._remote:
